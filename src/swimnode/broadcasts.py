@@ -1,0 +1,84 @@
+"""The transmit-limited broadcast queue (memberlist's `TransmitLimitedQueue`).
+
+Membership news is encoded once and piggybacked on outgoing packets until it has been
+sent `retransmit_mult * ceil(log10(N + 1))` times. Items sent fewer times go first, so
+fresh news spreads before old news is repeated; queuing news about a member replaces
+whatever was queued about it before, so stale news is never sent after newer news.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def retransmit_limit(retransmit_mult: int, n_members: int) -> int:
+    """How many times one broadcast is sent in a cluster of `n_members`."""
+    return retransmit_mult * max(1, math.ceil(math.log10(n_members + 1)))
+
+
+@dataclass(slots=True)
+class _Item:
+    key: str
+    data: bytes
+    transmits: int
+
+
+class BroadcastQueue:
+    """Encoded broadcasts keyed by the member they are about."""
+
+    def __init__(self, retransmit_mult: int) -> None:
+        self._mult = retransmit_mult
+        self._items: dict[str, _Item] = {}
+        # transmit count -> items with that count, in queuing order
+        self._levels: dict[int, dict[str, _Item]] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def queue(self, key: str, data: bytes) -> None:
+        """Queue `data` as the news about `key`, replacing older news about it."""
+        self.discard(key)
+        item = _Item(key, data, 0)
+        self._items[key] = item
+        self._levels.setdefault(0, {})[key] = item
+
+    def discard(self, key: str) -> None:
+        """Forget queued news about `key`, if any."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            level = self._levels[old.transmits]
+            del level[key]
+            if not level:
+                del self._levels[old.transmits]
+
+    def take(self, budget: int, n_members: int, per_item_overhead: int = 0) -> list[bytes]:
+        """Pick broadcasts whose sizes (plus `per_item_overhead` each) fit in `budget`
+        bytes, least-sent first, and count one transmission for each picked item."""
+        if not self._items or budget <= 0:
+            return []
+        limit = retransmit_limit(self._mult, n_members)
+        picked: list[_Item] = []
+        for transmits in sorted(self._levels):
+            for item in self._levels[transmits].values():
+                cost = len(item.data) + per_item_overhead
+                if cost <= budget:
+                    picked.append(item)
+                    budget -= cost
+                    if budget < 16:
+                        break
+            if budget < 16:
+                break
+        out = []
+        for item in picked:
+            self.discard(item.key)
+            out.append(item.data)
+            item.transmits += 1
+            if item.transmits < limit:
+                self._items[item.key] = item
+                self._levels.setdefault(item.transmits, {})[item.key] = item
+        return out
+
+    def pending(self, key: str) -> bool:
+        """Whether news about `key` is still queued."""
+        return key in self._items

@@ -1,0 +1,198 @@
+"""Wire format: a version byte, then one msgpack array of messages.
+
+Each message is a msgpack array whose first element is its type tag. Messages are
+encoded once and kept as bytes (the broadcast queue holds encoded news), so a packet
+is built by writing an array header and concatenating encodings, and its size is known
+before it is sent. Decoding is strict: anything that is not exactly a known message of
+the current version raises `DecodeError`, the only exception `decode_packet` raises.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from .member import MemberState
+from .messages import (
+    Ack,
+    Alive,
+    Dead,
+    Left,
+    MemberRecord,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    Suspect,
+    Sync,
+)
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGES_PER_PACKET = 1024
+MAX_SYNC_MEMBERS = 100_000
+MAX_PACKET_BYTES = 64 * 1024 * 1024
+MAX_NAME_BYTES = 255
+MAX_HOST_CHARS = 255
+_U64 = (1 << 64) - 1
+_VERSION = bytes([PROTOCOL_VERSION])
+
+_PING, _ACK, _NACK, _PING_REQ, _ALIVE, _SUSPECT, _DEAD, _LEFT, _SYNC = range(1, 10)
+
+
+class DecodeError(Exception):
+    """Raised for any input that is not a valid packet of this protocol version."""
+
+
+def encode_message(msg: Message) -> bytes:
+    """Encode one message (without the packet framing)."""
+    data: bytes = msgpack.packb(_to_wire(msg), use_bin_type=True)
+    return data
+
+
+def encode_packet(parts: Sequence[bytes]) -> bytes:
+    """Frame already-encoded messages as one packet."""
+    n = len(parts)
+    if n < 16:
+        header = bytes([0x90 | n])
+    elif n < 65536:
+        header = b"\xdc" + struct.pack(">H", n)
+    else:
+        raise ValueError("too many messages for one packet")
+    return _VERSION + header + b"".join(parts)
+
+
+def packet_overhead(n_messages: int) -> int:
+    """Bytes of framing `encode_packet` adds for `n_messages` messages."""
+    return 2 if n_messages < 16 else 4
+
+
+def decode_packet(data: bytes) -> list[Message]:
+    """Decode and validate a packet. Raises only `DecodeError`."""
+    if not data:
+        raise DecodeError("empty packet")
+    if len(data) > MAX_PACKET_BYTES:
+        raise DecodeError("packet too large")
+    if data[0] != PROTOCOL_VERSION:
+        raise DecodeError(f"unknown protocol version {data[0]}")
+    try:
+        raw = msgpack.unpackb(
+            memoryview(data)[1:],
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=MAX_HOST_CHARS * 4,
+            max_bin_len=0,
+            max_array_len=max(MAX_MESSAGES_PER_PACKET, MAX_SYNC_MEMBERS),
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises many types on hostile input
+        raise DecodeError(f"malformed msgpack: {type(exc).__name__}") from None
+    if type(raw) is not list or not raw:
+        raise DecodeError("packet is not a non-empty array of messages")
+    if len(raw) > MAX_MESSAGES_PER_PACKET:
+        raise DecodeError("too many messages in one packet")
+    return [_from_wire(item) for item in raw]
+
+
+def _to_wire(msg: Message) -> list[Any]:
+    match msg:
+        case Ping(seq, target, sender):
+            return [_PING, seq, target, sender]
+        case Ack(seq, sender):
+            return [_ACK, seq, sender]
+        case Nack(seq, sender):
+            return [_NACK, seq, sender]
+        case PingReq(seq, target, (host, port), sender):
+            return [_PING_REQ, seq, target, host, port, sender]
+        case Alive(name, (host, port), inc):
+            return [_ALIVE, name, host, port, inc]
+        case Suspect(name, inc, accuser):
+            return [_SUSPECT, name, inc, accuser]
+        case Dead(name, inc, accuser):
+            return [_DEAD, name, inc, accuser]
+        case Left(name, inc):
+            return [_LEFT, name, inc]
+        case Sync(reply, join, members):
+            records = [[m.name, m.address[0], m.address[1], m.incarnation, int(m.state)]
+                       for m in members]
+            return [_SYNC, reply, join, records]
+    raise TypeError(f"not a message: {msg!r}")
+
+
+def _name(v: object) -> str:
+    if type(v) is not str or not v or len(v.encode()) > MAX_NAME_BYTES:
+        raise DecodeError("bad member name")
+    return v
+
+
+def _host(v: object) -> str:
+    if type(v) is not str or not v or len(v) > MAX_HOST_CHARS:
+        raise DecodeError("bad host")
+    return v
+
+
+def _port(v: object) -> int:
+    if type(v) is not int or not 0 <= v <= 65535:
+        raise DecodeError("bad port")
+    return v
+
+
+def _uint(v: object) -> int:
+    if type(v) is not int or not 0 <= v <= _U64:
+        raise DecodeError("bad unsigned integer")
+    return v
+
+
+def _bool(v: object) -> bool:
+    if type(v) is not bool:
+        raise DecodeError("bad boolean")
+    return v
+
+
+def _state(v: object) -> MemberState:
+    if type(v) is not int or not 0 <= v <= 3:
+        raise DecodeError("bad member state")
+    return MemberState(v)
+
+
+_ARITY = {_PING: 4, _ACK: 3, _NACK: 3, _PING_REQ: 6, _ALIVE: 5, _SUSPECT: 4, _DEAD: 4, _LEFT: 3,
+          _SYNC: 4}
+
+
+def _from_wire(item: object) -> Message:
+    if type(item) is not list or not item:
+        raise DecodeError("message is not an array")
+    tag = item[0]
+    if type(tag) is not int or _ARITY.get(tag) != len(item):
+        raise DecodeError("unknown message type or wrong field count")
+    if tag == _PING:
+        return Ping(_uint(item[1]), _name(item[2]), _name(item[3]))
+    if tag == _ACK:
+        return Ack(_uint(item[1]), _name(item[2]))
+    if tag == _NACK:
+        return Nack(_uint(item[1]), _name(item[2]))
+    if tag == _PING_REQ:
+        return PingReq(_uint(item[1]), _name(item[2]), (_host(item[3]), _port(item[4])),
+                       _name(item[5]))
+    if tag == _ALIVE:
+        return Alive(_name(item[1]), (_host(item[2]), _port(item[3])), _uint(item[4]))
+    if tag == _SUSPECT:
+        return Suspect(_name(item[1]), _uint(item[2]), _name(item[3]))
+    if tag == _DEAD:
+        return Dead(_name(item[1]), _uint(item[2]), _name(item[3]))
+    if tag == _LEFT:
+        return Left(_name(item[1]), _uint(item[2]))
+    members = item[3]
+    if type(members) is not list or len(members) > MAX_SYNC_MEMBERS:
+        raise DecodeError("bad member list")
+    records = []
+    for rec in members:
+        if type(rec) is not list or len(rec) != 5:
+            raise DecodeError("bad member record")
+        records.append(MemberRecord(_name(rec[0]), (_host(rec[1]), _port(rec[2])),
+                                    _uint(rec[3]), _state(rec[4])))
+    return Sync(_bool(item[1]), _bool(item[2]), tuple(records))

@@ -1,0 +1,132 @@
+"""Node configuration: one typed dataclass and the `lan`, `wan` and `local` profiles.
+
+The `lan` defaults are memberlist's `DefaultLANConfig`; `wan` and `local` follow its
+`DefaultWANConfig` and `DefaultLocalConfig`. Every knob is documented in
+docs/protocol.md with its default and the reason for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .transport import Address
+
+Profile = Literal["lan", "wan", "local"]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a node needs to run. Build one with `Config.lan(...)` (or `wan`,
+    `local`) and override fields by keyword; `validate()` runs on construction."""
+
+    name: str
+    bind: Address = ("127.0.0.1", 7946)
+    advertise: Address | None = None
+    seeds: tuple[Address, ...] = ()
+
+    probe_interval: float = 1.0
+    probe_timeout: float = 0.5
+    indirect_checks: int = 3
+    suspicion_mult: int = 4
+    suspicion_max_timeout_mult: int = 6
+    retransmit_mult: int = 4
+    gossip_interval: float = 0.2
+    gossip_nodes: int = 3
+    gossip_to_the_dead_time: float = 30.0
+    push_pull_interval: float = 30.0
+    awareness_max_multiplier: int = 8
+    dead_reclaim_time: float = 60.0
+
+    # Lifeguard switches (Dadgar et al. 2017); all on by default, as in memberlist.
+    lifeguard_awareness: bool = True
+    lifeguard_dynamic_suspicion: bool = True
+    lifeguard_buddy: bool = True
+
+    udp_payload: int = 1400
+    join_timeout: float = 10.0
+    leave_timeout: float = 5.0
+    event_buffer: int = 1024
+    seed: int | None = None
+    """Seed for the node's random choices; `None` draws one from the OS."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ValueError` naming the first bad field."""
+        if not self.name or len(self.name.encode()) > 255:
+            raise ValueError("name must be 1..255 bytes of UTF-8")
+        for key in ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0")
+        if self.probe_timeout > self.probe_interval:
+            raise ValueError("probe_timeout must not exceed probe_interval")
+        if self.indirect_checks < 0 or self.gossip_nodes < 0:
+            raise ValueError("indirect_checks and gossip_nodes must be >= 0")
+        if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
+            raise ValueError("suspicion_mult and suspicion_max_timeout_mult must be >= 1")
+        if self.retransmit_mult < 1:
+            raise ValueError("retransmit_mult must be >= 1")
+        if self.awareness_max_multiplier < 1:
+            raise ValueError("awareness_max_multiplier must be >= 1")
+        if not 200 <= self.udp_payload <= 65507:
+            raise ValueError("udp_payload must be between 200 and 65507 bytes")
+        if self.dead_reclaim_time < 0 or self.gossip_to_the_dead_time < 0:
+            raise ValueError("dead_reclaim_time and gossip_to_the_dead_time must be >= 0")
+        if self.event_buffer < 1:
+            raise ValueError("event_buffer must be >= 1")
+
+    @property
+    def advertise_address(self) -> Address:
+        """The address peers should use: `advertise` if set, else `bind`."""
+        return self.advertise if self.advertise is not None else self.bind
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def lan(cls, name: str, **overrides: Any) -> Config:
+        """memberlist's LAN defaults: 1 s probes, 200 ms gossip."""
+        return cls(name=name, **overrides)
+
+    @classmethod
+    def wan(cls, name: str, **overrides: Any) -> Config:
+        """memberlist's WAN defaults: slower probes, more patience."""
+        values: dict[str, Any] = dict(
+            probe_interval=5.0,
+            probe_timeout=3.0,
+            suspicion_mult=6,
+            push_pull_interval=60.0,
+            gossip_interval=0.5,
+            gossip_nodes=4,
+            gossip_to_the_dead_time=60.0,
+        )
+        values.update(overrides)
+        return cls(name=name, **values)
+
+    @classmethod
+    def local(cls, name: str, **overrides: Any) -> Config:
+        """memberlist's loopback defaults: fast timers for one machine."""
+        values: dict[str, Any] = dict(
+            probe_interval=1.0,
+            probe_timeout=0.2,
+            indirect_checks=1,
+            suspicion_mult=3,
+            retransmit_mult=2,
+            push_pull_interval=15.0,
+            gossip_interval=0.1,
+            gossip_to_the_dead_time=15.0,
+        )
+        values.update(overrides)
+        return cls(name=name, **values)
+
+    @classmethod
+    def profile(cls, profile: Profile, name: str, **overrides: Any) -> Config:
+        """Build a config from a profile name."""
+        builders = {"lan": cls.lan, "wan": cls.wan, "local": cls.local}
+        if profile not in builders:
+            raise ValueError(f"unknown profile {profile!r} (expected lan, wan or local)")
+        return builders[profile](name, **overrides)

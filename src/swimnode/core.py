@@ -1,0 +1,577 @@
+"""The SWIM protocol core: a state machine with no I/O.
+
+`SwimCore` takes decoded input and the current time, updates the membership table, and
+queues what to send and which events happened; the caller (the Trio shell in `node.py`,
+or a test) moves bytes and reads events with `take_output()`. Timers are data: the
+caller asks `next_timer()` when to call `run_timers()` next. All randomness comes from
+the injected `random.Random`, so a seed reproduces a run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, replace
+
+from . import codec
+from .awareness import Awareness
+from .broadcasts import BroadcastQueue
+from .config import Config
+from .events import (
+    MemberAlive,
+    MemberEvent,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberRejoined,
+    MemberSuspected,
+    MemberUpdated,
+)
+from .member import Member, MemberState, supersedes
+from .messages import (
+    Ack,
+    Alive,
+    Dead,
+    Left,
+    MemberRecord,
+    MembershipNews,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    Suspect,
+    Sync,
+)
+from .suspicion import Suspicion, confirmations_needed, suspicion_bounds
+from .transport import Address
+
+ALIVE, SUSPECT, DEAD, LEFT = MemberState
+
+
+@dataclass(slots=True)
+class _Probe:
+    seq: int
+    target: str
+    address: Address
+    sent_at: float
+    acked: bool = False
+    nacks: int = 0
+    expected_nacks: int = 0
+
+
+@dataclass(slots=True)
+class _Relay:
+    """A probe this node makes on behalf of a ping-req sender."""
+
+    requester: Address
+    requester_seq: int
+    target: str
+    deadline: float
+
+
+class _NameSet:
+    """A set of names with O(1) add/remove and O(k) random sampling."""
+
+    __slots__ = ("_index", "_names")
+
+    def __init__(self) -> None:
+        self._names: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def add(self, name: str) -> None:
+        if name not in self._index:
+            self._index[name] = len(self._names)
+            self._names.append(name)
+
+    def discard(self, name: str) -> None:
+        i = self._index.pop(name, None)
+        if i is None:
+            return
+        last = self._names.pop()
+        if i < len(self._names):
+            self._names[i] = last
+            self._index[last] = i
+
+    def sample(self, rng: random.Random, k: int, exclude: tuple[str, ...] = ()) -> list[str]:
+        n = len(self._names)
+        want = min(k + len(exclude), n)
+        picked = rng.sample(self._names, want) if want else []
+        return [p for p in picked if p not in exclude][:k]
+
+
+_TIMER_SUSPICION = 0
+_TIMER_RELAY = 1
+
+
+class SwimCore:
+    """One node's view of the cluster and the rules that change it."""
+
+    def __init__(self, config: Config, *, now: float, rng: random.Random,
+                 incarnation: int = 0) -> None:
+        self.config = config
+        self.name = config.name
+        self.address = config.advertise_address
+        self.incarnation = incarnation
+        self.rng = rng
+        self.awareness = Awareness(config.awareness_max_multiplier,
+                                   enabled=config.lifeguard_awareness)
+        self.broadcasts = BroadcastQueue(config.retransmit_mult)
+        self.stats: Counter[str] = Counter()
+        self.leaving = False
+        self.sync_replies = 0
+
+        self._members: dict[str, Member] = {
+            self.name: Member(self.name, self.address, incarnation, ALIVE, now)
+        }
+        self._peers = _NameSet()  # live members other than us
+        self._departed: dict[str, float] = {}  # dead/left member -> when
+        self._probe_order: list[str] = []
+        self._probe_index = 0
+        self._seq = rng.randrange(1 << 31)
+        self._probes: dict[int, _Probe] = {}
+        self._relays: dict[int, _Relay] = {}
+        self._suspicions: dict[str, Suspicion] = {}
+        self._timers: list[tuple[float, int, int, str]] = []
+        self.timer_changed = False
+
+        self._out: list[tuple[Address, bytes, bool]] = []
+        self._events: list[MemberEvent] = []
+        self._queue_news(Alive(self.name, self.address, incarnation))
+
+    # ----- views -------------------------------------------------------------------
+
+    @property
+    def local_member(self) -> Member:
+        """Our own record."""
+        return self._members[self.name]
+
+    def members(self) -> list[Member]:
+        """Every known member, us included, dead and left ones until reclaimed."""
+        return list(self._members.values())
+
+    def member(self, name: str) -> Member | None:
+        """The record for `name`, if known."""
+        return self._members.get(name)
+
+    @property
+    def n_live(self) -> int:
+        """Live members (alive or suspect), counting us."""
+        return len(self._peers) + 1
+
+    @property
+    def active_suspicions(self) -> int:
+        """Suspicion timers currently running."""
+        return len(self._suspicions)
+
+    def probe_interval(self) -> float:
+        """The current protocol period, stretched by local health."""
+        return self.awareness.scale(self.config.probe_interval)
+
+    def probe_timeout(self) -> float:
+        """How long to wait for a direct ack, stretched by local health."""
+        return self.awareness.scale(self.config.probe_timeout)
+
+    def push_pull_interval(self) -> float:
+        """memberlist's pushPullScale: beyond 32 members, slow full syncs down
+        logarithmically so their total cost stays flat."""
+        n = self.n_live
+        base = self.config.push_pull_interval
+        if n <= 32:
+            return base
+        return base * (math.ceil(math.log2(n) - math.log2(32)) + 1)
+
+    def take_output(self) -> tuple[list[tuple[Address, bytes, bool]], list[MemberEvent]]:
+        """Everything to send (`(dest, data, reliable)`) and events since last call."""
+        out, events = self._out, self._events
+        self._out, self._events = [], []
+        return out, events
+
+    # ----- input -------------------------------------------------------------------
+
+    def handle_packet(self, source: Address, data: bytes, reliable: bool, now: float) -> None:
+        """Process one received packet. Bad input is counted and dropped."""
+        self.stats["packets_received"] += 1
+        self.stats["bytes_received"] += len(data)
+        if not reliable and len(data) > max(self.config.udp_payload, 65507):
+            self.stats["dropped_oversize"] += 1
+            return
+        try:
+            messages = codec.decode_packet(data)
+        except codec.DecodeError:
+            self.stats["dropped_malformed"] += 1
+            return
+        for msg in messages:
+            self.stats[f"received_{type(msg).__name__.lower()}"] += 1
+            self._dispatch(source, msg, reliable, now)
+
+    def _dispatch(self, source: Address, msg: Message, reliable: bool, now: float) -> None:
+        match msg:
+            case Ping(seq, target, _):
+                if target != self.name:
+                    # Someone else used to live at this address (a restart under
+                    # another name); an ack would vouch for the wrong member.
+                    self.stats["dropped_misdirected"] += 1
+                    return
+                self._send(source, [codec.encode_message(Ack(seq, self.name))])
+            case Ack(seq, _):
+                self._on_ack(seq, now)
+            case Nack(seq, _):
+                probe = self._probes.get(seq)
+                if probe is not None:
+                    probe.nacks += 1
+            case PingReq(seq, target, target_address, _):
+                self._relay_probe(source, seq, target, target_address, now)
+            case Alive() | Suspect() | Dead() | Left():
+                self._apply(msg, now)
+            case Sync(reply, join, records):
+                if not reliable:
+                    self.stats["dropped_unreliable_sync"] += 1
+                    return
+                self._merge_sync(records, now)
+                if reply:
+                    self.sync_replies += 1
+                else:
+                    sender = records[0] if records else None
+                    if sender is not None:
+                        self._send(sender.address, [self._sync_message(reply=True, join=join)],
+                                   reliable=True)
+
+    def _on_ack(self, seq: int, now: float) -> None:
+        probe = self._probes.get(seq)
+        if probe is not None:
+            probe.acked = True
+            return
+        relay = self._relays.pop(seq, None)
+        if relay is not None:
+            self._send(relay.requester, [codec.encode_message(Ack(relay.requester_seq,
+                                                                  relay.target))])
+            return
+        self.stats["stale_acks"] += 1
+
+    def _relay_probe(self, requester: Address, seq: int, target: str, address: Address,
+                     now: float) -> None:
+        relay_seq = self._next_seq()
+        deadline = now + self.config.probe_timeout
+        self._relays[relay_seq] = _Relay(requester, seq, target, deadline)
+        self._push_timer(deadline, _TIMER_RELAY, relay_seq, "")
+        self._send(address, [codec.encode_message(Ping(relay_seq, target, self.name))])
+
+    # ----- probing -----------------------------------------------------------------
+
+    def start_probe(self, now: float) -> int | None:
+        """Begin this period's probe: ping the next member in the shuffled
+        round-robin order. Returns the probe's sequence number, or None if there is
+        nobody to probe."""
+        if self.leaving:
+            return None
+        target = self._next_probe_target()
+        if target is None:
+            return None
+        seq = self._next_seq()
+        self._probes[seq] = _Probe(seq, target.name, target.address, now)
+        parts = [codec.encode_message(Ping(seq, target.name, self.name))]
+        if target.state is SUSPECT and self.config.lifeguard_buddy:
+            # Lifeguard's buddy system: tell the suspect directly so it refutes now
+            # instead of waiting for the rumour to reach it.
+            parts.append(codec.encode_message(Suspect(target.name, target.incarnation,
+                                                      self.name)))
+        self.stats["probes"] += 1
+        self._send(target.address, parts)
+        return seq
+
+    def probe_indirect(self, seq: int, now: float) -> None:
+        """The direct probe timed out: ask `indirect_checks` members to try."""
+        probe = self._probes.get(seq)
+        if probe is None or probe.acked:
+            return
+        helpers = self._peers.sample(self.rng, self.config.indirect_checks,
+                                     exclude=(probe.target,))
+        msg = codec.encode_message(PingReq(seq, probe.target, probe.address, self.name))
+        for name in helpers:
+            self._send(self._members[name].address, [msg])
+        self.stats["indirect_probes"] += len(helpers)
+        probe.expected_nacks = len(helpers) if self.config.lifeguard_awareness else 0
+
+    def finish_probe(self, seq: int, now: float) -> None:
+        """The protocol period ended: an unanswered probe makes the target suspect."""
+        probe = self._probes.pop(seq, None)
+        if probe is None:
+            return
+        if probe.acked:
+            self.awareness.apply(-1)
+            return
+        self.stats["probe_failures"] += 1
+        # Lifeguard: missing nacks mean our own messages are not getting through.
+        if probe.expected_nacks:
+            self.awareness.apply(probe.expected_nacks - probe.nacks)
+        else:
+            self.awareness.apply(1)
+        target = self._members.get(probe.target)
+        if target is not None and target.is_live:
+            if target.state is ALIVE:
+                self.stats["suspicions_raised"] += 1
+            self._apply(Suspect(target.name, target.incarnation, self.name), now)
+
+    def _next_probe_target(self) -> Member | None:
+        checked = 0
+        while checked <= len(self._probe_order):
+            if self._probe_index >= len(self._probe_order):
+                # SWIM §4.3: a fresh random order each pass bounds the time until
+                # every member is probed.
+                self._probe_order = [n for n in self._members
+                                     if n != self.name and n in self._peers]
+                self.rng.shuffle(self._probe_order)
+                self._probe_index = 0
+                if not self._probe_order:
+                    return None
+            name = self._probe_order[self._probe_index]
+            self._probe_index += 1
+            checked += 1
+            if name in self._peers:
+                return self._members[name]
+        return None
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    # ----- gossip and sync -----------------------------------------------------------
+
+    def gossip(self, now: float) -> None:
+        """Send queued broadcasts to `gossip_nodes` random members (and sometimes to
+        a recently dead one, so a healed partition hears about us)."""
+        if not self.broadcasts:
+            return
+        targets = [self._members[n] for n in
+                   self._peers.sample(self.rng, self.config.gossip_nodes)]
+        horizon = now - self.config.gossip_to_the_dead_time
+        recent_dead = [n for n, t in self._departed.items()
+                       if t >= horizon and self._members[n].state is DEAD]
+        if recent_dead and self.rng.random() < len(recent_dead) / (len(self._peers) + 1):
+            targets.append(self._members[self.rng.choice(recent_dead)])
+        for member in targets:
+            if not self.broadcasts:
+                break
+            self._send(member.address, [])
+
+    def sync_target(self) -> Address | None:
+        """A random live member for a periodic push-pull, or None."""
+        picked = self._peers.sample(self.rng, 1)
+        return self._members[picked[0]].address if picked else None
+
+    def sync_packet(self, *, join: bool) -> bytes:
+        """Our full state, to push to a seed or a random member over a stream."""
+        return codec.encode_packet([self._sync_message(reply=False, join=join)])
+
+    def _sync_message(self, *, reply: bool, join: bool) -> bytes:
+        own = self.local_member
+        records = [MemberRecord(own.name, own.address, own.incarnation, own.state)]
+        records += [MemberRecord(m.name, m.address, m.incarnation, m.state)
+                    for m in self._members.values() if m.name != self.name]
+        return codec.encode_message(Sync(reply, join, tuple(records)))
+
+    def _merge_sync(self, records: tuple[MemberRecord, ...], now: float) -> None:
+        sender = records[0].name if records else ""
+        for rec in records:
+            news: MembershipNews
+            if rec.state is ALIVE:
+                news = Alive(rec.name, rec.address, rec.incarnation)
+            elif rec.state is LEFT:
+                news = Left(rec.name, rec.incarnation)
+            else:
+                # As memberlist does: a remote death is only a suspicion here, so a
+                # stale full state cannot kill a member outright.
+                news = Suspect(rec.name, rec.incarnation, sender)
+            self._apply(news, now)
+
+    # ----- leave -------------------------------------------------------------------
+
+    def leave(self, now: float) -> None:
+        """Start a graceful leave: stop probing and broadcast a `Left` about us."""
+        if self.leaving:
+            return
+        self.leaving = True
+        me = self.local_member
+        self._members[self.name] = replace(me, state=LEFT, state_changed_at=now)
+        self._queue_news(Left(self.name, self.incarnation))
+
+    def leave_pending(self) -> bool:
+        """True while our `Left` broadcast still has transmissions to go."""
+        return self.broadcasts.pending(self.name)
+
+    # ----- timers ------------------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        """When `run_timers` should next be called, if ever."""
+        return self._timers[0][0] if self._timers else None
+
+    def run_timers(self, now: float) -> None:
+        """Fire every timer that is due: expired suspicions become deaths, and
+        relayed probes that got no ack answer their requester with a nack."""
+        while self._timers and self._timers[0][0] <= now:
+            _, kind, seq, name = heapq.heappop(self._timers)
+            if kind == _TIMER_RELAY:
+                relay = self._relays.pop(seq, None)
+                if relay is not None and self.config.lifeguard_awareness:
+                    self._send(relay.requester, [codec.encode_message(
+                        Nack(relay.requester_seq, self.name))])
+                continue
+            susp = self._suspicions.get(name)
+            if susp is None or susp.deadline > now:
+                continue  # stale entry: refuted, or superseded by a shorter deadline
+            self.stats["deaths_declared"] += 1
+            self._apply(Dead(name, susp.incarnation, self.name), now)
+
+    def _push_timer(self, deadline: float, kind: int, seq: int, name: str) -> None:
+        if not self._timers or deadline < self._timers[0][0]:
+            self.timer_changed = True
+        heapq.heappush(self._timers, (deadline, kind, seq, name))
+
+    def reap(self, now: float) -> None:
+        """Forget dead and left members after `dead_reclaim_time`."""
+        horizon = now - self.config.dead_reclaim_time
+        for name in [n for n, t in self._departed.items() if t <= horizon]:
+            del self._departed[name]
+            del self._members[name]
+            self.broadcasts.discard(name)
+
+    # ----- state rules -------------------------------------------------------------
+
+    def _apply(self, news: MembershipNews, now: float) -> None:
+        name = news.name
+        state = _STATE_OF[type(news)]
+        if name == self.name:
+            self._news_about_self(news, state)
+            return
+        cur = self._members.get(name)
+        if cur is None:
+            if isinstance(news, Alive):
+                self._add_member(news, now)
+            # Suspicion or death of an unknown member carries no address: ignore.
+            return
+        if not supersedes(state, news.incarnation, cur):
+            if isinstance(news, Suspect) and cur.state is SUSPECT \
+                    and news.incarnation == cur.incarnation:
+                self._confirm(name, news)
+            return
+        address = news.address if isinstance(news, Alive) else cur.address
+        new = Member(name, address, news.incarnation, state, now)
+        self._members[name] = new
+        self._queue_news(news)
+        was_live = cur.is_live
+        if new.is_live:
+            self._peers.add(name)
+            self._departed.pop(name, None)
+            if not was_live:
+                self._insert_probe_target(name)
+        else:
+            self._peers.discard(name)
+            self._departed[name] = now
+        if state is SUSPECT:
+            self._start_suspicion(new, news, now)
+        else:
+            self._suspicions.pop(name, None)
+        event = _event_for(cur, new)
+        if not (isinstance(event, MemberUpdated) and cur.address == new.address):
+            # A bare incarnation bump (a refutation we never saw the cause of) is
+            # protocol noise, not news for the user.
+            self._events.append(event)
+
+    def _add_member(self, news: Alive, now: float) -> None:
+        member = Member(news.name, news.address, news.incarnation, ALIVE, now)
+        self._members[news.name] = member
+        self._peers.add(news.name)
+        self._insert_probe_target(news.name)
+        self._queue_news(news)
+        self._events.append(MemberJoined(member))
+
+    def _insert_probe_target(self, name: str) -> None:
+        # SWIM §4.3: a random position keeps the detection-time bound for newcomers.
+        pos = self.rng.randint(0, len(self._probe_order))
+        self._probe_order.insert(pos, name)
+        if pos < self._probe_index:
+            self._probe_index += 1
+
+    def _start_suspicion(self, member: Member, news: MembershipNews, now: float) -> None:
+        accuser = news.accuser if isinstance(news, Suspect) else self.name
+        lo, hi = suspicion_bounds(self.config.suspicion_mult,
+                                  self.config.suspicion_max_timeout_mult, self.n_live,
+                                  self.config.probe_interval)
+        k = (confirmations_needed(self.config.suspicion_mult, self.n_live)
+             if self.config.lifeguard_dynamic_suspicion else 0)
+        susp = Suspicion(started_at=now, incarnation=member.incarnation, accuser=accuser,
+                         lo=lo, hi=hi, k=k)
+        self._suspicions[member.name] = susp
+        self._push_timer(susp.deadline, _TIMER_SUSPICION, 0, member.name)
+
+    def _confirm(self, name: str, news: Suspect) -> None:
+        susp = self._suspicions.get(name)
+        if susp is not None and susp.confirm(news.accuser):
+            self.stats["suspicion_confirmations"] += 1
+            self._push_timer(susp.deadline, _TIMER_SUSPICION, 0, name)
+            # Pass the confirmation on so other members can count it too.
+            self._queue_news(news)
+
+    def _news_about_self(self, news: MembershipNews, state: MemberState) -> None:
+        if self.leaving:
+            if state is not LEFT:
+                self._queue_news(Left(self.name, self.incarnation))
+            return
+        if isinstance(news, Alive):
+            if news.incarnation <= self.incarnation:
+                return
+        elif news.incarnation < self.incarnation:
+            return
+        # Refute: only we raise our incarnation. A suspicion, a death, an old leave,
+        # or an alive record from our previous life (a restart) all lose to it.
+        if state is SUSPECT:
+            self.stats["suspicions_refuted"] += 1
+            self.awareness.apply(1)
+        else:
+            self.stats["refutations"] += 1
+        self.incarnation = news.incarnation + 1
+        self._members[self.name] = replace(self.local_member, incarnation=self.incarnation)
+        self._queue_news(Alive(self.name, self.address, self.incarnation))
+
+    def _queue_news(self, news: MembershipNews) -> None:
+        self.broadcasts.queue(news.name, codec.encode_message(news))
+
+    # ----- output ------------------------------------------------------------------
+
+    def _send(self, dest: Address, parts: list[bytes], *, reliable: bool = False) -> None:
+        if not reliable:
+            used = sum(len(p) for p in parts)
+            # Reserve the larger array header up front; piggyback what fits.
+            budget = self.config.udp_payload - used - codec.packet_overhead(16)
+            parts = parts + self.broadcasts.take(budget, self.n_live)
+            if not parts:
+                return
+        data = codec.encode_packet(parts)
+        self.stats["packets_sent"] += 1
+        self.stats["bytes_sent"] += len(data)
+        self._out.append((dest, data, reliable))
+
+
+_STATE_OF: dict[type, MemberState] = {Alive: ALIVE, Suspect: SUSPECT, Dead: DEAD, Left: LEFT}
+
+
+def _event_for(old: Member, new: Member) -> MemberEvent:
+    if new.state is ALIVE:
+        if old.state is SUSPECT:
+            return MemberAlive(new)
+        if old.state in (DEAD, LEFT):
+            return MemberRejoined(new)
+        return MemberUpdated(new)
+    if new.state is SUSPECT:
+        return MemberSuspected(new)
+    if new.state is DEAD:
+        return MemberFailed(new)
+    return MemberLeft(new)

@@ -1,0 +1,103 @@
+"""The protocol's messages: small immutable value classes, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .member import MemberState
+from .transport import Address
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Direct probe of `target`; answered with `Ack(seq)` to the packet's source."""
+
+    seq: int
+    target: str
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Answer to a `Ping`, or relayed by a ping-req helper with the requester's seq."""
+
+    seq: int
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Sent by a ping-req helper that got no ack in time (Lifeguard): it tells the
+    prober that the helper itself is reachable, so the silence is the target's."""
+
+    seq: int
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """Ask the receiver to probe `target` at `target_address` on the sender's behalf."""
+
+    seq: int
+    target: str
+    target_address: Address
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """Member `name` is alive at `incarnation`, reachable at `address`."""
+
+    name: str
+    address: Address
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    """`accuser` suspects member `name` at `incarnation`."""
+
+    name: str
+    incarnation: int
+    accuser: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    """`accuser` declared member `name` failed at `incarnation`."""
+
+    name: str
+    incarnation: int
+    accuser: str
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    """Member `name` left the cluster gracefully at `incarnation`."""
+
+    name: str
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """One member's full record inside a `Sync`."""
+
+    name: str
+    address: Address
+    incarnation: int
+    state: MemberState
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """Push-pull full state exchange, sent over the reliable channel. The receiver
+    merges `members` and, unless `reply` is set, answers with its own full state."""
+
+    reply: bool
+    join: bool
+    members: tuple[MemberRecord, ...]
+
+
+Message = Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | Left | Sync
+MembershipNews = Alive | Suspect | Dead | Left

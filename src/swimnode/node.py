@@ -1,0 +1,317 @@
+"""The Trio shell around `SwimCore`: one nursery, one task per concern.
+
+Tasks: receive (never waits on a probe), probe (one protocol period at a time), gossip,
+timers (suspicion deadlines and relayed-probe nacks), push-pull, seeds (join and
+re-join when alone) and reaper. Leaving the nursery stops them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+import trio
+
+from .config import Config
+from .core import SwimCore
+from .events import EventHub, EventStream, MemberEvent
+from .member import Member
+from .transport import Address, Transport
+
+log = logging.getLogger("swimnode")
+
+
+class JoinError(Exception):
+    """No seed answered a join within the join timeout."""
+
+
+class NodeNotRunning(RuntimeError):
+    """The node's tasks are not running (not started yet, or stopped)."""
+
+
+class Node:
+    """One cluster member. Start it with `open_node` or `await nursery.start(node.run)`."""
+
+    def __init__(self, config: Config, transport: Transport) -> None:
+        self.config = config
+        self._transport = transport
+        self._core: SwimCore | None = None
+        self._hub = EventHub(config.event_buffer)
+        self._timer_wakeup = trio.Event()
+        self._sync_wakeup = trio.Event()
+        self._seen_sync_replies = 0
+        self._left_sent = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._rng = random.Random(config.seed)
+
+    # ----- public API ----------------------------------------------------------------
+
+    @property
+    def core(self) -> SwimCore:
+        """The protocol state machine (for inspection and tests)."""
+        if self._core is None:
+            raise NodeNotRunning("node has not been started")
+        return self._core
+
+    @property
+    def name(self) -> str:
+        """This member's name."""
+        return self.config.name
+
+    @property
+    def address(self) -> Address:
+        """The address peers reach this node at."""
+        return self.core.address
+
+    @property
+    def local_member(self) -> Member:
+        """This node's own record."""
+        return self.core.local_member
+
+    def members(self) -> list[Member]:
+        """Every known member (us included), dead and left ones until reclaimed."""
+        return self.core.members()
+
+    def live_members(self) -> list[Member]:
+        """Alive and suspect members, us included."""
+        return [m for m in self.core.members() if m.is_live]
+
+    def events(self) -> EventStream:
+        """Subscribe to membership events from now on: `async for ev in node.events()`.
+
+        Each subscription has its own buffer of `config.event_buffer` events; if it
+        falls behind, the missed events are replaced by one `EventsLost(count)`.
+        """
+        return self._hub.subscribe()
+
+    def stats(self) -> dict[str, int]:
+        """Protocol counters, the awareness score and member counts."""
+        core = self.core
+        out = dict(core.stats)
+        out["awareness"] = core.awareness.score
+        out["members_live"] = core.n_live
+        out["members_known"] = len(core.members())
+        out["suspicions_active"] = core.active_suspicions
+        out["incarnation"] = core.incarnation
+        return out
+
+    async def join(self, seeds: Iterable[Address]) -> int:
+        """Exchange full state with each seed; return how many answered.
+
+        Raises `JoinError` if none answered within `config.join_timeout`.
+        """
+        core = self.core
+        targets = [s for s in seeds if s != core.address]
+        if not targets:
+            return 0
+        before = core.sync_replies
+        reached = 0
+        with trio.move_on_after(self.config.join_timeout):
+            async with trio.open_nursery() as nursery:
+                for seed in targets:
+                    nursery.start_soon(self._push_sync, seed, True)
+            while core.sync_replies - before < len(targets):
+                self._sync_wakeup = trio.Event()
+                await self._sync_wakeup.wait()
+        reached = core.sync_replies - before
+        if reached == 0:
+            raise JoinError(f"no seed answered within {self.config.join_timeout:g} s")
+        return reached
+
+    async def leave(self) -> None:
+        """Leave gracefully: disseminate our `left` record, then stop the node.
+
+        Waits until the record has been sent its full retransmit count, or at most
+        `config.leave_timeout`.
+        """
+        core = self.core
+        core.leave(trio.current_time())
+        await self._flush()
+        if core.n_live > 1:
+            with trio.move_on_after(self.config.leave_timeout):
+                await self._left_sent.wait()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Run every task of the node until cancelled or `leave()` completes."""
+        if self._core is not None:
+            raise RuntimeError("a Node can only be run once")
+        config = self.config
+        if config.advertise is None:
+            config = config.replace(advertise=self._transport.local_address)
+            self.config = config
+        self._core = SwimCore(config, now=trio.current_time(),
+                              rng=random.Random(self._rng.getrandbits(64)))
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._receive_loop)
+                nursery.start_soon(self._probe_loop)
+                nursery.start_soon(self._gossip_loop)
+                nursery.start_soon(self._timer_loop)
+                nursery.start_soon(self._push_pull_loop)
+                nursery.start_soon(self._seed_loop)
+                nursery.start_soon(self._reaper_loop)
+                task_status.started()
+        finally:
+            self._nursery = None
+            self._hub.close()
+            with trio.CancelScope(shield=True):
+                await self._transport.aclose()
+
+    # ----- tasks ---------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        core, transport = self.core, self._transport
+        while True:
+            pkt = await transport.receive()
+            core.handle_packet(pkt.source, pkt.data, pkt.reliable, trio.current_time())
+            await self._flush()
+
+    async def _probe_loop(self) -> None:
+        core = self.core
+        # Stagger the first period so nodes started together do not probe in lockstep.
+        await trio.sleep(self._rng.uniform(0, self.config.probe_interval))
+        while True:
+            start = trio.current_time()
+            interval, timeout = core.probe_interval(), core.probe_timeout()
+            seq = core.start_probe(start)
+            await self._flush()
+            if seq is not None:
+                await trio.sleep_until(start + timeout)
+                core.probe_indirect(seq, trio.current_time())
+                await self._flush()
+            await trio.sleep_until(start + interval)
+            if seq is not None:
+                core.finish_probe(seq, trio.current_time())
+                await self._flush()
+
+    async def _gossip_loop(self) -> None:
+        core = self.core
+        interval = self.config.gossip_interval
+        await trio.sleep(self._rng.uniform(0, interval))
+        while True:
+            core.gossip(trio.current_time())
+            await self._flush()
+            await trio.sleep(interval)
+
+    async def _timer_loop(self) -> None:
+        core = self.core
+        while True:
+            deadline = core.next_timer()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._timer_wakeup.wait()
+            self._timer_wakeup = trio.Event()
+            core.run_timers(trio.current_time())
+            await self._flush()
+
+    async def _push_pull_loop(self) -> None:
+        core = self.core
+        await trio.sleep(self._rng.uniform(0, self.config.push_pull_interval))
+        while True:
+            target = core.sync_target()
+            if target is not None and self._nursery is not None:
+                self._nursery.start_soon(self._push_sync, target, False)
+            await trio.sleep(core.push_pull_interval())
+
+    async def _seed_loop(self) -> None:
+        # A node that knows nobody keeps knocking on its seeds, backing off up to
+        # 30 s, so a cluster re-forms after every member restarted or a partition.
+        core = self.core
+        seeds = [s for s in self.config.seeds if s != core.address]
+        backoff = 1.0
+        while True:
+            if seeds and core.n_live == 1 and not core.leaving:
+                try:
+                    await self.join(seeds)
+                    backoff = 1.0
+                except JoinError as exc:
+                    log.warning("%s: join failed: %s; retrying in %g s", self.name, exc,
+                                backoff)
+                    await trio.sleep(backoff)
+                    backoff = min(30.0, backoff * 2)
+            await trio.sleep(self.config.probe_interval)
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            await trio.sleep(max(1.0, self.config.dead_reclaim_time / 10))
+            self.core.reap(trio.current_time())
+
+    # ----- plumbing ------------------------------------------------------------------
+
+    async def _push_sync(self, dest: Address, join: bool) -> None:
+        try:
+            await self._transport.send_reliable(dest, self.core.sync_packet(join=join))
+        except OSError as exc:
+            self.core.stats["sync_failures"] += 1
+            log.debug("%s: push-pull to %s:%s failed: %s", self.name, dest[0], dest[1], exc)
+
+    async def _send_reliable(self, dest: Address, data: bytes) -> None:
+        try:
+            await self._transport.send_reliable(dest, data)
+        except OSError:
+            self.core.stats["reliable_send_failures"] += 1
+
+    async def _flush(self) -> None:
+        core = self.core
+        out, events = core.take_output()
+        if core.timer_changed:
+            core.timer_changed = False
+            self._timer_wakeup.set()
+        if core.sync_replies != self._seen_sync_replies:
+            self._seen_sync_replies = core.sync_replies
+            self._sync_wakeup.set()
+        if core.leaving and not core.leave_pending():
+            self._left_sent.set()
+        for event in events:
+            self._publish(event)
+        for dest, data, reliable in out:
+            if reliable:
+                if self._nursery is not None:
+                    self._nursery.start_soon(self._send_reliable, dest, data)
+            else:
+                await self._transport.send(dest, data)
+
+    def _publish(self, event: MemberEvent) -> None:
+        m = event.member
+        log.info("%s: member %s %s (%s:%s, incarnation %d)", self.name, m.name, event.kind,
+                 m.address[0], m.address[1], m.incarnation)
+        self._hub.publish(event)
+
+
+@asynccontextmanager
+async def open_node(config: Config, *, transport: Transport | None = None
+                    ) -> AsyncIterator[Node]:
+    """Run a node for the duration of the block; every task stops on exit.
+
+    Without `transport`, binds real UDP and TCP sockets at `config.bind`. A node with
+    `config.seeds` joins through them in the background and keeps retrying while it
+    knows nobody; `await node.join(...)` joins explicitly.
+    """
+    if transport is None:
+        from .udp import open_udp_transport
+
+        async with (
+            open_udp_transport(config.bind, advertise=config.advertise) as udp,
+            _running(config, udp) as node,
+        ):
+            yield node
+    else:
+        async with _running(config, transport) as node:
+            yield node
+
+
+@asynccontextmanager
+async def _running(config: Config, transport: Transport) -> AsyncIterator[Node]:
+    async with trio.open_nursery() as nursery:
+        node = Node(config, transport)
+        await nursery.start(node.run)
+        try:
+            yield node
+        finally:
+            nursery.cancel_scope.cancel()

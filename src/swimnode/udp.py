@@ -1,0 +1,551 @@
+"""The real-network transport: UDP datagrams plus TCP for reliable messages.
+
+Like memberlist, a node listens for UDP and TCP on the same host and port, so
+one advertised address is enough for peers to reach it both ways. Datagrams
+carry the protocol's small, loss-tolerant messages; `send_reliable` opens a
+short-lived TCP connection per message (push/pull state exchange, and anything
+too big for a datagram). A stream message is framed as a 4-byte big-endian
+length followed by that many bytes, then the connection is closed.
+
+Usage::
+
+    async with open_udp_transport(("127.0.0.1", 7946)) as transport:
+        await transport.send(("127.0.0.1", 7947), b"ping")
+        packet = await transport.receive()
+
+The transport never parses what it carries. Everything that goes wrong on the
+network is counted in `UdpTransport.stats` rather than raised, except where the
+caller has to know (`send_reliable`, and binding).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import ipaddress
+import logging
+import math
+import os
+import socket as stdlib_socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import lru_cache
+
+import trio
+
+from swimnode.transport import Address, Packet
+
+__all__ = ["TransportError", "UdpTransport", "open_udp_transport"]
+
+logger = logging.getLogger(__name__)
+
+MAX_UDP_PAYLOAD = 65527
+"""Largest UDP payload any IP family can carry (IPv6 without jumbograms)."""
+
+_RECV_BUFFER = 65536
+_FRAME_HEADER = 4
+_READ_CHUNK = 64 * 1024
+_PORT_ZERO_ATTEMPTS = 20
+_LISTEN_BACKLOG = 128
+# After a failed accept (typically EMFILE: out of file descriptors) retrying
+# at once would just spin; a short pause lets open connections finish.
+_ACCEPT_BACKOFF = 0.1
+
+
+class TransportError(OSError):
+    """The transport could not be set up, e.g. its address is unavailable.
+
+    `str()` is a one-line message meant for the operator, such as
+    ``cannot bind 127.0.0.1:7946: address already in use (udp)``; `errno` is
+    set when the operating system reported one.
+    """
+
+    message: str
+
+    def __init__(self, message: str, error_number: int | None = None) -> None:
+        # A single argument keeps str() free of the "[Errno N]" prefix that
+        # OSError adds when given (errno, strerror).
+        super().__init__(message)
+        self.errno = error_number
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def format_address(address: Address) -> str:
+    """`host:port`, with IPv6 hosts in brackets (`[::1]:7946`)."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@lru_cache(maxsize=4096)
+def _ip_literal(host: str) -> str | None:
+    """`host` as a bare IP literal (brackets removed), or None if it is a name.
+
+    Cached because it runs on every send to the same few peers.
+    """
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, stdlib_socket.gaierror):
+        text = exc.strerror or str(exc)
+    elif isinstance(exc, OSError) and exc.errno:
+        text = os.strerror(exc.errno)
+    else:
+        text = str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
+
+
+class UdpTransport:
+    """A `swimnode.transport.Transport` over real UDP and TCP sockets.
+
+    Create it with `open_udp_transport`, which owns its background tasks.
+
+    `stats` counts events that are handled without raising:
+
+    * ``send_errors``: datagrams the OS refused, or with a destination that is
+      not an IP literal;
+    * ``oversize_dropped``: datagrams over `max_datagram`, never sent;
+    * ``receive_overflow``: packets dropped because the receive queue was full;
+    * ``receive_errors``: errors reported by the UDP socket while receiving;
+    * ``stream_rejected``: connections closed at once because `max_connections`
+      were already open;
+    * ``stream_oversize``: incoming messages whose length prefix exceeded
+      `max_stream_bytes`;
+    * ``stream_timeouts``: connections that did not deliver a whole message
+      within `stream_timeout`;
+    * ``stream_errors``: connections that broke or closed mid-message;
+    * ``accept_errors``: failed accepts on the TCP listener;
+    * ``reliable_errors``: failed `send_reliable` calls (these also raise).
+    """
+
+    stats: collections.Counter[str]
+
+    def __init__(
+        self,
+        udp_socket: trio.socket.SocketType,
+        tcp_socket: trio.socket.SocketType,
+        local_address: Address,
+        *,
+        max_datagram: int,
+        max_stream_bytes: int,
+        max_connections: int,
+        stream_timeout: float,
+        receive_queue: int,
+    ) -> None:
+        self.stats = collections.Counter()
+        self._udp = udp_socket
+        self._tcp = tcp_socket
+        self._listener = trio.SocketListener(tcp_socket)
+        self._local_address = local_address
+        self._max_datagram = max_datagram
+        self._max_stream_bytes = max_stream_bytes
+        self._max_connections = max_connections
+        self._stream_timeout = stream_timeout
+        self._send_channel, self._receive_channel = trio.open_memory_channel[Packet](receive_queue)
+        # Created up front so aclose() can stop the background tasks even if
+        # it runs before they have started.
+        self._tasks_scope = trio.CancelScope()
+        self._active = 0
+        self._closed = False
+
+    # -- Transport interface -------------------------------------------------
+
+    @property
+    def local_address(self) -> Address:
+        """The address peers reach this node at: `advertise` if one was given,
+        otherwise the address actually bound (which may be a wildcard such as
+        ``0.0.0.0`` that is not useful to peers)."""
+        return self._local_address
+
+    async def send(self, dest: Address, data: bytes) -> None:
+        """Send one datagram, best effort.
+
+        Never raises for network conditions: a datagram over `max_datagram`
+        bytes, a destination host that is not an IP literal (no DNS lookups
+        happen here) or an error from the OS drops the datagram and is counted
+        in `stats`. Raises `trio.ClosedResourceError` after `aclose()`.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("transport is closed")
+        if len(data) > self._max_datagram:
+            self.stats["oversize_dropped"] += 1
+            await trio.lowlevel.checkpoint()
+            return
+        host = _ip_literal(dest[0]) if isinstance(dest[0], str) else None
+        if host is None:
+            self.stats["send_errors"] += 1
+            logger.debug("dropping datagram to %r: host is not an IP literal", dest)
+            await trio.lowlevel.checkpoint()
+            return
+        try:
+            await self._udp.sendto(data, (host, dest[1]))
+        # ValueError/OverflowError/TypeError: a malformed port, which may have
+        # come from a peer's gossip and so must not crash the caller.
+        except (OSError, ValueError, OverflowError, TypeError) as exc:
+            self.stats["send_errors"] += 1
+            logger.debug("sending datagram to %r failed: %s", dest, exc)
+
+    async def send_reliable(self, dest: Address, data: bytes) -> None:
+        """Deliver `data` as one length-prefixed message over a new TCP
+        connection to `dest`.
+
+        The whole exchange (connect, write, close) is bounded by
+        `stream_timeout`. Raises `TimeoutError` if that runs out, `OSError` if
+        the peer cannot be reached or the connection breaks, and `OSError`
+        (``EMSGSIZE``) if `data` exceeds `max_stream_bytes`. Unlike `send`, the
+        host may be a name; it is resolved within the same time limit.
+        Success means the bytes were handed to the OS, not that the peer
+        processed them.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("transport is closed")
+        if len(data) > self._max_stream_bytes:
+            self.stats["reliable_errors"] += 1
+            raise OSError(
+                errno.EMSGSIZE,
+                f"message of {len(data)} bytes exceeds the {self._max_stream_bytes} byte limit",
+            )
+        host = _ip_literal(dest[0]) or dest[0]
+        frame = len(data).to_bytes(_FRAME_HEADER, "big") + data
+        try:
+            with trio.fail_after(self._stream_timeout):
+                stream = await trio.open_tcp_stream(host, dest[1])
+                async with stream:
+                    await stream.send_all(frame)
+        except trio.TooSlowError:
+            self.stats["reliable_errors"] += 1
+            raise TimeoutError(
+                errno.ETIMEDOUT,
+                f"sending to {format_address(dest)} timed out after {self._stream_timeout} s",
+            ) from None
+        except trio.BrokenResourceError as exc:
+            self.stats["reliable_errors"] += 1
+            raise ConnectionResetError(
+                errno.ECONNRESET, f"connection to {format_address(dest)} broke: {exc}"
+            ) from exc
+        except OSError:
+            self.stats["reliable_errors"] += 1
+            raise
+
+    async def receive(self) -> Packet:
+        """Wait for the next packet, UDP or TCP, in arrival order.
+
+        Stream packets have `reliable=True`; their `source` is the connecting
+        socket's address, whose port is ephemeral, not the peer's listening
+        port. Raises `trio.ClosedResourceError` once the transport is closed,
+        including for calls already waiting.
+        """
+        return await self._receive_channel.receive()
+
+    async def aclose(self) -> None:
+        """Stop receiving and release the address. Queued packets are
+        discarded and waiting `receive()` calls raise
+        `trio.ClosedResourceError`. Idempotent; leaving the
+        `open_udp_transport` block also does this and waits for the
+        background tasks to finish."""
+        self._shut_down()
+        await trio.lowlevel.checkpoint()
+
+    # -- extras --------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether `aclose()` has run."""
+        return self._closed
+
+    @property
+    def active_connections(self) -> int:
+        """Incoming TCP connections currently being read."""
+        return self._active
+
+    # -- internals -----------------------------------------------------------
+
+    def _shut_down(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._tasks_scope.cancel()
+        self._receive_channel.close()
+        self._send_channel.close()
+        self._udp.close()
+        self._tcp.close()
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self._tasks_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive_datagrams)
+                nursery.start_soon(self._accept_connections, nursery)
+                task_status.started()
+
+    def _enqueue(self, packet: Packet) -> None:
+        try:
+            self._send_channel.send_nowait(packet)
+        except trio.WouldBlock:
+            self.stats["receive_overflow"] += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # closed concurrently; nobody will read it
+
+    async def _receive_datagrams(self) -> None:
+        # One reusable buffer: allocating 64 KiB per datagram would dominate
+        # the cost of the small messages that make up most traffic.
+        buffer = bytearray(_RECV_BUFFER)
+        view = memoryview(buffer)
+        while True:
+            try:
+                size, source = await self._udp.recvfrom_into(buffer)
+            except trio.ClosedResourceError:
+                return
+            except OSError as exc:
+                # E.g. ECONNRESET on Windows after an ICMP port-unreachable;
+                # the socket itself is still fine.
+                if self._closed:
+                    return
+                self.stats["receive_errors"] += 1
+                logger.debug("UDP receive error: %s", exc)
+                continue
+            self._enqueue(Packet((source[0], source[1]), bytes(view[:size]), False))
+
+    async def _accept_connections(self, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await self._listener.accept()
+            except trio.ClosedResourceError:
+                return
+            except OSError as exc:
+                if self._closed:
+                    return
+                self.stats["accept_errors"] += 1
+                logger.debug("TCP accept failed: %s", exc)
+                await trio.sleep(_ACCEPT_BACKOFF)
+                continue
+            if self._active >= self._max_connections:
+                self.stats["stream_rejected"] += 1
+                await trio.aclose_forcefully(stream)
+                continue
+            self._active += 1
+            nursery.start_soon(self._serve_connection, stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            # One deadline for reading and queueing, so a slow or silent
+            # client cannot hold a connection slot for longer than this.
+            deadline = trio.current_time() + self._stream_timeout
+            try:
+                peer = stream.socket.getpeername()
+                with trio.move_on_at(deadline) as read_scope:
+                    data = await self._read_message(stream)
+            except (OSError, trio.BrokenResourceError) as exc:
+                self.stats["stream_errors"] += 1
+                logger.debug("incoming stream failed: %s", exc)
+                return
+            if read_scope.cancelled_caught:
+                self.stats["stream_timeouts"] += 1
+                return
+            if data is None:
+                return
+            # Wait for queue space rather than drop at once: unlike a
+            # datagram, the sender believes this message was delivered.
+            packet = Packet((peer[0], peer[1]), data, True)
+            with trio.move_on_at(deadline) as queue_scope:
+                try:
+                    await self._send_channel.send(packet)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+            if queue_scope.cancelled_caught:
+                self.stats["receive_overflow"] += 1
+        finally:
+            self._active -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _read_message(self, stream: trio.SocketStream) -> bytes | None:
+        """One length-prefixed message, or None (counted) if it is refused or
+        the stream ends early."""
+        header = await self._read_exactly(stream, _FRAME_HEADER)
+        if header is None:
+            return None
+        length = int.from_bytes(header, "big")
+        if length > self._max_stream_bytes:
+            self.stats["stream_oversize"] += 1
+            return None
+        return await self._read_exactly(stream, length)
+
+    async def _read_exactly(self, stream: trio.SocketStream, size: int) -> bytes | None:
+        # Grown as bytes arrive instead of preallocated from the length
+        # prefix, so memory follows what clients actually send, not what
+        # they claim they will.
+        buffer = bytearray()
+        while len(buffer) < size:
+            chunk = await stream.receive_some(min(size - len(buffer), _READ_CHUNK))
+            if not chunk:
+                self.stats["stream_errors"] += 1
+                return None
+            buffer += chunk
+        return bytes(buffer)
+
+
+def _check_options(
+    max_datagram: int,
+    max_stream_bytes: int,
+    max_connections: int,
+    stream_timeout: float,
+    receive_queue: int,
+) -> None:
+    if not 0 <= max_datagram <= MAX_UDP_PAYLOAD:
+        raise ValueError(f"max_datagram must be in [0, {MAX_UDP_PAYLOAD}], got {max_datagram!r}")
+    if not 0 <= max_stream_bytes < 2 ** (8 * _FRAME_HEADER):
+        raise ValueError(f"max_stream_bytes must fit in 32 bits, got {max_stream_bytes!r}")
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
+    if not (stream_timeout > 0 and math.isfinite(stream_timeout)):
+        raise ValueError(f"stream_timeout must be a positive number, got {stream_timeout!r}")
+    if receive_queue < 1:
+        raise ValueError(f"receive_queue must be >= 1, got {receive_queue!r}")
+
+
+async def _resolve_bind_host(bind: Address) -> tuple[stdlib_socket.AddressFamily, str]:
+    host, port = bind
+    literal = _ip_literal(host) if host else "0.0.0.0"
+    if literal is not None:
+        version = ipaddress.ip_address(literal).version
+        family = stdlib_socket.AF_INET6 if version == 6 else stdlib_socket.AF_INET
+        return family, literal
+    # Names are allowed here (it happens once, at startup), unlike on the
+    # send path.
+    try:
+        infos = await trio.socket.getaddrinfo(
+            host, port, type=stdlib_socket.SOCK_DGRAM, flags=stdlib_socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise TransportError(
+            f"cannot bind {format_address(bind)}: {_describe(exc)}", exc.errno
+        ) from exc
+    for family, _type, _proto, _name, sockaddr in infos:
+        if family in (stdlib_socket.AF_INET, stdlib_socket.AF_INET6):
+            return family, str(sockaddr[0])
+    raise TransportError(f"cannot bind {format_address(bind)}: no IPv4 or IPv6 address")
+
+
+async def _bind_sockets(
+    bind: Address,
+) -> tuple[trio.socket.SocketType, trio.socket.SocketType, Address]:
+    """Bind UDP, then TCP on the same port; returns both and the bound address."""
+    port = bind[1]
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise TransportError(f"cannot bind {format_address(bind)}: port out of range")
+    family, bind_host = await _resolve_bind_host(bind)
+    # With port 0 the OS picks a port free for UDP only; TCP may already be
+    # using it, in which case we simply try another.
+    attempts = _PORT_ZERO_ATTEMPTS if port == 0 else 1
+    for attempt in range(attempts):
+        udp = trio.socket.socket(family, stdlib_socket.SOCK_DGRAM)
+        try:
+            await udp.bind((bind_host, port))
+        except OSError as exc:
+            udp.close()
+            raise TransportError(
+                f"cannot bind {format_address(bind)}: {_describe(exc)} (udp)", exc.errno
+            ) from exc
+        bound_host, bound_port = udp.getsockname()[:2]
+        tcp = trio.socket.socket(family, stdlib_socket.SOCK_STREAM)
+        try:
+            # Lets a restarted node reuse its port while old connections sit
+            # in TIME_WAIT. On Windows the option means something else (it
+            # allows stealing a port in use), so it is left off there.
+            if sys.platform != "win32":
+                tcp.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+            await tcp.bind((bind_host, bound_port))
+            tcp.listen(_LISTEN_BACKLOG)
+        except OSError as exc:
+            tcp.close()
+            udp.close()
+            if exc.errno == errno.EADDRINUSE and attempt + 1 < attempts:
+                continue
+            shown = (bind_host, bound_port) if port == 0 else bind
+            raise TransportError(
+                f"cannot bind {format_address(shown)}: {_describe(exc)} (tcp)", exc.errno
+            ) from exc
+        return udp, tcp, (str(bound_host), int(bound_port))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@asynccontextmanager
+async def open_udp_transport(
+    bind: Address,
+    *,
+    advertise: Address | None = None,
+    max_datagram: int = 65507,
+    max_stream_bytes: int = 16 * 1024 * 1024,
+    max_connections: int = 64,
+    stream_timeout: float = 10.0,
+    receive_queue: int = 1024,
+) -> AsyncIterator[UdpTransport]:
+    """Bind UDP and TCP on `bind` and run the transport for the block's
+    duration::
+
+        async with open_udp_transport(("0.0.0.0", 7946), advertise=("10.0.0.5", 7946)) as t:
+            ...
+
+    `bind` is `(host, port)`; the host is an IPv4 or IPv6 literal (``"::1"``
+    and ``"[::1]"`` both work) or a name resolved once here. Port 0 picks a
+    port free for both protocols; `UdpTransport.local_address` reports it
+    unless `advertise` overrides it.
+
+    Datagrams over `max_datagram` bytes are not sent. Incoming stream
+    messages over `max_stream_bytes` are refused; at most `max_connections`
+    are read at once (more are closed immediately); each must arrive within
+    `stream_timeout` seconds, which also bounds `send_reliable`. Up to
+    `receive_queue` packets wait for `receive()`; further datagrams are
+    dropped.
+
+    Raises `TransportError` (an `OSError`) with a one-line message if the
+    address cannot be bound, and `ValueError` for invalid options. On exit
+    the sockets are closed and background tasks stopped. An exception from
+    the block is re-raised as itself, not wrapped in an `ExceptionGroup`.
+    """
+    _check_options(max_datagram, max_stream_bytes, max_connections, stream_timeout, receive_queue)
+    udp, tcp, bound = await _bind_sockets(bind)
+    try:
+        transport = UdpTransport(
+            udp,
+            tcp,
+            advertise if advertise is not None else bound,
+            max_datagram=max_datagram,
+            max_stream_bytes=max_stream_bytes,
+            max_connections=max_connections,
+            stream_timeout=stream_timeout,
+            receive_queue=receive_queue,
+        )
+    except BaseException:
+        udp.close()
+        tcp.close()
+        raise
+    only_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(transport._run)
+            try:
+                yield transport
+            finally:
+                transport._shut_down()
+    except BaseExceptionGroup as group:
+        # The background tasks handle their own errors, so a group holding a
+        # single exception carries the caller's own; hand it back unwrapped.
+        if len(group.exceptions) != 1:
+            raise
+        only_error = group.exceptions[0]
+    finally:
+        transport._shut_down()
+    if only_error is not None:
+        # Raised outside the except clause so its __context__ is not
+        # replaced by the group.
+        raise only_error
