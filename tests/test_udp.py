@@ -199,6 +199,48 @@ async def test_unbindable_address_raises_transport_error(bind: Address, fragment
     assert "\n" not in str(info.value)
 
 
+class _StealFirstTcpPort(trio.abc.SocketFactory):
+    """Makes the first TCP bind after a port-0 UDP bind collide, as if another
+    program had grabbed that TCP port in between."""
+
+    def __init__(self) -> None:
+        self.udp: list[trio.socket.SocketType] = []
+        self.blockers: list[socket.socket] = []
+
+    def socket(
+        self,
+        family: socket.AddressFamily | int = socket.AF_INET,
+        type: socket.SocketKind | int = socket.SOCK_STREAM,
+        proto: int = 0,
+    ) -> trio.socket.SocketType:
+        sock = trio.socket.from_stdlib_socket(socket.socket(family, type, proto))
+        if type == socket.SOCK_DGRAM:
+            self.udp.append(sock)
+        elif not self.blockers:
+            blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            blocker.bind(("127.0.0.1", self.udp[-1].getsockname()[1]))
+            blocker.listen(1)
+            self.blockers.append(blocker)
+        return sock
+
+
+async def test_port_zero_retries_when_tcp_port_is_taken() -> None:
+    factory = _StealFirstTcpPort()
+    trio.socket.set_custom_socket_factory(factory)
+    try:
+        async with open_udp_transport(LOCAL) as t:
+            taken = factory.blockers[0].getsockname()[1]
+            assert len(factory.udp) == 2
+            assert t.local_address[1] != taken
+            async with open_udp_transport(LOCAL) as other:
+                await other.send_reliable(t.local_address, b"tcp on the new port")
+            assert (await receive(t)).data == b"tcp on the new port"
+    finally:
+        trio.socket.set_custom_socket_factory(None)
+        for blocker in factory.blockers:
+            blocker.close()
+
+
 async def test_oversize_datagram_dropped_and_counted() -> None:
     async with open_udp_transport(LOCAL, max_datagram=100) as a, open_udp_transport(LOCAL) as b:
         await a.send(b.local_address, b"x" * 101)

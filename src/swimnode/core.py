@@ -214,13 +214,20 @@ class SwimCore:
 
     def _dispatch(self, source: Address, msg: Message, reliable: bool, now: float) -> None:
         match msg:
-            case Ping(seq, target, _):
+            case Ping(seq, target, sender):
                 if target != self.name:
                     # Someone else used to live at this address (a restart under
                     # another name); an ack would vouch for the wrong member.
                     self.stats["dropped_misdirected"] += 1
                     return
-                self._send(source, [codec.encode_message(Ack(seq, self.name))])
+                parts = [codec.encode_message(Ack(seq, self.name))]
+                prober = self._members.get(sender)
+                if prober is not None and prober.state is SUSPECT and self.config.lifeguard_buddy:
+                    # The buddy system run backwards: a suspect that probes us learns
+                    # of the suspicion from our ack, even if the rumour already ran
+                    # out of retransmissions while it was unreachable.
+                    parts.append(self._suspect_message(prober))
+                self._send(source, parts)
             case Ack(seq, _):
                 self._on_ack(seq, now)
             case Nack(seq, _):
@@ -281,8 +288,7 @@ class SwimCore:
         if target.state is SUSPECT and self.config.lifeguard_buddy:
             # Lifeguard's buddy system: tell the suspect directly so it refutes now
             # instead of waiting for the rumour to reach it.
-            parts.append(codec.encode_message(Suspect(target.name, target.incarnation,
-                                                      self.name)))
+            parts.append(self._suspect_message(target))
         self.stats["probes"] += 1
         self._send(target.address, parts)
         return seq
@@ -540,6 +546,9 @@ class SwimCore:
         self.incarnation = news.incarnation + 1
         self._members[self.name] = replace(self.local_member, incarnation=self.incarnation)
         self._queue_news(Alive(self.name, self.address, self.incarnation))
+
+    def _suspect_message(self, member: Member) -> bytes:
+        return codec.encode_message(Suspect(member.name, member.incarnation, self.name))
 
     def _queue_news(self, news: MembershipNews) -> None:
         self.broadcasts.queue(news.name, codec.encode_message(news))
