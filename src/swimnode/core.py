@@ -55,6 +55,7 @@ class _Probe:
     seq: int
     target: str
     address: Address
+    incarnation: int
     sent_at: float
     acked: bool = False
     nacks: int = 0
@@ -283,7 +284,7 @@ class SwimCore:
         if target is None:
             return None
         seq = self._next_seq()
-        self._probes[seq] = _Probe(seq, target.name, target.address, now)
+        self._probes[seq] = _Probe(seq, target.name, target.address, target.incarnation, now)
         parts = [codec.encode_message(Ping(seq, target.name, self.name))]
         if target.state is SUSPECT and self.config.lifeguard_buddy:
             # Lifeguard's buddy system: tell the suspect directly so it refutes now
@@ -321,7 +322,9 @@ class SwimCore:
         else:
             self.awareness.apply(1)
         target = self._members.get(probe.target)
-        if target is not None and target.is_live:
+        # A probe says nothing about a newer incarnation (a restart or refutation
+        # that arrived while it ran), so only the probed incarnation is suspected.
+        if target is not None and target.is_live and target.incarnation == probe.incarnation:
             if target.state is ALIVE:
                 self.stats["suspicions_raised"] += 1
             self._apply(Suspect(target.name, target.incarnation, self.name), now)
