@@ -127,7 +127,7 @@ def test_zero_or_negative_budget_takes_nothing() -> None:
     assert sum(len(q.take(BIG, 9)) for _ in range(10)) == 3
 
 
-@settings(max_examples=150, derandomize=True)
+@settings(max_examples=80, derandomize=True)
 @given(
     sizes=st.lists(st.integers(1, 300), min_size=0, max_size=30),
     budget=st.integers(-10, 2000),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -77,7 +78,7 @@ def test_timeout_formula_for_every_c(k: int) -> None:
         values.append(got)
     assert values[0] == pytest.approx(hi)
     assert values[k] == pytest.approx(lo)
-    assert all(a > b for a, b in zip(values[:k], values[1:k + 1], strict=True))  # shrinking
+    assert all(a > b for a, b in itertools.pairwise(values[:k + 1]))  # shrinking
     assert all(v == pytest.approx(lo) for v in values[k:])
 
 

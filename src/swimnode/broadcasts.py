@@ -52,10 +52,12 @@ class BroadcastQueue:
             if not level:
                 del self._levels[old.transmits]
 
-    def take(self, budget: int, n_members: int, per_item_overhead: int = 0) -> list[bytes]:
-        """Pick broadcasts whose sizes (plus `per_item_overhead` each) fit in `budget`
-        bytes, least-sent first, and count one transmission for each picked item."""
-        if not self._items or budget <= 0:
+    def take(self, budget: int, n_members: int, per_item_overhead: int = 0,
+             max_items: int = 1 << 30) -> list[bytes]:
+        """Pick at most `max_items` broadcasts whose sizes (plus `per_item_overhead`
+        each) fit in `budget` bytes, least-sent first, and count one transmission for
+        each picked item."""
+        if not self._items or budget <= 0 or max_items <= 0:
             return []
         limit = retransmit_limit(self._mult, n_members)
         picked: list[_Item] = []
@@ -65,9 +67,9 @@ class BroadcastQueue:
                 if cost <= budget:
                     picked.append(item)
                     budget -= cost
-                    if budget < 16:
+                    if budget < 16 or len(picked) >= max_items:
                         break
-            if budget < 16:
+            if budget < 16 or len(picked) >= max_items:
                 break
         out = []
         for item in picked:

@@ -34,12 +34,23 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGES_PER_PACKET = 1024
 MAX_SYNC_MEMBERS = 100_000
 MAX_PACKET_BYTES = 64 * 1024 * 1024
+MAX_DATAGRAM_BYTES = 65507
 MAX_NAME_BYTES = 255
 MAX_HOST_CHARS = 255
 _U64 = (1 << 64) - 1
 _VERSION = bytes([PROTOCOL_VERSION])
 
 _PING, _ACK, _NACK, _PING_REQ, _ALIVE, _SUSPECT, _DEAD, _LEFT, _SYNC = range(1, 10)
+MESSAGE_NAMES = {_PING: "ping", _ACK: "ack", _NACK: "nack", _PING_REQ: "pingreq",
+                 _ALIVE: "alive", _SUSPECT: "suspect", _DEAD: "dead", _LEFT: "left",
+                 _SYNC: "sync"}
+"""Type tag -> name, for counters."""
+
+
+def message_tag(encoded: bytes) -> int:
+    """The type tag of an encoded message (its array header is one byte for every
+    message this codec writes, and the tag a positive fixint)."""
+    return encoded[1]
 
 
 class DecodeError(Exception):
@@ -106,8 +117,8 @@ def _to_wire(msg: Message) -> list[Any]:
             return [_ACK, seq, sender]
         case Nack(seq, sender):
             return [_NACK, seq, sender]
-        case PingReq(seq, target, (host, port), sender):
-            return [_PING_REQ, seq, target, host, port, sender]
+        case PingReq(seq, target, (host, port), sender, timeout_ms):
+            return [_PING_REQ, seq, target, host, port, sender, timeout_ms]
         case Alive(name, (host, port), inc):
             return [_ALIVE, name, host, port, inc]
         case Suspect(name, inc, accuser):
@@ -159,7 +170,7 @@ def _state(v: object) -> MemberState:
     return MemberState(v)
 
 
-_ARITY = {_PING: 4, _ACK: 3, _NACK: 3, _PING_REQ: 6, _ALIVE: 5, _SUSPECT: 4, _DEAD: 4, _LEFT: 3,
+_ARITY = {_PING: 4, _ACK: 3, _NACK: 3, _PING_REQ: 7, _ALIVE: 5, _SUSPECT: 4, _DEAD: 4, _LEFT: 3,
           _SYNC: 4}
 
 
@@ -177,7 +188,7 @@ def _from_wire(item: object) -> Message:
         return Nack(_uint(item[1]), _name(item[2]))
     if tag == _PING_REQ:
         return PingReq(_uint(item[1]), _name(item[2]), (_host(item[3]), _port(item[4])),
-                       _name(item[5]))
+                       _name(item[5]), _uint(item[6]))
     if tag == _ALIVE:
         return Alive(_name(item[1]), (_host(item[2]), _port(item[3])), _uint(item[4]))
     if tag == _SUSPECT:

@@ -52,6 +52,9 @@ class Config:
     """Seed for the node's random choices; `None` draws one from the OS."""
 
     def __post_init__(self) -> None:
+        # Accept any iterable of (host, port) pairs, e.g. a list from a config file.
+        seeds = tuple((str(h), int(p)) for h, p in self.seeds)
+        object.__setattr__(self, "seeds", seeds)
         self.validate()
 
     def validate(self) -> None:

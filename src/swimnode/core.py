@@ -13,7 +13,7 @@ import heapq
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from . import codec
 from .awareness import Awareness
@@ -58,7 +58,7 @@ class _Probe:
     incarnation: int
     sent_at: float
     acked: bool = False
-    nacks: int = 0
+    nacks: set[str] = field(default_factory=set)
     expected_nacks: int = 0
 
 
@@ -108,6 +108,9 @@ class _NameSet:
         return [p for p in picked if p not in exclude][:k]
 
 
+_MAX_RELAY_TIMEOUT = 30.0
+"""Cap on the wait a ping-req may ask of a helper, so a forged one holds little."""
+
 _TIMER_SUSPICION = 0
 _TIMER_RELAY = 1
 
@@ -127,7 +130,7 @@ class SwimCore:
         self.broadcasts = BroadcastQueue(config.retransmit_mult)
         self.stats: Counter[str] = Counter()
         self.leaving = False
-        self.sync_replies = 0
+        self.join_replies = 0
 
         self._members: dict[str, Member] = {
             self.name: Member(self.name, self.address, incarnation, ALIVE, now)
@@ -135,6 +138,7 @@ class SwimCore:
         self._peers = _NameSet()  # live members other than us
         self._departed: dict[str, float] = {}  # dead/left member -> when
         self._probe_order: list[str] = []
+        self._probe_set: set[str] = set()
         self._probe_index = 0
         self._seq = rng.randrange(1 << 31)
         self._probes: dict[int, _Probe] = {}
@@ -201,7 +205,7 @@ class SwimCore:
         """Process one received packet. Bad input is counted and dropped."""
         self.stats["packets_received"] += 1
         self.stats["bytes_received"] += len(data)
-        if not reliable and len(data) > max(self.config.udp_payload, 65507):
+        if not reliable and len(data) > codec.MAX_DATAGRAM_BYTES:
             self.stats["dropped_oversize"] += 1
             return
         try:
@@ -210,7 +214,7 @@ class SwimCore:
             self.stats["dropped_malformed"] += 1
             return
         for msg in messages:
-            self.stats[f"received_{type(msg).__name__.lower()}"] += 1
+            self.stats["received_" + type(msg).__name__.lower()] += 1
             self._dispatch(source, msg, reliable, now)
 
     def _dispatch(self, source: Address, msg: Message, reliable: bool, now: float) -> None:
@@ -231,12 +235,14 @@ class SwimCore:
                 self._send(source, parts)
             case Ack(seq, _):
                 self._on_ack(seq, now)
-            case Nack(seq, _):
+            case Nack(seq, sender):
                 probe = self._probes.get(seq)
                 if probe is not None:
-                    probe.nacks += 1
-            case PingReq(seq, target, target_address, _):
-                self._relay_probe(source, seq, target, target_address, now)
+                    probe.nacks.add(sender)
+            case PingReq(seq, target, target_address, _, timeout_ms):
+                timeout = timeout_ms / 1000 if timeout_ms else self.config.probe_timeout
+                self._relay_probe(source, seq, target, target_address,
+                                  min(timeout, _MAX_RELAY_TIMEOUT), now)
             case Alive() | Suspect() | Dead() | Left():
                 self._apply(msg, now)
             case Sync(reply, join, records):
@@ -245,12 +251,12 @@ class SwimCore:
                     return
                 self._merge_sync(records, now)
                 if reply:
-                    self.sync_replies += 1
-                else:
-                    sender = records[0] if records else None
-                    if sender is not None:
-                        self._send(sender.address, [self._sync_message(reply=True, join=join)],
-                                   reliable=True)
+                    if join:
+                        self.join_replies += 1
+                elif records:
+                    # The sender's own record comes first: answer at its address.
+                    self._send(records[0].address, [self._sync_message(reply=True, join=join)],
+                               reliable=True)
 
     def _on_ack(self, seq: int, now: float) -> None:
         probe = self._probes.get(seq)
@@ -265,9 +271,9 @@ class SwimCore:
         self.stats["stale_acks"] += 1
 
     def _relay_probe(self, requester: Address, seq: int, target: str, address: Address,
-                     now: float) -> None:
+                     timeout: float, now: float) -> None:
         relay_seq = self._next_seq()
-        deadline = now + self.config.probe_timeout
+        deadline = now + timeout
         self._relays[relay_seq] = _Relay(requester, seq, target, deadline)
         self._push_timer(deadline, _TIMER_RELAY, relay_seq, "")
         self._send(address, [codec.encode_message(Ping(relay_seq, target, self.name))])
@@ -288,8 +294,9 @@ class SwimCore:
         parts = [codec.encode_message(Ping(seq, target.name, self.name))]
         if target.state is SUSPECT and self.config.lifeguard_buddy:
             # Lifeguard's buddy system: tell the suspect directly so it refutes now
-            # instead of waiting for the rumour to reach it.
-            parts.append(self._suspect_message(target))
+            # instead of waiting for the rumour to reach it. It goes first so the
+            # refutation is already queued when the ack is built, and rides on it.
+            parts.insert(0, self._suspect_message(target))
         self.stats["probes"] += 1
         self._send(target.address, parts)
         return seq
@@ -301,7 +308,12 @@ class SwimCore:
             return
         helpers = self._peers.sample(self.rng, self.config.indirect_checks,
                                      exclude=(probe.target,))
-        msg = codec.encode_message(PingReq(seq, probe.target, probe.address, self.name))
+        # The helpers' nacks must land before this period ends to count (Lifeguard), so
+        # they get most, not all, of the time that is left.
+        left = probe.sent_at + self.probe_interval() - now
+        timeout_ms = max(1, int(left * 0.8 * 1000))
+        msg = codec.encode_message(PingReq(seq, probe.target, probe.address, self.name,
+                                           timeout_ms))
         for name in helpers:
             self._send(self._members[name].address, [msg])
         self.stats["indirect_probes"] += len(helpers)
@@ -318,7 +330,7 @@ class SwimCore:
         self.stats["probe_failures"] += 1
         # Lifeguard: missing nacks mean our own messages are not getting through.
         if probe.expected_nacks:
-            self.awareness.apply(probe.expected_nacks - probe.nacks)
+            self.awareness.apply(max(0, probe.expected_nacks - len(probe.nacks)))
         else:
             self.awareness.apply(1)
         target = self._members.get(probe.target)
@@ -337,6 +349,7 @@ class SwimCore:
                 # every member is probed.
                 self._probe_order = [n for n in self._members
                                      if n != self.name and n in self._peers]
+                self._probe_set = set(self._probe_order)
                 self.rng.shuffle(self._probe_order)
                 self._probe_index = 0
                 if not self._probe_order:
@@ -503,6 +516,9 @@ class SwimCore:
         self._events.append(MemberJoined(member))
 
     def _insert_probe_target(self, name: str) -> None:
+        if name in self._probe_set:
+            return  # a revived member still has its place in this pass
+        self._probe_set.add(name)
         # SWIM §4.3: a random position keeps the detection-time bound for newcomers.
         pos = self.rng.randint(0, len(self._probe_order))
         self._probe_order.insert(pos, name)
@@ -563,12 +579,18 @@ class SwimCore:
             used = sum(len(p) for p in parts)
             # Reserve the larger array header up front; piggyback what fits.
             budget = self.config.udp_payload - used - codec.packet_overhead(16)
-            parts = parts + self.broadcasts.take(budget, self.n_live)
+            room = codec.MAX_MESSAGES_PER_PACKET - len(parts)
+            parts = parts + self.broadcasts.take(budget, self.n_live, max_items=room)
             if not parts:
                 return
         data = codec.encode_packet(parts)
-        self.stats["packets_sent"] += 1
-        self.stats["bytes_sent"] += len(data)
+        stats = self.stats
+        stats["packets_sent"] += 1
+        stats["bytes_sent"] += len(data)
+        for part in parts:
+            name = codec.MESSAGE_NAMES.get(codec.message_tag(part), "other")
+            stats["sent_" + name] += 1
+            stats["sent_bytes_" + name] += len(part)
         self._out.append((dest, data, reliable))
 
 

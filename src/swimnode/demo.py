@@ -3,15 +3,23 @@ take it back, and see another leave, on the in-memory network.
 
 Time is real by default (the lan profile's 1 s protocol period); `--speed 10` runs
 Trio's clock ten times faster so the whole story takes a few seconds.
+
+`--udp` tells a shorter story with real processes instead: 3 to 5 agents on 127.0.0.1
+(`local` profile, free ports) find each other, one is SIGKILLed, and the survivors
+detect it; every agent is then stopped by its PID.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Callable
 
 import trio
 import trio.testing
 
+from .config import Config
+from .localcluster import LocalCluster, detection_bound, wait_for
 from .member import MemberState
 from .sim import Network
 from .testing import Observed, SimCluster, open_sim_cluster
@@ -33,13 +41,16 @@ async def _demo(nodes: int, seed: int, loss: float) -> None:
                 _describe(start, obs)
             printed = len(cluster.log)
 
-        async def phase(title: str, done: object, timeout: float) -> None:
+        async def phase(title: str, done: Callable[[], bool], limit: float) -> None:
+            def check() -> bool:
+                show_new()
+                return done()
+
             _line(start, f"--- {title}")
-            took = await cluster.wait_for(lambda: (show_new(), done())[1],  # type: ignore[operator]
-                                          timeout=timeout, step=0.05)
+            took = await cluster.wait_for(check, timeout=limit, step=0.05)
             show_new()
             if took is None:
-                _line(start, f"(not finished after {timeout:g} s)")
+                _line(start, f"(not finished after {limit:g} s)")
 
         await phase(f"{nodes} nodes join through n0", cluster.converged, 15)
         victim = f"n{nodes - 1}"
@@ -76,6 +87,54 @@ def _print_table(start: float, cluster: SimCluster) -> None:
         print(f"{observer:>6} {cells}")
 
 
+def _udp_demo(nodes: int) -> int:
+    start = time.monotonic()
+
+    def say(text: str) -> None:
+        print(f"[{time.monotonic() - start:7.2f} s] {text}", flush=True)
+
+    names = [f"n{i}" for i in range(nodes)]
+    with LocalCluster(profile="local") as cluster:
+        seed = cluster.start(names[0])
+        if not seed.wait_ready():
+            say(f"{seed.name} did not start; giving up")
+            return 1
+        for name in names[1:]:
+            cluster.start(name, seeds=[seed])
+        say(f"--- started {nodes} agents on 127.0.0.1, joining through {seed.name} "
+            f"({seed.address})")
+        for agent in cluster.agents.values():
+            say(f"{agent.name}: pid {agent.proc.pid}, gossip {agent.address}, "
+                f"rpc 127.0.0.1:{agent.rpc_port}")
+        if not wait_for(lambda: cluster.converged(names), 20.0, step=0.1):
+            say("the agents did not all see each other within 20 s; giving up")
+            return 1
+        say("--- every agent lists all members alive (RPC `members --json`):")
+        view = seed.view() or {}
+        say("    " + ", ".join(f"{n}={view.get(n, '-')}" for n in names))
+        victim = cluster.agents[names[-1]]
+        survivors = [a for a in cluster.agents.values() if a is not victim]
+        bound = detection_bound(Config.local(victim.name), nodes)
+        say(f"--- SIGKILL {victim.name} (pid {victim.proc.pid}); the local profile bounds "
+            f"detection by {bound:.0f} s")
+        victim.kill()
+        seen: dict[str, str] = {}
+        deadline = time.monotonic() + bound
+        while len([s for s in seen.values() if s == "dead"]) < len(survivors):
+            if time.monotonic() > deadline:
+                say("not every survivor declared it dead within the bound")
+                return 1
+            for agent in survivors:
+                state = (agent.view() or {}).get(victim.name, "?")
+                if seen.get(agent.name) != state:
+                    seen[agent.name] = state
+                    say(f"{agent.name:>4} lists {victim.name} as {state}")
+            time.sleep(0.05)
+        say("--- every survivor lists it dead; stopping the agents by PID")
+    say("done")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m swimnode demo`."""
     parser = argparse.ArgumentParser(prog="swimnode demo", description=__doc__)
@@ -85,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="packet loss probability, 0..1 (default 0)")
     parser.add_argument("--speed", type=float, default=4.0,
                         help="how much faster than real time the clock runs (default 4)")
+    parser.add_argument("--udp", action="store_true",
+                        help="run 3-5 real agent processes on 127.0.0.1 instead")
     args = parser.parse_args(argv)
+    if args.udp:
+        if not 3 <= args.nodes <= 5:
+            parser.error("--udp runs 3 to 5 agents")
+        return _udp_demo(args.nodes)
     if not 3 <= args.nodes <= 200:
         parser.error("--nodes must be between 3 and 200")
     if not 0.0 <= args.loss < 1.0:

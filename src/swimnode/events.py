@@ -67,7 +67,7 @@ class MemberRejoined:
 
 @dataclass(frozen=True, slots=True)
 class MemberUpdated:
-    """A live member changed its address or incarnation without a state change."""
+    """A live member changed its address (a restart elsewhere) while staying alive."""
 
     member: Member
     kind: ClassVar[str] = "updated"

@@ -36,12 +36,18 @@ class Nack:
 
 @dataclass(frozen=True, slots=True)
 class PingReq:
-    """Ask the receiver to probe `target` at `target_address` on the sender's behalf."""
+    """Ask the receiver to probe `target` at `target_address` on the sender's behalf.
+
+    `timeout_ms` is how long the helper should wait for the target's ack before it
+    answers with a nack; the prober picks it so the nack arrives before its protocol
+    period ends. 0 means the helper's own probe timeout.
+    """
 
     seq: int
     target: str
     target_address: Address
     sender: str
+    timeout_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,8 @@ from .member import Member
 from .transport import Address, Transport
 
 log = logging.getLogger("swimnode")
+member_log = logging.getLogger("swimnode.members")
+"""One INFO line per membership change; the agent replaces it with its own format."""
 
 
 class JoinError(Exception):
@@ -29,7 +31,8 @@ class JoinError(Exception):
 
 
 class NodeNotRunning(RuntimeError):
-    """The node's tasks are not running (not started yet, or stopped)."""
+    """The node has not been started. (A stopped node still answers queries with
+    its last state.)"""
 
 
 class Node:
@@ -42,7 +45,7 @@ class Node:
         self._hub = EventHub(config.event_buffer)
         self._timer_wakeup = trio.Event()
         self._sync_wakeup = trio.Event()
-        self._seen_sync_replies = 0
+        self._seen_join_replies = 0
         self._left_sent = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._rng = random.Random(config.seed)
@@ -107,16 +110,23 @@ class Node:
         targets = [s for s in seeds if s != core.address]
         if not targets:
             return 0
-        before = core.sync_replies
-        reached = 0
+        before = core.join_replies
+        sent = 0
+
+        async def push(seed: Address) -> None:
+            nonlocal sent
+            sent += await self._push_sync(seed, True)
+
         with trio.move_on_after(self.config.join_timeout):
             async with trio.open_nursery() as nursery:
                 for seed in targets:
-                    nursery.start_soon(self._push_sync, seed, True)
-            while core.sync_replies - before < len(targets):
+                    nursery.start_soon(push, seed)
+            while sent and core.join_replies - before < sent:
                 self._sync_wakeup = trio.Event()
                 await self._sync_wakeup.wait()
-        reached = core.sync_replies - before
+        reached = core.join_replies - before
+        if sent == 0:
+            raise JoinError("no seed could be reached")
         if reached == 0:
             raise JoinError(f"no seed answered within {self.config.join_timeout:g} s")
         return reached
@@ -244,12 +254,14 @@ class Node:
 
     # ----- plumbing ------------------------------------------------------------------
 
-    async def _push_sync(self, dest: Address, join: bool) -> None:
+    async def _push_sync(self, dest: Address, join: bool) -> bool:
         try:
             await self._transport.send_reliable(dest, self.core.sync_packet(join=join))
         except OSError as exc:
             self.core.stats["sync_failures"] += 1
             log.debug("%s: push-pull to %s:%s failed: %s", self.name, dest[0], dest[1], exc)
+            return False
+        return True
 
     async def _send_reliable(self, dest: Address, data: bytes) -> None:
         try:
@@ -263,10 +275,10 @@ class Node:
         if core.timer_changed:
             core.timer_changed = False
             self._timer_wakeup.set()
-        if core.sync_replies != self._seen_sync_replies:
-            self._seen_sync_replies = core.sync_replies
+        if core.join_replies != self._seen_join_replies:
+            self._seen_join_replies = core.join_replies
             self._sync_wakeup.set()
-        if core.leaving and not core.leave_pending():
+        if core.leaving and (not core.leave_pending() or core.n_live == 1):
             self._left_sent.set()
         for event in events:
             self._publish(event)
@@ -279,7 +291,7 @@ class Node:
 
     def _publish(self, event: MemberEvent) -> None:
         m = event.member
-        log.info("%s: member %s %s (%s:%s, incarnation %d)", self.name, m.name, event.kind,
+        member_log.info("%s: member %s %s (%s:%s, incarnation %d)", self.name, m.name, event.kind,
                  m.address[0], m.address[1], m.incarnation)
         self._hub.publish(event)
 

@@ -47,6 +47,7 @@ class SimCluster:
         self.nodes: dict[str, Node] = {}
         self._nursery = nursery
         self._scopes: dict[str, trio.CancelScope] = {}
+        self._stopped: dict[str, trio.Event] = {}
         self._seed_address: Address | None = None
         self._starts = 0
 
@@ -82,6 +83,7 @@ class SimCluster:
 
     async def _run(self, config: Config, *, task_status: trio.TaskStatus[Node]) -> None:
         transport = self.network.attach(config.bind)
+        stopped = self._stopped[config.name] = trio.Event()
         with trio.CancelScope() as scope:
             self._scopes[config.name] = scope
             try:
@@ -96,6 +98,7 @@ class SimCluster:
                 if self._scopes.get(config.name) is scope:
                     del self.nodes[config.name]
                     del self._scopes[config.name]
+                stopped.set()
 
     def crash(self, name: str) -> None:
         """Kill a node at once, as `kill -9` would: no leave, no more packets."""
@@ -106,10 +109,9 @@ class SimCluster:
 
     async def leave(self, name: str) -> None:
         """Make a node leave gracefully and wait until it stopped."""
-        node = self.nodes[name]
-        await node.leave()
-        while name in self.nodes:
-            await trio.sleep(0.01)
+        stopped = self._stopped[name]
+        await self.nodes[name].leave()
+        await stopped.wait()
 
     def view(self, observer: str) -> dict[str, MemberState]:
         """What `observer` believes: member name -> state."""
@@ -134,7 +136,7 @@ class SimCluster:
                 return False
         return True
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float,
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float,  # noqa: ASYNC109
                        step: float = 0.05) -> float | None:
         """Poll `predicate` every `step` simulated seconds; return how long it took,
         or None if it still failed after `timeout`."""

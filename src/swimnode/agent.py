@@ -1,0 +1,221 @@
+"""`python -m swimnode agent`: a long-running cluster member with a local RPC endpoint.
+
+The agent binds its RPC endpoint and its UDP+TCP port before joining, so a busy port
+is reported before the cluster hears of it; logs one line per membership change; and
+on SIGINT or SIGTERM (or the `leave` RPC) leaves gracefully and exits 0. A second
+signal during the leave stops at once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from . import rpc
+from .agentconfig import AgentSettings, UsageError, load_settings
+from .events import EventsLost, EventStream
+from .member import Member
+from .node import Node, open_node
+from .udp import TransportError, UdpTransport, format_address, open_udp_transport
+
+log = logging.getLogger("swimnode.agent")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# A leave normally finishes within the node's own leave_timeout; this margin covers
+# the final flush and closing sockets, so a stuck peer cannot hold the exit forever.
+_LEAVE_MARGIN = 2.0
+
+# Counters are created on first use; these are always reported, zero if need be, so
+# scripts reading `stats --json` find the same keys on a quiet agent as on a busy one.
+STABLE_COUNTERS = (
+    "packets_sent", "bytes_sent", "packets_received", "bytes_received", "probes",
+    "indirect_probes", "probe_failures", "suspicions_raised", "suspicions_refuted",
+    "deaths_declared", "dropped_malformed", "dropped_oversize", "dropped_misdirected",
+    "dropped_unreliable_sync", "transport_receive_overflow", "transport_receive_errors",
+    "transport_send_errors", "transport_oversize_dropped", "transport_stream_rejected",
+    "transport_stream_oversize", "transport_stream_timeouts", "transport_stream_errors",
+    "transport_reliable_errors",
+)
+
+
+class Agent:
+    """The running agent as the RPC server sees it (`rpc.Controlled`)."""
+
+    def __init__(self, node: Node, transport: UdpTransport) -> None:
+        self.node = node
+        self.transport = transport
+        self.exit_requested = trio.Event()
+        self._leave_done: trio.Event | None = None
+
+    def members(self) -> list[Member]:
+        """Every member the node knows, sorted by name."""
+        return sorted(self.node.members(), key=lambda m: m.name)
+
+    def stats(self) -> dict[str, int]:
+        """The node's protocol counters plus the transport's, prefixed `transport_`."""
+        out = dict.fromkeys(STABLE_COUNTERS, 0)
+        out.update(self.node.stats())
+        out.update({f"transport_{key}": value for key, value in self.transport.stats.items()})
+        return dict(sorted(out.items()))
+
+    def events(self) -> EventStream:
+        """A new subscription to the node's membership events."""
+        return self.node.events()
+
+    async def leave(self) -> None:
+        """Leave gracefully, once; concurrent callers wait for the same leave."""
+        if self._leave_done is not None:
+            await self._leave_done.wait()
+            return
+        self._leave_done = trio.Event()
+        log.info("leaving the cluster", extra={"fields": {"event": "leaving"}})
+        try:
+            with trio.move_on_after(self.node.config.leave_timeout + _LEAVE_MARGIN):
+                await self.node.leave()
+        finally:
+            self._leave_done.set()
+
+    def request_exit(self) -> None:
+        """Ask `run_agent` to return."""
+        self.exit_requested.set()
+
+    async def log_events(self, events: EventStream) -> None:
+        """One log line per membership change, until the node stops."""
+        async for event in events:
+            if isinstance(event, EventsLost):
+                log.warning("missed %d membership events (logging fell behind)", event.count,
+                            extra={"fields": {"event": "events_lost", "count": event.count}})
+                continue
+            m = event.member
+            address = format_address(m.address)
+            log.info("member %s %s (%s, incarnation %d)", m.name, event.kind, address,
+                     m.incarnation, extra={"fields": {
+                         "event": event.kind, "name": m.name, "address": address,
+                         "state": m.state.label, "incarnation": m.incarnation}})
+
+    async def leave_on_signal(self) -> None:
+        """Leave and exit on the first SIGINT or SIGTERM."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s", signal.Signals(signum).name)
+                break
+        # The receiver is closed now, so a second Ctrl-C interrupts a slow leave.
+        await self.leave()
+        self.request_exit()
+
+
+async def run_agent(settings: AgentSettings) -> None:
+    """Run the agent until it has left the cluster. Raises `TransportError` when an
+    address cannot be bound."""
+    config = settings.node_config()
+    listener = await rpc.open_rpc_listener(settings.rpc)
+    async with (
+        listener,
+        open_udp_transport(config.bind, advertise=config.advertise) as udp,
+        open_node(config, transport=udp) as node,
+    ):
+        agent = Agent(node, udp)
+        # Subscribe before the first checkpoint so the join's events are all logged.
+        events = node.events()
+        log.info("agent %s listening on %s (rpc %s, profile %s, seeds %s)", node.name,
+                 format_address(node.address), format_address(settings.rpc), settings.profile,
+                 ", ".join(format_address(s) for s in settings.seeds) or "none",
+                 extra={"fields": {"event": "started", "name": node.name,
+                                   "address": format_address(node.address),
+                                   "rpc": format_address(settings.rpc)}})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rpc.serve_rpc, listener, agent)
+            nursery.start_soon(agent.log_events, events)
+            nursery.start_soon(agent.leave_on_signal)
+            await agent.exit_requested.wait()
+            nursery.cancel_scope.cancel()
+    log.info("agent stopped", extra={"fields": {"event": "stopped"}})
+
+
+# ----- logging --------------------------------------------------------------------------
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, plus the record's
+    structured `fields` (event, name, address, ...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render `record` as one line of JSON."""
+        out: dict[str, Any] = {
+            "time": _utc(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, separators=(",", ":"))
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{_utc(record.created)} [{record.levelname}] {record.getMessage()}"
+
+
+def _utc(created: float) -> str:
+    stamp = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _not_node_membership_line(record: logging.LogRecord) -> bool:
+    # The node logs each membership change at INFO as plain text; the agent logs the
+    # same change with structured fields, so the node's copy would double every line.
+    return record.name != "swimnode.members"
+
+
+def configure_logging(level: str, as_json: bool) -> None:
+    """Send swimnode's logs to stderr, as text or JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if as_json else _TextFormatter())
+    handler.addFilter(_not_node_membership_line)
+    root = logging.getLogger("swimnode")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+# ----- entry point ----------------------------------------------------------------------
+
+def main(argv: list[str]) -> int:
+    """Entry point of `python -m swimnode agent`; returns the exit code."""
+    try:
+        settings = load_settings(argv, os.environ, lambda p: Path(p).read_text("utf-8"),
+                                 default_name=socket.gethostname())
+    except UsageError as exc:
+        print(f"swimnode agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        trio.run(run_agent, settings)
+    except TransportError as exc:
+        print(f"swimnode agent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except UsageError as exc:
+        print(f"swimnode agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("swimnode agent: interrupted before the leave finished", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK

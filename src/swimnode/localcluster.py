@@ -1,0 +1,197 @@
+"""Agent processes on loopback, for the `demo --udp` mode, the tests and the benchmark.
+
+Everything here is blocking and process-based: each agent is a real
+`python -m swimnode agent` subprocess, queried through its RPC endpoint and stopped by
+its PID. `LocalCluster` is a context manager that always kills what it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TypeVar
+
+from . import rpc
+from .config import Config, Profile
+from .suspicion import suspicion_bounds
+
+LOOPBACK = "127.0.0.1"
+T = TypeVar("T")
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """`count` distinct ports that are free for both TCP and UDP right now.
+
+    All are held until every one is chosen so none repeats; another process could
+    still take one before the agent binds it, which on loopback in a test is rare.
+    """
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(tcp)
+            tcp.bind((host, 0))
+            port: int = tcp.getsockname()[1]
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(udp)
+            try:
+                udp.bind((host, port))
+            except OSError:
+                continue
+            ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
+def detection_bound(config: Config, n: int) -> float:
+    """Seconds within which every survivor should list a SIGKILLed member as dead.
+
+    A shuffled round-robin probes each member at least once in two passes, so some
+    survivor probes it within `2(n-1)` periods; its suspicion then lasts at most the
+    maximum Lifeguard timeout; the dead record reaches everyone within about a period
+    of gossip. Two seconds cover process scheduling and polling.
+    """
+    _, longest = suspicion_bounds(config.suspicion_mult, config.suspicion_max_timeout_mult,
+                                  n, config.probe_interval)
+    first_probe = (2 * (n - 1) + 1) * config.probe_interval
+    spread = config.probe_interval + config.retransmit_mult * math.ceil(math.log10(n + 1)) \
+        * config.gossip_interval
+    return first_probe + longest + spread + 2.0
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, step: float = 0.05) -> T | None:
+    """Poll `check` until it returns something other than None/False, or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(step)
+
+
+@dataclass
+class AgentProcess:
+    """One `swimnode agent` subprocess on loopback."""
+
+    name: str
+    port: int
+    rpc_port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path | None = None
+
+    @property
+    def address(self) -> str:
+        """The agent's gossip address, `host:port`."""
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def rpc(self) -> tuple[str, int]:
+        """The agent's RPC address."""
+        return (LOOPBACK, self.rpc_port)
+
+    @property
+    def running(self) -> bool:
+        """Whether the process has not exited yet."""
+        return self.proc.poll() is None
+
+    def view(self, timeout: float = 2.0) -> dict[str, str] | None:
+        """`{member name: state}` as this agent sees it, or None if it does not answer."""
+        try:
+            return {m["name"]: m["state"] for m in rpc.members(self.rpc, timeout=timeout)}
+        except rpc.RpcError:
+            return None
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Wait until the agent answers RPC, which it does only once its gossip port
+        is bound and its node runs. Seeds should be ready before others start, since
+        a join that finds nobody listening backs off for the whole join timeout."""
+        return wait_for(lambda: self.running and self.view() is not None, timeout) is not None
+
+    def kill(self) -> None:
+        """SIGKILL the agent (by PID) and reap it."""
+        if self.running:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+@dataclass
+class LocalCluster:
+    """Agents started by `start`; leaving the `with` block kills every one of them."""
+
+    profile: Profile = "local"
+    log_dir: Path | None = None
+    extra_args: Sequence[str] = ()
+    agents: dict[str, AgentProcess] = field(default_factory=dict)
+
+    def start(self, name: str, seeds: Iterable[AgentProcess] = (), *, port: int | None = None,
+              rpc_port: int | None = None) -> AgentProcess:
+        """Start agent `name`, joining through `seeds`; fresh free ports unless given."""
+        if port is None or rpc_port is None:
+            port, rpc_port = free_ports(2)
+        args = [sys.executable, "-m", "swimnode", "agent", "--name", name,
+                "--bind", f"{LOOPBACK}:{port}", "--rpc", f"{LOOPBACK}:{rpc_port}",
+                "--profile", self.profile, *self.extra_args]
+        for seed in seeds:
+            args += ["--seed", seed.address]
+        log_path: Path | None = None
+        log: IO[bytes] | int = subprocess.DEVNULL
+        if self.log_dir is not None:
+            log_path = self.log_dir / f"{name}.log"
+            log = log_path.open("ab")
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        finally:
+            if not isinstance(log, int):
+                log.close()
+        agent = AgentProcess(name, port, rpc_port, proc, log_path)
+        self.agents[name] = agent
+        return agent
+
+    def running(self) -> list[AgentProcess]:
+        """The agents whose process is still running."""
+        return [a for a in self.agents.values() if a.running]
+
+    def all_see(self, name: str, state: str, observers: Iterable[AgentProcess] | None = None
+                ) -> bool:
+        """Whether every observer (default: every running agent) lists `name` as `state`."""
+        for agent in self.running() if observers is None else observers:
+            view = agent.view()
+            if view is None or view.get(name) != state:
+                return False
+        return True
+
+    def converged(self, names: Iterable[str]) -> bool:
+        """Whether every running agent lists exactly `names` as alive."""
+        expected = set(names)
+        for agent in self.running():
+            view = agent.view()
+            if view is None or {n for n, s in view.items() if s == "alive"} != expected:
+                return False
+        return True
+
+    def stop_all(self) -> None:
+        """SIGKILL every agent still running, by PID, and reap them."""
+        for agent in self.agents.values():
+            # Already gone, or stuck in the kernel: nothing more a kill can do.
+            with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                agent.kill()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()

@@ -1,0 +1,136 @@
+"""Agent settings: flags, environment, TOML file and their precedence (no processes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from swimnode.agentconfig import (
+    DEFAULT_BIND,
+    DEFAULT_RPC,
+    AgentSettings,
+    UsageError,
+    load_settings,
+    parse_address,
+    parse_toml,
+)
+
+
+def no_file(path: str) -> str:
+    raise FileNotFoundError(2, "No such file or directory", path)
+
+
+def load(argv: list[str], env: dict[str, str] | None = None,
+         files: dict[str, str] | None = None) -> AgentSettings:
+    def read(path: str) -> str:
+        if files is None or path not in files:
+            return no_file(path)
+        return files[path]
+
+    return load_settings(argv, env or {}, read, default_name="host")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:7946", ("127.0.0.1", 7946)),
+    ("0.0.0.0:0", ("0.0.0.0", 0)),
+    ("[::1]:7946", ("::1", 7946)),
+    ("[fe80::1%eth0]:1", ("fe80::1%eth0", 1)),
+    ("node.example:65535", ("node.example", 65535)),
+    (" 10.0.0.1:80 ", ("10.0.0.1", 80)),
+])
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "", "7946", ":7946", "host:", "host:port", "host:65536", "host:-1", "::1:7946",
+    "[::1]", "[::1]7946", "[]:1",
+])
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_address(text, what="seed address")
+    assert "seed address" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_defaults() -> None:
+    s = load([])
+    assert s == AgentSettings(name="host")
+    assert (s.bind, s.rpc, s.profile, s.log_level, s.log_json) == (
+        DEFAULT_BIND, DEFAULT_RPC, "lan", "info", False)
+    assert s.node_config().probe_interval == 1.0
+
+
+def test_flags() -> None:
+    s = load(["--name", "a", "--bind", "[::1]:8000", "--advertise", "10.0.0.5:8000",
+              "--seed", "10.0.0.1:7946", "--seed", "[::1]:7000", "--profile", "local",
+              "--rpc", "127.0.0.1:9000", "--log-level", "debug", "--log-json"])
+    assert s == AgentSettings(
+        name="a", bind=("::1", 8000), advertise=("10.0.0.5", 8000),
+        seeds=(("10.0.0.1", 7946), ("::1", 7000)), profile="local",
+        rpc=("127.0.0.1", 9000), log_level="debug", log_json=True)
+    config = s.node_config()
+    assert config.advertise_address == ("10.0.0.5", 8000)
+    assert config.probe_timeout == 0.2  # the local profile's
+
+
+def test_precedence_flags_over_env_over_file_over_defaults() -> None:
+    files = {"a.toml": 'name = "file"\nbind = "127.0.0.1:1"\nrpc = "127.0.0.1:2"\n'
+                       'profile = "wan"\nseeds = ["127.0.0.1:3"]\nlog_json = true\n'}
+    env = {"SWIMNODE_CONFIG": "a.toml", "SWIMNODE_BIND": "127.0.0.1:10",
+           "SWIMNODE_RPC": "127.0.0.1:20", "SWIMNODE_SEEDS": "127.0.0.1:30, 127.0.0.1:31"}
+    s = load(["--rpc", "127.0.0.1:200"], env, files)
+    assert s.name == "file"  # only the file sets it
+    assert s.profile == "wan"
+    assert s.log_json is True
+    assert s.bind == ("127.0.0.1", 10)  # env beats file
+    assert s.seeds == (("127.0.0.1", 30), ("127.0.0.1", 31))
+    assert s.rpc == ("127.0.0.1", 200)  # flag beats env
+    assert s.log_level == "info"  # default
+
+
+def test_config_flag_beats_config_env() -> None:
+    files = {"flag.toml": 'name = "from-flag"\n', "env.toml": 'name = "from-env"\n'}
+    s = load(["--config", "flag.toml"], {"SWIMNODE_CONFIG": "env.toml"}, files)
+    assert s.name == "from-flag"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("TRUE", True), ("no", False),
+                                                 ("off", False)])
+def test_env_bool(value: str, expected: bool) -> None:
+    assert load([], {"SWIMNODE_LOG_JSON": value}).log_json is expected
+
+
+def test_empty_env_values_are_ignored() -> None:
+    assert load([], {"SWIMNODE_NAME": "", "SWIMNODE_BIND": ""}) == AgentSettings(name="host")
+
+
+@pytest.mark.parametrize(("argv", "env", "files", "fragment"), [
+    (["--bind", "nope"], {}, {}, "bad bind address"),
+    (["--seed", "10.0.0.1:0"], {}, {}, "real port"),
+    (["--advertise", "10.0.0.1:0"], {}, {}, "real port"),
+    (["--profile", "fast"], {}, {}, "invalid choice"),
+    (["--unknown"], {}, {}, "unrecognized arguments"),
+    ([], {"SWIMNODE_PROFILE": "fast"}, {}, "unknown profile"),
+    ([], {"SWIMNODE_LOG_LEVEL": "loud"}, {}, "unknown log level"),
+    ([], {"SWIMNODE_LOG_JSON": "maybe"}, {}, "SWIMNODE_LOG_JSON"),
+    ([], {"SWIMNODE_NAME": "x" * 300}, {}, "name must be"),
+    (["--config", "missing.toml"], {}, {}, "cannot read config file missing.toml"),
+    (["--config", "c.toml"], {}, {"c.toml": "name = "}, "c.toml:"),
+    (["--config", "c.toml"], {}, {"c.toml": 'colour = "red"'}, "unknown key 'colour'"),
+    (["--config", "c.toml"], {}, {"c.toml": "seeds = \"a:1\""}, "seeds must be a list"),
+    (["--config", "c.toml"], {}, {"c.toml": "bind = 7946"}, "bind must be a string"),
+    (["--config", "c.toml"], {}, {"c.toml": 'log_json = "yes"'}, "log_json must be"),
+])
+def test_errors_are_one_line(argv: list[str], env: dict[str, str], files: dict[str, str],
+                             fragment: str) -> None:
+    with pytest.raises(UsageError) as info:
+        load(argv, env, files)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_parse_toml_accepts_every_key() -> None:
+    text = ('name = "a"\nbind = "127.0.0.1:1"\nadvertise = "10.0.0.1:1"\nseeds = []\n'
+            'profile = "lan"\nrpc = "127.0.0.1:2"\nlog_level = "warning"\nlog_json = false\n')
+    assert set(parse_toml(text, "x.toml")) == {
+        "name", "bind", "advertise", "seeds", "profile", "rpc", "log_level", "log_json"}

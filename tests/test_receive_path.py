@@ -1,0 +1,43 @@
+"""The receive path never waits on a probe (a blocked receive loop is how a SWIM
+implementation manufactures false suspicions)."""
+
+import trio
+import trio.testing
+
+from swimnode import codec
+from swimnode.messages import Ack, Message, Nack, Ping, PingReq
+from swimnode.testing import open_sim_cluster
+
+
+def packet(*msgs: Message) -> bytes:
+    return codec.encode_packet([codec.encode_message(m) for m in msgs])
+
+
+async def test_pings_are_answered_at_once_while_serving_ping_reqs_for_a_dead_member(
+        mock_clock: trio.testing.MockClock) -> None:
+    async with open_sim_cluster(3, seed=11) as cluster:
+        assert await cluster.wait_for(cluster.converged, timeout=10) is not None
+        cluster.crash("n2")
+        dead = cluster.address_of("n2")
+        helper = cluster.address_of("n1")
+        probe = cluster.network.attach(("tester", 1))
+        # Many ping-reqs for the dead member, each of which n1 can only finish by
+        # waiting out a probe timeout, then an ordinary ping.
+        for seq in range(50):
+            await probe.send(helper, packet(PingReq(seq, "n2", dead, "tester")))
+        sent_at = trio.current_time()
+        await probe.send(helper, packet(Ping(1000, "n1", "tester")))
+        acked_at = None
+        nacks = set()
+        with trio.fail_after(5):
+            while acked_at is None or len(nacks) < 50:
+                pkt = await probe.receive()
+                for msg in codec.decode_packet(pkt.data):
+                    if isinstance(msg, Ack) and msg.seq == 1000:
+                        acked_at = trio.current_time()
+                    elif isinstance(msg, Nack):
+                        nacks.add(msg.seq)
+        # Answered within network latency (1 ms + jitter each way), not after the
+        # 500 ms probe timeout the ping-reqs are waiting on.
+        assert acked_at - sent_at < 0.01
+        assert nacks == set(range(50))

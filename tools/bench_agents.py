@@ -1,0 +1,319 @@
+"""Agent-process benchmark on loopback: real `swimnode agent` processes (and, with
+`--vs-serf`, Serf agents) measured from the outside through their RPC endpoints.
+
+    python tools/bench_agents.py --nodes 10 --trials 1 --profile lan [--vs-serf]
+
+Per trial: join convergence (last agent started -> every agent lists N alive), idle
+CPU per agent (ms of CPU per second over `--idle` seconds, from /proc/PID/stat) and
+RSS (VmRSS from /proc/PID/status), failure detection after SIGKILL of one agent (first
+survivor and all survivors list it dead), and graceful leave propagation (leave RPC ->
+every remaining agent lists it left). Prints a table, then one JSON line of medians
+over the trials; with `--vs-serf` the line carries Serf's figures under "serf".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from swimnode.config import Config, Profile
+from swimnode.localcluster import LocalCluster, detection_bound, free_ports, wait_for
+from swimnode.rpc import call
+
+METRICS = ("join_s", "detect_first_s", "detect_all_s", "leave_s", "cpu_ms_per_s", "rss_mib")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Agent(Protocol):
+    """What the measurements need from one agent, whatever its implementation."""
+
+    name: str
+
+    @property
+    def pid(self) -> int: ...
+
+    def view(self) -> dict[str, str] | None:
+        """`{member: state}` with states alive/suspect/dead/left, or None."""
+
+    def leave(self) -> None:
+        """Ask the agent to leave gracefully."""
+
+
+class Cluster(Protocol):
+    """Starts agents and kills every one it started when closed."""
+
+    def start(self, name: str, seed: Agent | None) -> Agent: ...
+
+    def kill(self, agent: Agent) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# ----- swimnode --------------------------------------------------------------------------
+
+@dataclass
+class SwimAgent:
+    name: str
+    cluster: LocalCluster
+
+    @property
+    def pid(self) -> int:
+        return self.cluster.agents[self.name].proc.pid
+
+    def view(self) -> dict[str, str] | None:
+        return self.cluster.agents[self.name].view()
+
+    def leave(self) -> None:
+        call(self.cluster.agents[self.name].rpc, "leave", timeout=30)
+
+
+class SwimCluster:
+    def __init__(self, profile: Profile) -> None:
+        self.local = LocalCluster(profile=profile)
+
+    def start(self, name: str, seed: Agent | None) -> Agent:
+        seeds = [] if seed is None else [self.local.agents[seed.name]]
+        self.local.start(name, seeds=seeds)
+        return SwimAgent(name, self.local)
+
+    def kill(self, agent: Agent) -> None:
+        self.local.agents[agent.name].kill()
+
+    def close(self) -> None:
+        self.local.stop_all()
+
+
+# ----- Serf ------------------------------------------------------------------------------
+
+_SERF_STATES = {"alive": "alive", "leaving": "alive", "failed": "dead", "left": "left"}
+
+
+@dataclass
+class SerfAgent:
+    name: str
+    port: int
+    rpc_port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _serf(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["serf", *args, f"-rpc-addr=127.0.0.1:{self.rpc_port}"],
+                              capture_output=True, text=True, timeout=10, check=False)
+
+    def view(self) -> dict[str, str] | None:
+        done = self._serf("members", "-format=json")
+        if done.returncode != 0:
+            return None
+        members = json.loads(done.stdout)["members"]
+        return {m["name"]: _SERF_STATES.get(m["status"], m["status"]) for m in members}
+
+    def leave(self) -> None:
+        self._serf("leave")
+
+
+class SerfCluster:
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.agents: list[SerfAgent] = []
+
+    def start(self, name: str, seed: Agent | None) -> Agent:
+        port, rpc_port = free_ports(2)
+        args = ["serf", "agent", f"-node={name}", f"-bind=127.0.0.1:{port}",
+                f"-rpc-addr=127.0.0.1:{rpc_port}", f"-profile={self.profile}",
+                "-log-level=warn"]
+        if isinstance(seed, SerfAgent):
+            args.append(f"-join=127.0.0.1:{seed.port}")
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        agent = SerfAgent(name, port, rpc_port, proc)
+        self.agents.append(agent)
+        return agent
+
+    def kill(self, agent: Agent) -> None:
+        assert isinstance(agent, SerfAgent)
+        if agent.proc.poll() is None:
+            os.kill(agent.proc.pid, signal.SIGKILL)
+        agent.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        for agent in self.agents:
+            with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                self.kill(agent)
+
+
+# ----- measurements ----------------------------------------------------------------------
+
+@dataclass
+class Trial:
+    values: dict[str, float] = field(default_factory=dict)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of `pid`, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def views(pool: ThreadPoolExecutor, agents: list[Agent]) -> list[dict[str, str] | None]:
+    """Every agent's view, asked concurrently so one round is one RPC latency."""
+    return list(pool.map(lambda a: a.view(), agents))
+
+
+def time_until(check: Callable[[], bool], limit: float) -> float:
+    """Seconds until `check()` holds; raises if it does not within `limit`."""
+    start = time.monotonic()
+    if wait_for(check, limit, step=0.02) is None:
+        raise RuntimeError(f"condition not reached within {limit:g} s")
+    return time.monotonic() - start
+
+
+def run_trial(make: Callable[[], Cluster], nodes: int, profile: Profile, idle: float,
+              pool: ThreadPoolExecutor) -> Trial:
+    names = [f"b{i}" for i in range(nodes)]
+    bound = detection_bound(Config.profile(profile, "x"), nodes) + 10
+    cluster = make()
+    trial = Trial()
+    try:
+        seed = cluster.start(names[0], None)
+        wait_for(lambda: seed.view() is not None, 20)
+        agents = [seed] + [cluster.start(n, seed) for n in names[1:]]
+
+        def all_list(subject: str | None, state: str, among: list[Agent]) -> bool:
+            for view in views(pool, among):
+                if view is None:
+                    return False
+                if subject is None:
+                    alive = {n for n, s in view.items() if s == "alive"}
+                    if alive != set(names):
+                        return False
+                elif view.get(subject) != state:
+                    return False
+            return True
+
+        # Process start-up is part of joining, so the clock starts right after the
+        # last agent was spawned.
+        trial.values["join_s"] = time_until(lambda: all_list(None, "alive", agents), 60)
+
+        before = {a.name: cpu_seconds(a.pid) for a in agents}
+        time.sleep(idle)
+        trial.values["cpu_ms_per_s"] = statistics.median(
+            (cpu_seconds(a.pid) - before[a.name]) * 1000 / idle for a in agents)
+        trial.values["rss_mib"] = statistics.median(rss_mib(a.pid) for a in agents)
+
+        victim, survivors = agents[-1], agents[:-1]
+        cluster.kill(victim)
+        start = time.monotonic()
+        first: float | None = None
+        while True:
+            seen = [v is not None and v.get(victim.name) == "dead"
+                    for v in views(pool, survivors)]
+            now = time.monotonic() - start
+            if first is None and any(seen):
+                first = now
+            if all(seen):
+                break
+            if now > bound:
+                raise RuntimeError(f"{victim.name} not dead everywhere within {bound:.0f} s")
+            time.sleep(0.02)
+        trial.values["detect_first_s"] = first if first is not None else now
+        trial.values["detect_all_s"] = now
+
+        leaver, rest = survivors[-1], survivors[:-1]
+        start = time.monotonic()
+        pool.submit(leaver.leave)
+        wait_for(lambda: all_list(leaver.name, "left", rest), 30, step=0.02)
+        trial.values["leave_s"] = time.monotonic() - start
+    finally:
+        cluster.close()
+    return trial
+
+
+def medians(trials: list[Trial]) -> dict[str, float]:
+    return {k: round(statistics.median(t.values[k] for t in trials), 3) for k in METRICS}
+
+
+def print_table(label: str, trials: list[Trial]) -> None:
+    print(f"{label:<10} {'trial':>5} " + " ".join(f"{k:>15}" for k in METRICS))
+    for i, t in enumerate(trials, 1):
+        print(f"{label:<10} {i:>5} " + " ".join(f"{t.values[k]:>15.3f}" for k in METRICS))
+    if len(trials) > 1:
+        m = medians(trials)
+        print(f"{label:<10} {'med':>5} " + " ".join(f"{m[k]:>15.3f}" for k in METRICS))
+
+
+def bench(label: str, make: Callable[[], Cluster], args: argparse.Namespace) -> dict[str, float]:
+    with ThreadPoolExecutor(max_workers=args.nodes) as pool:
+        trials = [run_trial(make, args.nodes, args.profile, args.idle, pool)
+                  for _ in range(args.trials)]
+    print_table(label, trials)
+    return medians(trials)
+
+
+@contextlib.contextmanager
+def _exit_cleanly() -> Iterator[None]:
+    # Ctrl-C still runs every cluster's close() (the finally blocks) on the way out.
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=10, help="agents per trial (default 10)")
+    parser.add_argument("--trials", type=int, default=1, help="trials (default 1)")
+    parser.add_argument("--profile", choices=("lan", "wan", "local"), default="lan",
+                        help="timer profile for both implementations (default lan)")
+    parser.add_argument("--idle", type=float, default=20.0,
+                        help="idle CPU window, seconds (default 20)")
+    parser.add_argument("--vs-serf", action="store_true",
+                        help="also run Serf agents (needs `serf` on PATH)")
+    args = parser.parse_args()
+    if args.nodes < 3 or args.trials < 1 or args.idle <= 0:
+        parser.error("need --nodes >= 3, --trials >= 1 and --idle > 0")
+    with socket.socket() as probe:  # loopback must work before spawning anything
+        probe.bind(("127.0.0.1", 0))
+    with _exit_cleanly():
+        result: dict[str, object] = {"nodes": args.nodes, "profile": args.profile,
+                                     "trials": args.trials}
+        result.update(bench("swimnode", lambda: SwimCluster(args.profile), args))
+        if args.vs_serf:
+            if shutil.which("serf") is None:
+                print("--vs-serf: no `serf` binary on PATH (try `apt-get install serf`); "
+                      "skipping the Serf run", file=sys.stderr)
+            else:
+                result["serf"] = bench("serf", lambda: SerfCluster(args.profile), args)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
