@@ -82,31 +82,61 @@ def packet_overhead(n_messages: int) -> int:
 
 def decode_packet(data: bytes) -> list[Message]:
     """Decode and validate a packet. Raises only `DecodeError`."""
+    return [decode_message(part) for part in split_packet(data)]
+
+
+def split_packet(data: bytes) -> list[bytes]:
+    """Check a packet's framing and cut it into its messages' encodings, without
+    decoding them: a receiver can skip news it already holds byte for byte.
+    Raises only `DecodeError`."""
     if not data:
         raise DecodeError("empty packet")
     if len(data) > MAX_PACKET_BYTES:
         raise DecodeError("packet too large")
     if data[0] != PROTOCOL_VERSION:
         raise DecodeError(f"unknown protocol version {data[0]}")
+    body = data[1:]
+    unpacker = msgpack.Unpacker(max_buffer_size=len(body) or 1, **_LIMITS)
     try:
-        raw = msgpack.unpackb(
-            memoryview(data)[1:],
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_str_len=MAX_HOST_CHARS * 4,
-            max_bin_len=0,
-            max_array_len=max(MAX_MESSAGES_PER_PACKET, MAX_SYNC_MEMBERS),
-            max_map_len=0,
-            max_ext_len=0,
-        )
+        unpacker.feed(body)
+        n = unpacker.read_array_header()
+        if not 1 <= n <= MAX_MESSAGES_PER_PACKET:
+            raise DecodeError("packet must hold 1..1024 messages")
+        parts = []
+        start = unpacker.tell()
+        for _ in range(n):
+            unpacker.skip()
+            end = unpacker.tell()
+            parts.append(body[start:end])
+            start = end
+    except DecodeError:
+        raise
     except Exception as exc:  # msgpack raises many types on hostile input
         raise DecodeError(f"malformed msgpack: {type(exc).__name__}") from None
-    if type(raw) is not list or not raw:
-        raise DecodeError("packet is not a non-empty array of messages")
-    if len(raw) > MAX_MESSAGES_PER_PACKET:
-        raise DecodeError("too many messages in one packet")
-    return [_from_wire(item) for item in raw]
+    if start != len(body):
+        raise DecodeError("trailing bytes after the last message")
+    return parts
+
+
+def decode_message(part: bytes) -> Message:
+    """Decode and validate one message cut out by `split_packet`."""
+    try:
+        raw = msgpack.unpackb(part, **_LIMITS)
+    except Exception as exc:  # msgpack raises many types on hostile input
+        raise DecodeError(f"malformed msgpack: {type(exc).__name__}") from None
+    return _from_wire(raw)
+
+
+_LIMITS: dict[str, Any] = dict(
+    raw=False,
+    use_list=True,
+    strict_map_key=True,
+    max_str_len=MAX_HOST_CHARS * 4,
+    max_bin_len=0,
+    max_array_len=max(MAX_MESSAGES_PER_PACKET, MAX_SYNC_MEMBERS),
+    max_map_len=0,
+    max_ext_len=0,
+)
 
 
 def _to_wire(msg: Message) -> list[Any]:

@@ -147,6 +147,10 @@ class SwimCore:
         self._timers: list[tuple[float, int, int, str]] = []
         self.timer_changed = False
 
+        # The encoding of the latest news applied about each member (see handle_packet).
+        self._news_by_member: dict[str, bytes] = {}
+        self._known_news: set[bytes] = set()
+
         self._out: list[tuple[Address, bytes, bool]] = []
         self._events: list[MemberEvent] = []
         self._queue_news(Alive(self.name, self.address, incarnation))
@@ -208,14 +212,24 @@ class SwimCore:
         if not reliable and len(data) > codec.MAX_DATAGRAM_BYTES:
             self.stats["dropped_oversize"] += 1
             return
+        stats, known = self.stats, self._known_news
         try:
-            messages = codec.decode_packet(data)
+            parts = codec.split_packet(data)
+            # Epidemic gossip delivers the same news many times over. News identical
+            # to what we last applied about a member changes nothing, so it is not
+            # even decoded; everything else is decoded in full before any of it is
+            # acted on, so a packet is taken whole or not at all.
+            messages = [None if part in known else codec.decode_message(part)
+                        for part in parts]
         except codec.DecodeError:
-            self.stats["dropped_malformed"] += 1
+            stats["dropped_malformed"] += 1
             return
-        for msg in messages:
-            self.stats["received_" + type(msg).__name__.lower()] += 1
-            self._dispatch(source, msg, reliable, now)
+        for part, msg in zip(parts, messages, strict=True):
+            stats["received_" + codec.MESSAGE_NAMES[codec.message_tag(part)]] += 1
+            if msg is None:
+                stats["received_known_news"] += 1
+            else:
+                self._dispatch(source, msg, reliable, now)
 
     def _dispatch(self, source: Address, msg: Message, reliable: bool, now: float) -> None:
         match msg:
@@ -464,6 +478,7 @@ class SwimCore:
             del self._departed[name]
             del self._members[name]
             self.broadcasts.discard(name)
+            self._remember_news(name, None)
 
     # ----- state rules -------------------------------------------------------------
 
@@ -570,7 +585,17 @@ class SwimCore:
         return codec.encode_message(Suspect(member.name, member.incarnation, self.name))
 
     def _queue_news(self, news: MembershipNews) -> None:
-        self.broadcasts.queue(news.name, codec.encode_message(news))
+        data = codec.encode_message(news)
+        self.broadcasts.queue(news.name, data)
+        self._remember_news(news.name, data)
+
+    def _remember_news(self, name: str, data: bytes | None) -> None:
+        old = self._news_by_member.pop(name, None)
+        if old is not None:
+            self._known_news.discard(old)
+        if data is not None:
+            self._news_by_member[name] = data
+            self._known_news.add(data)
 
     # ----- output ------------------------------------------------------------------
 
