@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 
+from .appstate import Digest, NodeDelta, StateEntry
 from .member import MemberState
 from .messages import (
     Ack,
@@ -26,6 +27,9 @@ from .messages import (
     Nack,
     Ping,
     PingReq,
+    StateAck,
+    StateDigests,
+    StateSyn,
     Suspect,
     Sync,
 )
@@ -37,13 +41,18 @@ MAX_PACKET_BYTES = 64 * 1024 * 1024
 MAX_DATAGRAM_BYTES = 65507
 MAX_NAME_BYTES = 255
 MAX_HOST_CHARS = 255
+MAX_VALUE_BYTES = 1024 * 1024
+MAX_MAP_LEN = 65536
+MAX_STATE_KEY_BYTES = 1024
 _U64 = (1 << 64) - 1
 _VERSION = bytes([PROTOCOL_VERSION])
 
-_PING, _ACK, _NACK, _PING_REQ, _ALIVE, _SUSPECT, _DEAD, _LEFT, _SYNC = range(1, 10)
+(_PING, _ACK, _NACK, _PING_REQ, _ALIVE, _SUSPECT, _DEAD, _LEFT, _SYNC, _STATE_SYN,
+ _STATE_DIGESTS, _STATE_ACK) = range(1, 13)
 MESSAGE_NAMES = {_PING: "ping", _ACK: "ack", _NACK: "nack", _PING_REQ: "pingreq",
                  _ALIVE: "alive", _SUSPECT: "suspect", _DEAD: "dead", _LEFT: "left",
-                 _SYNC: "sync"}
+                 _SYNC: "sync", _STATE_SYN: "statesyn", _STATE_DIGESTS: "statedigests",
+                 _STATE_ACK: "stateack"}
 """Type tag -> name, for counters."""
 
 
@@ -131,10 +140,12 @@ _LIMITS: dict[str, Any] = dict(
     raw=False,
     use_list=True,
     strict_map_key=True,
-    max_str_len=MAX_HOST_CHARS * 4,
-    max_bin_len=0,
+    # Application-state values may be strings, bytes, maps and arrays; names and hosts
+    # are checked field by field below.
+    max_str_len=MAX_VALUE_BYTES,
+    max_bin_len=MAX_VALUE_BYTES,
     max_array_len=max(MAX_MESSAGES_PER_PACKET, MAX_SYNC_MEMBERS),
-    max_map_len=0,
+    max_map_len=MAX_MAP_LEN,
     max_ext_len=0,
 )
 
@@ -157,6 +168,15 @@ def _to_wire(msg: Message) -> list[Any]:
             return [_DEAD, name, inc, accuser]
         case Left(name, inc):
             return [_LEFT, name, inc]
+        case StateSyn(sender, summary):
+            return [_STATE_SYN, sender, summary]
+        case StateDigests(sender, digests):
+            return [_STATE_DIGESTS, sender, [_digest_to_wire(d) for d in digests]]
+        case StateAck(sender, deltas, requests):
+            return [_STATE_ACK, sender,
+                    [[d.name, d.generation, [[e.key, e.version, e.value, e.deleted]
+                                             for e in d.entries]] for d in deltas],
+                    [_digest_to_wire(d) for d in requests]]
         case Sync(reply, join, members):
             records = [[m.name, m.address[0], m.address[1], m.incarnation, int(m.state)]
                        for m in members]
@@ -201,7 +221,50 @@ def _state(v: object) -> MemberState:
 
 
 _ARITY = {_PING: 4, _ACK: 3, _NACK: 3, _PING_REQ: 7, _ALIVE: 5, _SUSPECT: 4, _DEAD: 4, _LEFT: 3,
-          _SYNC: 4}
+          _SYNC: 4, _STATE_SYN: 3, _STATE_DIGESTS: 3, _STATE_ACK: 4}
+
+
+def _digest_to_wire(d: Digest) -> list[Any]:
+    return [d.name, d.generation, d.max_version]
+
+
+def _list(v: object, limit: int = MAX_SYNC_MEMBERS) -> list[Any]:
+    if type(v) is not list or len(v) > limit:
+        raise DecodeError("bad list")
+    return v
+
+
+def _digest(v: object) -> Digest:
+    item = _list(v)
+    if len(item) != 3:
+        raise DecodeError("bad digest")
+    return Digest(_name(item[0]), _uint(item[1]), _uint(item[2]))
+
+
+def _state_key(v: object) -> str:
+    if type(v) is not str or not v or len(v.encode()) > MAX_STATE_KEY_BYTES:
+        raise DecodeError("bad state key")
+    return v
+
+
+def _entry(v: object) -> StateEntry:
+    item = _list(v)
+    if len(item) != 4:
+        raise DecodeError("bad state entry")
+    deleted = _bool(item[3])
+    if deleted and item[2] is not None:
+        raise DecodeError("a tombstone carries no value")
+    return StateEntry(_state_key(item[0]), _uint(item[1]), item[2], deleted)
+
+
+def _delta(v: object) -> NodeDelta:
+    item = _list(v)
+    if len(item) != 3:
+        raise DecodeError("bad state delta")
+    entries = tuple(_entry(e) for e in _list(item[2]))
+    if any(a.version >= b.version for a, b in zip(entries, entries[1:], strict=False)):
+        raise DecodeError("state delta entries out of version order")
+    return NodeDelta(_name(item[0]), _uint(item[1]), entries)
 
 
 def _from_wire(item: object) -> Message:
@@ -227,6 +290,13 @@ def _from_wire(item: object) -> Message:
         return Dead(_name(item[1]), _uint(item[2]), _name(item[3]))
     if tag == _LEFT:
         return Left(_name(item[1]), _uint(item[2]))
+    if tag == _STATE_SYN:
+        return StateSyn(_name(item[1]), _uint(item[2]))
+    if tag == _STATE_DIGESTS:
+        return StateDigests(_name(item[1]), tuple(_digest(d) for d in _list(item[2])))
+    if tag == _STATE_ACK:
+        return StateAck(_name(item[1]), tuple(_delta(d) for d in _list(item[2])),
+                        tuple(_digest(d) for d in _list(item[3])))
     members = item[3]
     if type(members) is not list or len(members) > MAX_SYNC_MEMBERS:
         raise DecodeError("bad member list")

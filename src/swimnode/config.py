@@ -44,6 +44,16 @@ class Config:
     lifeguard_dynamic_suspicion: bool = True
     lifeguard_buddy: bool = True
 
+    state_gossip_interval: float = 1.0
+    """Anti-entropy rounds (application state, seeds, gossip to the dead)."""
+    state_delta_budget: int = 64 * 1024
+    """Bytes of state deltas sent per round, oldest first; the rest follows later."""
+    state_max_key_bytes: int = 128
+    state_max_value_bytes: int = 4096
+    state_max_bytes: int = 64 * 1024
+    state_tombstone_ttl: float = 3600.0
+    seed_refresh_interval: float = 30.0
+
     udp_payload: int = 1400
     join_timeout: float = 10.0
     leave_timeout: float = 5.0
@@ -61,7 +71,8 @@ class Config:
         """Raise `ValueError` naming the first bad field."""
         if not self.name or len(self.name.encode()) > 255:
             raise ValueError("name must be 1..255 bytes of UTF-8")
-        for key in ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval"):
+        for key in ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
+                    "state_gossip_interval", "seed_refresh_interval", "state_tombstone_ttl"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0")
         if self.probe_timeout > self.probe_interval:
@@ -78,6 +89,10 @@ class Config:
             raise ValueError("udp_payload must be between 200 and 65507 bytes")
         if self.dead_reclaim_time < 0 or self.gossip_to_the_dead_time < 0:
             raise ValueError("dead_reclaim_time and gossip_to_the_dead_time must be >= 0")
+        if self.state_delta_budget < 256:
+            raise ValueError("state_delta_budget must be >= 256 bytes")
+        if min(self.state_max_key_bytes, self.state_max_value_bytes, self.state_max_bytes) < 1:
+            raise ValueError("state size limits must be >= 1")
         if self.event_buffer < 1:
             raise ValueError("event_buffer must be >= 1")
 

@@ -13,9 +13,11 @@ import heapq
 import math
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from . import codec
+from .appstate import StateLimits, StateStore
 from .awareness import Awareness
 from .broadcasts import BroadcastQueue
 from .config import Config
@@ -41,6 +43,9 @@ from .messages import (
     Nack,
     Ping,
     PingReq,
+    StateAck,
+    StateDigests,
+    StateSyn,
     Suspect,
     Sync,
 )
@@ -119,7 +124,7 @@ class SwimCore:
     """One node's view of the cluster and the rules that change it."""
 
     def __init__(self, config: Config, *, now: float, rng: random.Random,
-                 incarnation: int = 0) -> None:
+                 incarnation: int = 0, generation: int = 0) -> None:
         self.config = config
         self.name = config.name
         self.address = config.advertise_address
@@ -129,6 +134,11 @@ class SwimCore:
                                    enabled=config.lifeguard_awareness)
         self.broadcasts = BroadcastQueue(config.retransmit_mult)
         self.stats: Counter[str] = Counter()
+        self.state = StateStore(self.name, generation, StateLimits(
+            max_key_bytes=config.state_max_key_bytes,
+            max_value_bytes=config.state_max_value_bytes,
+            max_node_bytes=config.state_max_bytes,
+            tombstone_ttl=config.state_tombstone_ttl))
         self.leaving = False
         self.join_replies = 0
 
@@ -197,6 +207,11 @@ class SwimCore:
             return base
         return base * (math.ceil(math.log2(n) - math.log2(32)) + 1)
 
+    def take_events(self) -> list[MemberEvent]:
+        """Events since the last call (leaving queued sends in place)."""
+        events, self._events = self._events, []
+        return events
+
     def take_output(self) -> tuple[list[tuple[Address, bytes, bool]], list[MemberEvent]]:
         """Everything to send (`(dest, data, reliable)`) and events since last call."""
         out, events = self._out, self._events
@@ -259,6 +274,31 @@ class SwimCore:
                                   min(timeout, _MAX_RELAY_TIMEOUT), now)
             case Alive() | Suspect() | Dead() | Left():
                 self._apply(msg, now)
+            case StateSyn(sender, summary):
+                if summary != self.state.summary:
+                    digests = StateDigests(self.name, tuple(self.state.digests()))
+                    self._send(self._reply_address(sender, source),
+                               [codec.encode_message(digests)])
+            case StateDigests(sender, digests):
+                they_lack, we_lack = self.state.compare(digests, accept=self._members)
+                deltas = self.state.deltas(they_lack, self.config.state_delta_budget)
+                if deltas or we_lack:
+                    ack = StateAck(self.name, tuple(deltas), tuple(we_lack))
+                    self._send(self._reply_address(sender, source), [codec.encode_message(ack)])
+            case StateAck(sender, deltas, requests):
+                for delta in deltas:
+                    if delta.name not in self._members:
+                        self.stats["state_deltas_unknown_member"] += 1
+                        continue
+                    changed = self.state.apply(delta, now)
+                    if changed:
+                        self._state_changed(delta.name, changed)
+                if requests:
+                    answer = self.state.deltas(requests, self.config.state_delta_budget)
+                    if answer:
+                        ack = StateAck(self.name, tuple(answer), ())
+                        self._send(self._reply_address(sender, source),
+                                   [codec.encode_message(ack)])
             case Sync(reply, join, records):
                 if not reliable:
                     self.stats["dropped_unreliable_sync"] += 1
@@ -271,6 +311,12 @@ class SwimCore:
                     # The sender's own record comes first: answer at its address.
                     self._send(records[0].address, [self._sync_message(reply=True, join=join)],
                                reliable=True)
+
+    def _reply_address(self, sender: str, source: Address) -> Address:
+        # Over a stream the source is an ephemeral port; the member's own address is
+        # where it listens.
+        member = self._members.get(sender)
+        return member.address if member is not None else source
 
     def _on_ack(self, seq: int, now: float) -> None:
         probe = self._probes.get(seq)
@@ -428,6 +474,53 @@ class SwimCore:
                 news = Suspect(rec.name, rec.incarnation, sender)
             self._apply(news, now)
 
+    # ----- application state and anti-entropy ----------------------------------------
+
+    def set_state(self, key: str, value: object, now: float) -> None:
+        """Set one of our application-state keys (`ValueError` if not allowed)."""
+        self.state.set(key, value, now)
+        self._state_changed(self.name, [key])
+
+    def delete_state(self, key: str, now: float) -> bool:
+        """Delete one of our keys; false if it was not set."""
+        if self.state.delete(key, now) is None:
+            return False
+        self._state_changed(self.name, [key])
+        return True
+
+    def _state_changed(self, name: str, keys: list[str]) -> None:
+        member = self._members.get(name)
+        if member is None:
+            return
+        member = replace(member, app_state=self.state.values(name))
+        self._members[name] = member
+        self._events.append(MemberUpdated(member, frozenset(keys)))
+
+    def anti_entropy(self, now: float, seeds: Sequence[Address]) -> None:
+        """One anti-entropy round (Cassandra's gossiper): a state exchange with a
+        random live member; with probability `unreachable / (live + 1)` a full
+        membership push-pull with a dead member, so partitions heal; and, after a
+        round with a non-seed, a push-pull with a random seed with probability
+        `seeds / (live + unreachable)`, so logical partitions merge."""
+        picked = self._peers.sample(self.rng, 1)
+        peer = self._members[picked[0]] if picked else None
+        if peer is not None:
+            self.stats["state_rounds"] += 1
+            self._send(peer.address, [codec.encode_message(StateSyn(self.name,
+                                                                    self.state.summary))])
+        live = len(self._peers)
+        dead = [n for n in self._departed if self._members[n].state is DEAD]
+        if dead and self.rng.random() < len(dead) / (live + 1):
+            self.stats["syncs_to_dead"] += 1
+            target = self._members[self.rng.choice(dead)].address
+            self._send(target, [self._sync_message(reply=False, join=False)], reliable=True)
+        others = [s for s in seeds if s != self.address]
+        if (others and peer is not None and peer.address not in others
+                and self.rng.random() < len(others) / (live + len(dead))):
+            self.stats["syncs_to_seeds"] += 1
+            seed = self.rng.choice(others)
+            self._send(seed, [self._sync_message(reply=False, join=False)], reliable=True)
+
     # ----- leave -------------------------------------------------------------------
 
     def leave(self, now: float) -> None:
@@ -479,6 +572,8 @@ class SwimCore:
             del self._members[name]
             self.broadcasts.discard(name)
             self._remember_news(name, None)
+            self.state.forget(name)
+        self.stats["tombstones_collected"] += self.state.collect_tombstones(now)
 
     # ----- state rules -------------------------------------------------------------
 
@@ -500,7 +595,7 @@ class SwimCore:
                 self._confirm(name, news)
             return
         address = news.address if isinstance(news, Alive) else cur.address
-        new = Member(name, address, news.incarnation, state, now)
+        new = Member(name, address, news.incarnation, state, now, cur.app_state)
         self._members[name] = new
         self._queue_news(news)
         was_live = cur.is_live
@@ -602,6 +697,10 @@ class SwimCore:
     def _send(self, dest: Address, parts: list[bytes], *, reliable: bool = False) -> None:
         if not reliable:
             used = sum(len(p) for p in parts)
+            if used + codec.packet_overhead(len(parts)) > self.config.udp_payload:
+                # Never an oversized datagram: the stream carries it whole.
+                reliable = True
+        if not reliable:
             # Reserve the larger array header up front; piggyback what fits.
             budget = self.config.udp_payload - used - codec.packet_overhead(16)
             room = codec.MAX_MESSAGES_PER_PACKET - len(parts)

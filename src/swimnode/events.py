@@ -67,9 +67,11 @@ class MemberRejoined:
 
 @dataclass(frozen=True, slots=True)
 class MemberUpdated:
-    """A live member changed its address (a restart elsewhere) while staying alive."""
+    """A member's application state changed (`changed_keys` names the keys set or
+    deleted), or a live member changed its address (then `changed_keys` is empty)."""
 
     member: Member
+    changed_keys: frozenset[str] = frozenset()
     kind: ClassVar[str] = "updated"
 
 

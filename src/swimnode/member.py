@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 from .transport import Address
+
+
+_NO_STATE: Mapping[str, Any] = MappingProxyType({})
 
 
 class MemberState(enum.IntEnum):
@@ -33,6 +39,9 @@ class Member:
     state: MemberState
     state_changed_at: float
     """Trio clock time (seconds) at which this node saw the state change."""
+    app_state: Mapping[str, Any] = field(default_factory=lambda: _NO_STATE, compare=False)
+    """The member's application state (read-only key/values), as far as it has
+    reached us. (`state` is the member's liveness.) Not part of equality."""
 
     @property
     def is_live(self) -> bool:

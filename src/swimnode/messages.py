@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .appstate import Digest, NodeDelta
 from .member import MemberState
 from .transport import Address
 
@@ -105,5 +106,34 @@ class Sync:
     members: tuple[MemberRecord, ...]
 
 
-Message = Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | Left | Sync
+@dataclass(frozen=True, slots=True)
+class StateSyn:
+    """Opens an anti-entropy round: the fingerprint of the sender's state digests.
+    A receiver whose fingerprint differs answers with `StateDigests`."""
+
+    sender: str
+    summary: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateDigests:
+    """The responder's digests: node -> (generation, highest version)."""
+
+    sender: str
+    digests: tuple[Digest, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StateAck:
+    """Deltas the receiver lacks, and requests for what the sender lacks. The
+    initiator's ack carries both; the responder answers requests with a final ack
+    that has none."""
+
+    sender: str
+    deltas: tuple[NodeDelta, ...]
+    requests: tuple[Digest, ...]
+
+
+Message = (Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | Left | Sync | StateSyn
+           | StateDigests | StateAck)
 MembershipNews = Alive | Suspect | Dead | Left

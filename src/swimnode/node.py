@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -20,6 +22,9 @@ from .core import SwimCore
 from .events import EventHub, EventStream, MemberEvent
 from .member import Member
 from .transport import Address, Transport
+
+if TYPE_CHECKING:
+    from .seeds import SeedSource
 
 log = logging.getLogger("swimnode")
 member_log = logging.getLogger("swimnode.members")
@@ -35,12 +40,30 @@ class NodeNotRunning(RuntimeError):
     its last state.)"""
 
 
-class Node:
-    """One cluster member. Start it with `open_node` or `await nursery.start(node.run)`."""
+_last_generation = 0
 
-    def __init__(self, config: Config, transport: Transport) -> None:
+
+def new_generation() -> int:
+    """A generation for a node starting now: wall-clock microseconds, strictly
+    increasing within the process, so a restarted node's state outranks its past."""
+    global _last_generation
+    _last_generation = max(time.time_ns() // 1000, _last_generation + 1)
+    return _last_generation
+
+
+class Node:
+    """One cluster member. Start it with `open_node` or `await nursery.start(node.run)`.
+
+    `seed_source`, if given, is re-read every `config.seed_refresh_interval` and its
+    addresses are used beside `config.seeds`.
+    """
+
+    def __init__(self, config: Config, transport: Transport, *,
+                 seed_source: SeedSource | None = None) -> None:
         self.config = config
         self._transport = transport
+        self._seed_source = seed_source
+        self._seeds: list[Address] = list(config.seeds)
         self._core: SwimCore | None = None
         self._hub = EventHub(config.event_buffer)
         self._timer_wakeup = trio.Event()
@@ -90,6 +113,20 @@ class Node:
         """
         return self._hub.subscribe()
 
+    def set_state(self, key: str, value: Any) -> None:
+        """Set one key of this node's application state; it reaches every member by
+        anti-entropy gossip. Values: str, bytes, int, float, bool, None, or lists and
+        str-keyed maps of those. Raises `ValueError` (and changes nothing) on a bad
+        key or value or when a size limit would be exceeded."""
+        self.core.set_state(key, value, trio.current_time())
+        self._publish_events()
+
+    def delete_state(self, key: str) -> bool:
+        """Delete one key of this node's application state; false if it was not set."""
+        deleted = self.core.delete_state(key, trio.current_time())
+        self._publish_events()
+        return deleted
+
     def stats(self) -> dict[str, int]:
         """Protocol counters, the awareness score and member counts."""
         core = self.core
@@ -115,7 +152,8 @@ class Node:
 
         async def push(seed: Address) -> None:
             nonlocal sent
-            sent += await self._push_sync(seed, True)
+            ok = await self._push_sync(seed, True)  # not `sent += await`: it reads early
+            sent += ok
 
         with trio.move_on_after(self.config.join_timeout):
             async with trio.open_nursery() as nursery:
@@ -156,7 +194,8 @@ class Node:
             config = config.replace(advertise=self._transport.local_address)
             self.config = config
         self._core = SwimCore(config, now=trio.current_time(),
-                              rng=random.Random(self._rng.getrandbits(64)))
+                              rng=random.Random(self._rng.getrandbits(64)),
+                              generation=new_generation())
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -167,6 +206,9 @@ class Node:
                 nursery.start_soon(self._push_pull_loop)
                 nursery.start_soon(self._seed_loop)
                 nursery.start_soon(self._reaper_loop)
+                nursery.start_soon(self._anti_entropy_loop)
+                if self._seed_source is not None:
+                    nursery.start_soon(self._seed_source_loop, self._seed_source)
                 task_status.started()
         finally:
             self._nursery = None
@@ -233,9 +275,9 @@ class Node:
         # A node that knows nobody keeps knocking on its seeds, backing off up to
         # 30 s, so a cluster re-forms after every member restarted or a partition.
         core = self.core
-        seeds = [s for s in self.config.seeds if s != core.address]
         backoff = 1.0
         while True:
+            seeds = [s for s in self._seeds if s != core.address]
             if seeds and core.n_live == 1 and not core.leaving:
                 try:
                     await self.join(seeds)
@@ -246,6 +288,28 @@ class Node:
                     await trio.sleep(backoff)
                     backoff = min(30.0, backoff * 2)
             await trio.sleep(self.config.probe_interval)
+
+    async def _anti_entropy_loop(self) -> None:
+        core = self.core
+        interval = self.config.state_gossip_interval
+        await trio.sleep(self._rng.uniform(0, interval))
+        while True:
+            core.anti_entropy(trio.current_time(), self._seeds)
+            await self._flush()
+            await trio.sleep(interval)
+
+    async def _seed_source_loop(self, source: SeedSource) -> None:
+        from .seeds import SeedSourceError
+
+        static = list(self.config.seeds)
+        while True:
+            try:
+                found = await source.resolve()
+            except SeedSourceError as exc:
+                log.warning("%s: seed source: %s", self.name, exc)
+            else:
+                self._seeds = list(dict.fromkeys(static + found))
+            await trio.sleep(self.config.seed_refresh_interval)
 
     async def _reaper_loop(self) -> None:
         while True:
@@ -288,6 +352,11 @@ class Node:
                     self._nursery.start_soon(self._send_reliable, dest, data)
             else:
                 await self._transport.send(dest, data)
+
+    def _publish_events(self) -> None:
+        # Local writes produce events but nothing to send; anti-entropy carries them.
+        for event in self.core.take_events():
+            self._publish(event)
 
     def _publish(self, event: MemberEvent) -> None:
         m = event.member

@@ -64,12 +64,11 @@ class SimCluster:
     def config_for(self, name: str, **overrides: Any) -> Config:
         """The config a node of this cluster gets (profile, seed node, own seed)."""
         self._starts += 1
-        seeds = (self._seed_address,) if self._seed_address else ()
         values = dict(self.overrides)
         values.update(overrides)
+        values.setdefault("seeds", (self._seed_address,) if self._seed_address else ())
         values.setdefault("seed", self.seed * 1_000_003 + self._starts)
-        return Config.profile(self.profile, name, bind=self.address_of(name), seeds=seeds,
-                              **values)
+        return Config.profile(self.profile, name, bind=self.address_of(name), **values)
 
     async def start(self, name: str, **overrides: Any) -> Node:
         """Start a node (again, after a crash: a restart with the same name)."""
@@ -124,6 +123,16 @@ class SimCluster:
         wanted = set(states)
         obs = [o for o in (observers if observers is not None else self.nodes) if o != name]
         return all(self.view(o).get(name) in wanted for o in obs)
+
+    def app_state(self, observer: str, owner: str) -> dict[str, Any] | None:
+        """`owner`'s application state as `observer` holds it (None if unknown)."""
+        member = self.nodes[observer].core.member(owner)
+        return dict(member.app_state) if member is not None else None
+
+    def state_converged(self) -> bool:
+        """Every running node holds every running node's exact current state."""
+        truth = {n: dict(node.local_member.app_state) for n, node in self.nodes.items()}
+        return all(self.app_state(o, n) == truth[n] for o in self.nodes for n in self.nodes)
 
     def converged(self) -> bool:
         """Every running node lists every running node alive, and nothing else live."""
