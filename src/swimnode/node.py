@@ -67,6 +67,7 @@ class Node:
         self._core: SwimCore | None = None
         self._hub = EventHub(config.event_buffer)
         self._timer_wakeup = trio.Event()
+        self._gossip_wakeup = trio.Event()
         self._sync_wakeup = trio.Event()
         self._seen_join_replies = 0
         self._left_sent = trio.Event()
@@ -248,6 +249,11 @@ class Node:
         interval = self.config.gossip_interval
         await trio.sleep(self._rng.uniform(0, interval))
         while True:
+            if not core.broadcasts:
+                # Nothing to spread: sleep until news is queued rather than waking
+                # every interval for nothing (it adds up over a thousand nodes).
+                self._gossip_wakeup = trio.Event()
+                await self._gossip_wakeup.wait()
             core.gossip(trio.current_time())
             await self._flush()
             await trio.sleep(interval)
@@ -339,6 +345,8 @@ class Node:
         if core.timer_changed:
             core.timer_changed = False
             self._timer_wakeup.set()
+        if core.broadcasts:
+            self._gossip_wakeup.set()
         if core.join_replies != self._seen_join_replies:
             self._seen_join_replies = core.join_replies
             self._sync_wakeup.set()
