@@ -670,6 +670,8 @@ class SwimCore:
         if state is SUSPECT:
             self.stats["suspicions_refuted"] += 1
             self.awareness.apply(1)
+        elif state is DEAD:
+            self.stats["deaths_refuted"] += 1
         else:
             self.stats["refutations"] += 1
         self.incarnation = news.incarnation + 1

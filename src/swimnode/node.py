@@ -68,6 +68,7 @@ class Node:
         self._hub = EventHub(config.event_buffer)
         self._timer_wakeup = trio.Event()
         self._gossip_wakeup = trio.Event()
+        self._stopped = trio.Event()
         self._sync_wakeup = trio.Event()
         self._seen_join_replies = 0
         self._left_sent = trio.Event()
@@ -170,6 +171,10 @@ class Node:
             raise JoinError(f"no seed answered within {self.config.join_timeout:g} s")
         return reached
 
+    async def wait_stopped(self) -> None:
+        """Wait until the node's tasks have all ended (after `leave()` or cancel)."""
+        await self._stopped.wait()
+
     async def leave(self) -> None:
         """Leave gracefully: disseminate our `left` record, then stop the node.
 
@@ -214,6 +219,7 @@ class Node:
         finally:
             self._nursery = None
             self._hub.close()
+            self._stopped.set()
             with trio.CancelScope(shield=True):
                 await self._transport.aclose()
 

@@ -38,8 +38,10 @@ class SimCluster:
     """A set of nodes sharing one in-memory network. Create with `open_sim_cluster`."""
 
     def __init__(self, nursery: trio.Nursery, network: Network, *, seed: int,
-                 profile: Profile, overrides: dict[str, Any]) -> None:
+                 profile: Profile, overrides: dict[str, Any], record: bool = True) -> None:
         self.network = network
+        self.record = record
+        """Whether `log` records events (costly at a thousand nodes: N² joins)."""
         self.seed = seed
         self.profile: Profile = profile
         self.overrides = overrides
@@ -88,6 +90,10 @@ class SimCluster:
             try:
                 async with open_node(config, transport=transport) as node:
                     self.nodes[config.name] = node
+                    if not self.record:
+                        task_status.started(node)
+                        await node.wait_stopped()
+                        return
                     stream = node.events()
                     task_status.started(node)
                     async for event in stream:
@@ -182,13 +188,16 @@ def seed_trio_scheduler(seed: int) -> None:
 @asynccontextmanager
 async def open_sim_cluster(n: int, *, seed: int = 0, profile: Profile = "lan",
                            network: Network | None = None, stagger: float = 0.01,
-                           **overrides: Any) -> AsyncIterator[SimCluster]:
+                           record: bool = True, **overrides: Any
+                           ) -> AsyncIterator[SimCluster]:
     """Start `n` nodes named `n0`, `n1`, ... that join through `n0`; stop them all on
-    exit. Extra keyword arguments override config fields for every node."""
+    exit. Extra keyword arguments override config fields for every node. With
+    `record=False` no events are logged (for large benchmarks)."""
     net = network if network is not None else Network(seed=seed)
     seed_trio_scheduler(seed)
     async with trio.open_nursery() as nursery:
-        cluster = SimCluster(nursery, net, seed=seed, profile=profile, overrides=overrides)
+        cluster = SimCluster(nursery, net, seed=seed, profile=profile, overrides=overrides,
+                             record=record)
         for i in range(n):
             await cluster.start(f"n{i}")
             if stagger:
