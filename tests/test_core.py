@@ -387,7 +387,7 @@ def test_suspect_about_self_is_refuted() -> None:
     # A death at the current incarnation is refuted too.
     feed(a, Dead("a", 1, "c"), now=1.3)
     assert a.incarnation == 2
-    assert a.stats["refutations"] == 1
+    assert a.stats["deaths_refuted"] == 1
 
 
 def test_alive_about_self_with_higher_incarnation_is_outbid() -> None:
