@@ -213,7 +213,7 @@ class StateStore:
                 we_lack.append(Digest(d.name, mine.generation, mine.max_version))
             elif d.max_version < mine.max_version:
                 they_lack.append(d)
-        for name, mine in self._nodes.items():
+        for name in self._nodes:
             if name not in seen and (accept is None or name in accept):
                 they_lack.append(Digest(name, 0, 0))
         return they_lack, we_lack

@@ -9,6 +9,7 @@ the current version raises `DecodeError`, the only exception `decode_packet` rai
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -262,7 +263,7 @@ def _delta(v: object) -> NodeDelta:
     if len(item) != 3:
         raise DecodeError("bad state delta")
     entries = tuple(_entry(e) for e in _list(item[2]))
-    if any(a.version >= b.version for a, b in zip(entries, entries[1:], strict=False)):
+    if any(a.version >= b.version for a, b in itertools.pairwise(entries)):
         raise DecodeError("state delta entries out of version order")
     return NodeDelta(_name(item[0]), _uint(item[1]), entries)
 

@@ -54,6 +54,11 @@ class Config:
     state_tombstone_ttl: float = 3600.0
     seed_refresh_interval: float = 30.0
 
+    label: str = ""
+    """Cluster label bound into every packet: clusters with other labels never merge."""
+    replay_window: float = 60.0
+    """With keys: packets stamped further than this from our clock are dropped."""
+
     udp_payload: int = 1400
     join_timeout: float = 10.0
     leave_timeout: float = 5.0
@@ -85,8 +90,14 @@ class Config:
             raise ValueError("retransmit_mult must be >= 1")
         if self.awareness_max_multiplier < 1:
             raise ValueError("awareness_max_multiplier must be >= 1")
-        if not 200 <= self.udp_payload <= 65507:
-            raise ValueError("udp_payload must be between 200 and 65507 bytes")
+        if not 512 <= self.udp_payload <= 65507:
+            raise ValueError("udp_payload must be between 512 and 65507 bytes")
+        if len(self.label.encode()) > 255:
+            raise ValueError("label must be at most 255 bytes of UTF-8")
+        if not 0 < self.replay_window <= max(self.dead_reclaim_time, 1.0):
+            # A replayed packet older than the reclaim time could revive news about a
+            # member everyone has forgotten.
+            raise ValueError("replay_window must be > 0 and <= dead_reclaim_time")
         if self.dead_reclaim_time < 0 or self.gossip_to_the_dead_time < 0:
             raise ValueError("dead_reclaim_time and gossip_to_the_dead_time must be >= 0")
         if self.state_delta_budget < 256:

@@ -124,7 +124,8 @@ class SwimCore:
     """One node's view of the cluster and the rules that change it."""
 
     def __init__(self, config: Config, *, now: float, rng: random.Random,
-                 incarnation: int = 0, generation: int = 0) -> None:
+                 incarnation: int = 0, generation: int = 0,
+                 framing_overhead: int = 0) -> None:
         self.config = config
         self.name = config.name
         self.address = config.advertise_address
@@ -134,6 +135,8 @@ class SwimCore:
                                    enabled=config.lifeguard_awareness)
         self.broadcasts = BroadcastQueue(config.retransmit_mult)
         self.stats: Counter[str] = Counter()
+        # A layer below us (encryption) adds this much to every datagram.
+        self.payload_budget = config.udp_payload - framing_overhead
         self.state = StateStore(self.name, generation, StateLimits(
             max_key_bytes=config.state_max_key_bytes,
             max_value_bytes=config.state_max_value_bytes,
@@ -699,12 +702,12 @@ class SwimCore:
     def _send(self, dest: Address, parts: list[bytes], *, reliable: bool = False) -> None:
         if not reliable:
             used = sum(len(p) for p in parts)
-            if used + codec.packet_overhead(len(parts)) > self.config.udp_payload:
+            if used + codec.packet_overhead(len(parts)) > self.payload_budget:
                 # Never an oversized datagram: the stream carries it whole.
                 reliable = True
         if not reliable:
             # Reserve the larger array header up front; piggyback what fits.
-            budget = self.config.udp_payload - used - codec.packet_overhead(16)
+            budget = self.payload_budget - used - codec.packet_overhead(16)
             room = codec.MAX_MESSAGES_PER_PACKET - len(parts)
             parts = parts + self.broadcasts.take(budget, self.n_live, max_items=room)
             if not parts:

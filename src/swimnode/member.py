@@ -10,7 +10,6 @@ from typing import Any
 
 from .transport import Address
 
-
 _NO_STATE: Mapping[str, Any] = MappingProxyType({})
 
 

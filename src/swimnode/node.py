@@ -13,18 +13,18 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from .config import Config
 from .core import SwimCore
 from .events import EventHub, EventStream, MemberEvent
+from .keyring import Keyring
 from .member import Member
+from .security import SecureTransport, check_secure_bind
+from .seeds import SeedSource, SeedSourceError
 from .transport import Address, Transport
-
-if TYPE_CHECKING:
-    from .seeds import SeedSource
 
 log = logging.getLogger("swimnode")
 member_log = logging.getLogger("swimnode.members")
@@ -198,10 +198,13 @@ class Node:
         config = self.config
         if config.advertise is None:
             config = config.replace(advertise=self._transport.local_address)
-            self.config = config
+        self.config = config
+        # Keep framed datagrams within the budget peers expect.
+        overhead = (self._transport.overhead if isinstance(self._transport, SecureTransport)
+                    else 0)
         self._core = SwimCore(config, now=trio.current_time(),
                               rng=random.Random(self._rng.getrandbits(64)),
-                              generation=new_generation())
+                              generation=new_generation(), framing_overhead=overhead)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -311,8 +314,6 @@ class Node:
             await trio.sleep(interval)
 
     async def _seed_source_loop(self, source: SeedSource) -> None:
-        from .seeds import SeedSourceError
-
         static = list(self.config.seeds)
         while True:
             try:
@@ -380,31 +381,47 @@ class Node:
 
 
 @asynccontextmanager
-async def open_node(config: Config, *, transport: Transport | None = None
-                    ) -> AsyncIterator[Node]:
+async def open_node(config: Config, *, transport: Transport | None = None,
+                    keyring: Keyring | None = None, insecure_plaintext: bool = False,
+                    seed_source: SeedSource | None = None) -> AsyncIterator[Node]:
     """Run a node for the duration of the block; every task stops on exit.
 
-    Without `transport`, binds real UDP and TCP sockets at `config.bind`. A node with
-    `config.seeds` joins through them in the background and keeps retrying while it
-    knows nobody; `await node.join(...)` joins explicitly.
+    Without `transport`, binds real UDP and TCP sockets at `config.bind`; binding a
+    non-loopback address without a `keyring` raises `ValueError` unless
+    `insecure_plaintext` is set. With a keyring (or `config.label`) every packet is
+    authenticated (and encrypted) by `swimnode.security.SecureTransport`. A node with
+    `config.seeds` (or a `seed_source`) joins through them in the background and keeps
+    retrying while it knows nobody; `await node.join(...)` joins explicitly.
     """
     if transport is None:
         from .udp import open_udp_transport
 
+        # Secure by default: refuse to talk in plaintext beyond this machine.
+        check_secure_bind(config.bind[0], keyring, insecure_plaintext)
         async with (
             open_udp_transport(config.bind, advertise=config.advertise) as udp,
-            _running(config, udp) as node,
+            _running(config, secure(udp, config, keyring), seed_source) as node,
         ):
             yield node
     else:
-        async with _running(config, transport) as node:
+        async with _running(config, secure(transport, config, keyring), seed_source) as node:
             yield node
 
 
+def secure(transport: Transport, config: Config, keyring: Keyring | None) -> Transport:
+    """Wrap `transport` in the security layer when keys or a label are configured
+    (and it is not wrapped already)."""
+    if isinstance(transport, SecureTransport) or (keyring is None and not config.label):
+        return transport
+    return SecureTransport(transport, keyring=keyring, label=config.label,
+                           replay_window=config.replay_window)
+
+
 @asynccontextmanager
-async def _running(config: Config, transport: Transport) -> AsyncIterator[Node]:
+async def _running(config: Config, transport: Transport,
+                   seed_source: SeedSource | None) -> AsyncIterator[Node]:
     async with trio.open_nursery() as nursery:
-        node = Node(config, transport)
+        node = Node(config, transport, seed_source=seed_source)
         await nursery.start(node.run)
         try:
             yield node

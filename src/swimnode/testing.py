@@ -13,16 +13,18 @@ import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
 from .config import Config, Profile
 from .events import Event, EventsLost
+from .keyring import Keyring
 from .member import MemberState
 from .node import Node, open_node
+from .security import SecureTransport
 from .sim import Network
-from .transport import Address
+from .transport import Address, Transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +40,11 @@ class SimCluster:
     """A set of nodes sharing one in-memory network. Create with `open_sim_cluster`."""
 
     def __init__(self, nursery: trio.Nursery, network: Network, *, seed: int,
-                 profile: Profile, overrides: dict[str, Any], record: bool = True) -> None:
+                 profile: Profile, overrides: dict[str, Any], record: bool = True,
+                 keyring: Keyring | None = None) -> None:
         self.network = network
+        self.keyring = keyring
+        """Keys every node gets unless started with its own (None: plaintext)."""
         self.record = record
         """Whether `log` records events (costly at a thousand nodes: N² joins)."""
         self.seed = seed
@@ -72,18 +77,27 @@ class SimCluster:
         values.setdefault("seed", self.seed * 1_000_003 + self._starts)
         return Config.profile(self.profile, name, bind=self.address_of(name), **values)
 
-    async def start(self, name: str, **overrides: Any) -> Node:
-        """Start a node (again, after a crash: a restart with the same name)."""
+    async def start(self, name: str, *, keyring: Keyring | Literal["cluster"] | None = "cluster",
+                    **overrides: Any) -> Node:
+        """Start a node (again, after a crash: a restart with the same name). It uses
+        the cluster's keyring unless given its own (or None for plaintext)."""
         if name in self.nodes:
             raise ValueError(f"node {name!r} is already running")
         config = self.config_for(name, **overrides)
         if self._seed_address is None:
             self._seed_address = config.bind
-        node: Node = await self._nursery.start(self._run, config)
+        keys = self.keyring if keyring == "cluster" else keyring
+        node: Node = await self._nursery.start(self._run, config, keys)
         return node
 
-    async def _run(self, config: Config, *, task_status: trio.TaskStatus[Node]) -> None:
-        transport = self.network.attach(config.bind)
+    async def _run(self, config: Config, keyring: Keyring | None, *,
+                   task_status: trio.TaskStatus[Node]) -> None:
+        transport: Transport = self.network.attach(config.bind)
+        if keyring is not None or config.label:
+            # Replay windows in simulated time, so long runs stay deterministic.
+            transport = SecureTransport(transport, keyring=keyring, label=config.label,
+                                        replay_window=config.replay_window,
+                                        clock=trio.current_time)
         stopped = self._stopped[config.name] = trio.Event()
         with trio.CancelScope() as scope:
             self._scopes[config.name] = scope
@@ -188,16 +202,17 @@ def seed_trio_scheduler(seed: int) -> None:
 @asynccontextmanager
 async def open_sim_cluster(n: int, *, seed: int = 0, profile: Profile = "lan",
                            network: Network | None = None, stagger: float = 0.01,
-                           record: bool = True, **overrides: Any
-                           ) -> AsyncIterator[SimCluster]:
+                           record: bool = True, keyring: Keyring | None = None,
+                           **overrides: Any) -> AsyncIterator[SimCluster]:
     """Start `n` nodes named `n0`, `n1`, ... that join through `n0`; stop them all on
     exit. Extra keyword arguments override config fields for every node. With
-    `record=False` no events are logged (for large benchmarks)."""
+    `record=False` no events are logged (for large benchmarks). With a `keyring`
+    (or a `label` override) packets go through `swimnode.security.SecureTransport`."""
     net = network if network is not None else Network(seed=seed)
     seed_trio_scheduler(seed)
     async with trio.open_nursery() as nursery:
         cluster = SimCluster(nursery, net, seed=seed, profile=profile, overrides=overrides,
-                             record=record)
+                             record=record, keyring=keyring)
         for i in range(n):
             await cluster.start(f"n{i}")
             if stagger:
