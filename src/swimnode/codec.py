@@ -55,6 +55,9 @@ MESSAGE_NAMES = {_PING: "ping", _ACK: "ack", _NACK: "nack", _PING_REQ: "pingreq"
                  _SYNC: "sync", _STATE_SYN: "statesyn", _STATE_DIGESTS: "statedigests",
                  _STATE_ACK: "stateack"}
 """Type tag -> name, for counters."""
+SENT_KEYS = {tag: (f"sent_{name}", f"sent_bytes_{name}") for tag, name in MESSAGE_NAMES.items()}
+RECEIVED_KEYS = {tag: f"received_{name}" for tag, name in MESSAGE_NAMES.items()}
+"""Counter names per tag, built once: packets carry dozens of messages."""
 
 
 def message_tag(encoded: bytes) -> int:

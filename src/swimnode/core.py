@@ -242,8 +242,9 @@ class SwimCore:
         except codec.DecodeError:
             stats["dropped_malformed"] += 1
             return
+        keys = codec.RECEIVED_KEYS
         for part, msg in zip(parts, messages, strict=True):
-            stats["received_" + codec.MESSAGE_NAMES[codec.message_tag(part)]] += 1
+            stats[keys[codec.message_tag(part)]] += 1
             if msg is None:
                 stats["received_known_news"] += 1
             else:
@@ -716,10 +717,11 @@ class SwimCore:
         stats = self.stats
         stats["packets_sent"] += 1
         stats["bytes_sent"] += len(data)
+        keys = codec.SENT_KEYS
         for part in parts:
-            name = codec.MESSAGE_NAMES.get(codec.message_tag(part), "other")
-            stats["sent_" + name] += 1
-            stats["sent_bytes_" + name] += len(part)
+            count_key, bytes_key = keys[codec.message_tag(part)]
+            stats[count_key] += 1
+            stats[bytes_key] += len(part)
         self._out.append((dest, data, reliable))
 
 
