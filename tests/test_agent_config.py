@@ -120,6 +120,20 @@ def test_empty_env_values_are_ignored() -> None:
     (["--config", "c.toml"], {}, {"c.toml": "seeds = \"a:1\""}, "seeds must be a list"),
     (["--config", "c.toml"], {}, {"c.toml": "bind = 7946"}, "bind must be a string"),
     (["--config", "c.toml"], {}, {"c.toml": 'log_json = "yes"'}, "log_json must be"),
+    (["--seed-dns", "seeds.local:0"], {}, {}, "bad DNS seed: port 0 out of range"),
+    (["--seed-dns", "host:port"], {}, {}, "bad DNS seed: invalid port"),
+    (["--seed-file", " "], {}, {}, "seed file paths must not be empty"),
+    (["--state", "novalue"], {}, {}, "argument --state: expected KEY=VALUE"),
+    (["--state", "=v"], {}, {}, "expected KEY=VALUE"),
+    (["--state-json", "k={"], {}, {}, "value of 'k' is not JSON"),
+    (["--state", "big=" + "x" * 5000], {}, {}, "initial state: state value for 'big'"),
+    (["--state", "k" * 200 + "=v"], {}, {}, "initial state: state key"),
+    ([], {"SWIMNODE_STATE": "[1]"}, {}, "SWIMNODE_STATE: expected a JSON object"),
+    ([], {"SWIMNODE_STATE": "{"}, {}, "SWIMNODE_STATE: not a JSON object"),
+    (["--config", "c.toml"], {}, {"c.toml": 'state = "x"'}, "state must be a table"),
+    (["--config", "c.toml"], {}, {"c.toml": "seed_dns = [1]"}, "seed_dns must be a list"),
+    (["--config", "c.toml"], {}, {"c.toml": "[state]\nat = 1979-05-27"},
+     "initial state: state value for 'at' is not msgpack-serializable"),
 ])
 def test_errors_are_one_line(argv: list[str], env: dict[str, str], files: dict[str, str],
                              fragment: str) -> None:
@@ -131,6 +145,36 @@ def test_errors_are_one_line(argv: list[str], env: dict[str, str], files: dict[s
 
 def test_parse_toml_accepts_every_key() -> None:
     text = ('name = "a"\nbind = "127.0.0.1:1"\nadvertise = "10.0.0.1:1"\nseeds = []\n'
-            'profile = "lan"\nrpc = "127.0.0.1:2"\nlog_level = "warning"\nlog_json = false\n')
+            'seed_files = ["/etc/seeds"]\nseed_dns = ["seeds.local"]\n'
+            'profile = "lan"\nrpc = "127.0.0.1:2"\nlog_level = "warning"\nlog_json = false\n'
+            '[state]\nrole = "db"\n')
     assert set(parse_toml(text, "x.toml")) == {
-        "name", "bind", "advertise", "seeds", "profile", "rpc", "log_level", "log_json"}
+        "name", "bind", "advertise", "seeds", "seed_files", "seed_dns", "state", "profile",
+        "rpc", "log_level", "log_json"}
+
+
+def test_seed_sources_from_every_source() -> None:
+    s = load(["--seed-file", "/a", "--seed-file", "b.txt", "--seed-dns", "seeds.local",
+              "--seed-dns", "[::1]:8000", "--seed-dns", "10.0.0.9:7000"])
+    assert s.seed_files == ("/a", "b.txt")
+    assert s.seed_dns == (("seeds.local", 7946), ("::1", 8000), ("10.0.0.9", 7000))
+    env = load([], {"SWIMNODE_SEED_FILES": "/x, /y", "SWIMNODE_SEED_DNS": "s.example:1"})
+    assert (env.seed_files, env.seed_dns) == (("/x", "/y"), (("s.example", 1),))
+    files = {"c.toml": 'seed_files = ["/f"]\nseed_dns = ["d.example"]\n'}
+    f = load(["--config", "c.toml", "--seed-dns", "flag.example"], {}, files)
+    assert (f.seed_files, f.seed_dns) == (("/f",), (("flag.example", 7946),))
+
+
+def test_initial_state_merges_key_by_key() -> None:
+    files = {"c.toml": '[state]\nrole = "file"\nzone = "eu"\ntokens = [1, 2]\n'
+                       'labels = { tier = "gold" }\n'}
+    env = {"SWIMNODE_CONFIG": "c.toml", "SWIMNODE_STATE": '{"zone": "us", "weight": 2}'}
+    s = load(["--state", "role=flag", "--state-json", "load=[0.5, null]",
+              "--state", "empty=", "--state", "eq=a=b"], env, files)
+    assert dict(s.state) == {"role": "flag", "zone": "us", "tokens": [1, 2],
+                             "labels": {"tier": "gold"}, "weight": 2, "load": [0.5, None],
+                             "empty": "", "eq": "a=b"}
+    # A later flag wins, whichever of the two flags it is.
+    assert dict(load(["--state", "n=1", "--state-json", "n=1"]).state) == {"n": 1}
+    assert dict(load(["--state-json", "n=1", "--state", "n=1"]).state) == {"n": "1"}
+    assert load([]).state == ()

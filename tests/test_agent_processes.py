@@ -176,6 +176,12 @@ def test_one_line_errors(tmp_path: Path) -> None:
             (["stats", "--rpc", closed_rpc, "--json"], 1),
             (["monitor", "--rpc", closed_rpc], 1),
             (["leave", "--rpc", closed_rpc], 1),
+            (["state", "get", "k", "--rpc", closed_rpc], 1),
+            (["state", "set", "k", "{", "--json-value"], 2),
+            (["state", "frob"], 2),
+            (["ring", "--rpc", closed_rpc], 1),
+            (["agent", "--state", "novalue"], 2),
+            (["agent", "--seed-dns", "host:99999"], 2),
             (["frobnicate"], 2),
         ]
         # Started together: each is a Python start-up, and they do not interact.
@@ -194,3 +200,60 @@ def test_one_line_errors(tmp_path: Path) -> None:
                 proc.wait(timeout=10)
         busy.close()
         busy_tcp.close()
+
+
+def test_state_spreads_and_ring_covers_every_member(cluster: LocalCluster,
+                                                     tmp_path: Path) -> None:
+    # s0 seeds the others through each kind of seed source: a file and a DNS name
+    # (a numeric one, so no resolver is needed), and starts with application state.
+    seed = cluster.start("s0", args=["--state", "role=seed", "--state-json", "weight=3"])
+    assert seed.wait_ready(STEP), "seed agent did not start"
+    seed_file = tmp_path / "seeds.txt"
+    seed_file.write_text(f"# written by the test\n{seed.address}\n")
+    writer = cluster.start("s1", args=["--seed-file", str(seed_file)])
+    reader = cluster.start("s2", args=["--seed-dns", seed.address])
+    names = ["s0", "s1", "s2"]
+    assert wait_for(lambda: cluster.converged(names), STEP), "agents did not converge"
+
+    def rpc_of(agent: AgentProcess) -> str:
+        return f"127.0.0.1:{agent.rpc_port}"
+
+    done = run_cli("state", "set", "color", "blue", "--rpc", rpc_of(writer))
+    assert done.returncode == 0, done.stderr
+    done = run_cli("state", "set", "slots", "[1, 2, 3]", "--json-value", "--rpc", rpc_of(writer))
+    assert done.returncode == 0, done.stderr
+    started = time.monotonic()
+
+    def seen_by_reader() -> dict[str, Any] | None:
+        view = members_json(reader)
+        state: dict[str, Any] = view["s1"]["app_state"]
+        return view if state == {"color": "blue", "slots": [1, 2, 3]} else None
+
+    view = wait_for(seen_by_reader, STEP, step=0.2)
+    assert view is not None, "s1's state did not reach s2"
+    # A few anti-entropy rounds (1 s each) are plenty on loopback.
+    assert time.monotonic() - started < 8.0
+    assert view["s0"]["app_state"] == {"role": "seed", "weight": 3}
+
+    done = run_cli("state", "get", "color", "--member", "s1", "--rpc", rpc_of(reader))
+    assert (done.returncode, done.stdout) == (0, "blue\n"), done.stderr
+    done = run_cli("state", "list", "--json", "--rpc", rpc_of(writer))
+    assert json.loads(done.stdout) == {"color": "blue", "slots": [1, 2, 3]}
+    assert_one_line_error(run_cli("state", "set", "big", "x" * 5000, "--rpc", rpc_of(writer)), 1)
+    assert_one_line_error(run_cli("state", "get", "nope", "--rpc", rpc_of(writer)), 1)
+
+    done = run_cli("ring", "--json", "--rpc", rpc_of(reader))
+    assert done.returncode == 0, done.stderr
+    ring = json.loads(done.stdout)
+    assert [m["name"] for m in ring["members"]] == names
+    assert sum(m["fraction"] for m in ring["members"]) == pytest.approx(1.0)
+    assert {m["tokens"] for m in ring["members"]} == {100}
+    # s1's "slots" state as its tokens: it now holds exactly those three.
+    done = run_cli("ring", "--json", "--tokens-key", "slots", "--rpc", rpc_of(reader))
+    slots = {m["name"]: m for m in json.loads(done.stdout)["members"]}
+    assert (slots["s1"]["source"], slots["s1"]["tokens"]) == ("advertised", 3)
+
+    done = run_cli("state", "delete", "color", "--rpc", rpc_of(writer))
+    assert done.returncode == 0, done.stderr
+    assert wait_for(lambda: "color" not in members_json(reader)["s1"]["app_state"], STEP,
+                    step=0.2), "the deletion did not reach s2"

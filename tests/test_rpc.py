@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import struct
 from typing import Any
@@ -10,23 +11,44 @@ import pytest
 import trio
 
 from swimnode import rpc
-from swimnode.events import EventHub, EventStream, MemberFailed, MemberJoined
+from swimnode.agent import Agent
+from swimnode.appstate import StateStore
+from swimnode.config import Config
+from swimnode.events import EventHub, EventStream, MemberFailed, MemberJoined, MemberUpdated
 from swimnode.member import Member, MemberState
+from swimnode.node import Node
+from swimnode.ring import TOKEN_SPACE
 from swimnode.transport import Address
+from swimnode.udp import open_udp_transport
 
 A = Member("a", ("127.0.0.1", 7946), 0, MemberState.ALIVE, 0.0)
 B = Member("b", ("::1", 7947), 3, MemberState.SUSPECT, 0.0)
+C = Member("c", ("127.0.0.1", 7948), 1, MemberState.DEAD, 0.0)
 WAIT = 10.0
 
 
 class FakeAgent:
+    """Member "a" is the agent; its application state lives in a real StateStore."""
+
     def __init__(self) -> None:
         self.hub = EventHub(16)
         self.left = 0
         self.exit_requested = False
+        self.store = StateStore("a", 1)
+        self.others = [B]
+
+    @property
+    def name(self) -> str:
+        return "a"
 
     def members(self) -> list[Member]:
-        return [A, B]
+        return [dataclasses.replace(A, app_state=self.store.values("a")), *self.others]
+
+    def set_state(self, key: str, value: Any) -> None:
+        self.store.set(key, value, 0.0)
+
+    def delete_state(self, key: str) -> bool:
+        return self.store.delete(key, 0.0) is not None
 
     def stats(self) -> dict[str, int]:
         return {"probes": 7, "transport_send_errors": 1}
@@ -61,8 +83,33 @@ def test_frames_round_trip() -> None:
 
 def test_member_shape() -> None:
     assert rpc.member_to_dict(B) == {"name": "b", "address": "[::1]:7947", "state": "suspect",
-                                     "incarnation": 3}
+                                     "incarnation": 3, "app_state": {}}
     assert rpc.event_to_dict(MemberJoined(A))["event"] == "joined"
+    with_state = dataclasses.replace(A, app_state={"role": "db", "raw": b"\x00"})
+    assert rpc.member_to_dict(with_state)["app_state"] == {"role": "db", "raw": b"\x00"}
+    updated = rpc.event_to_dict(MemberUpdated(with_state, frozenset({"role", "raw"})))
+    assert updated["changed_keys"] == ["raw", "role"]
+    assert "changed_keys" not in rpc.event_to_dict(MemberFailed(B))
+    # The whole shape survives the msgpack frame, bytes included.
+    assert rpc.decode_body(rpc.encode_frame(updated)[4:]) == updated
+
+
+def test_ring_to_dict() -> None:
+    advertised = dataclasses.replace(A, app_state={"tokens": [0, TOKEN_SPACE // 2]})
+    ring = rpc.ring_to_dict([advertised, B, C], vnodes=8)
+    assert (ring["vnodes"], ring["tokens_key"]) == (8, "tokens")
+    rows = {m["name"]: m for m in ring["members"]}
+    assert set(rows) == {"a", "b"}  # c is dead
+    assert (rows["a"]["source"], rows["a"]["tokens"]) == ("advertised", 2)
+    assert (rows["b"]["source"], rows["b"]["tokens"]) == ("derived", 8)
+    assert sum(m["fraction"] for m in ring["members"]) == pytest.approx(1.0)
+    assert all(0 <= t < TOKEN_SPACE for m in ring["members"] for r in m["ranges"] for t in r)
+    # Another key: a's tokens are not there, so a gets derived ones.
+    assert rpc.ring_to_dict([advertised], tokens_key="other")["members"][0]["source"] == \
+        "derived"
+    assert rpc.ring_to_dict([C]) == {"vnodes": 100, "tokens_key": "tokens", "members": []}
+    with pytest.raises(ValueError):
+        rpc.ring_to_dict([A], vnodes=0)
 
 
 async def test_commands() -> None:
@@ -79,6 +126,102 @@ async def test_commands() -> None:
             with pytest.raises(rpc.RpcError, match="unknown command 'dance'"):
                 await trio.to_thread.run_sync(rpc.call, address, "dance")
             nursery.cancel_scope.cancel()
+
+
+async def test_state_commands() -> None:
+    agent = FakeAgent()
+
+    async def call(command: str, **args: Any) -> dict[str, Any]:
+        return await trio.to_thread.run_sync(lambda: rpc.call(address, command, args))
+
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, agent)
+            assert await call("state_set", key="role", value="db") == {
+                "ok": True, "member": "a", "key": "role"}
+            await call("state_set", key="tokens", value=[1, 2**63])
+            await call("state_set", key="raw", value=b"\x00\xff")
+            assert agent.store.values("a") == {"role": "db", "tokens": [1, 2**63],
+                                               "raw": b"\x00\xff"}
+            got = await call("state_get", key="tokens")
+            assert (got["member"], got["found"], got["value"]) == ("a", True, [1, 2**63])
+            assert (await call("state_get", key="raw"))["value"] == b"\x00\xff"
+            missing = await call("state_get", key="nope", member="b")
+            assert (missing["member"], missing["found"], missing["value"]) == ("b", False, None)
+            listing = await call("state_list")
+            assert listing["state"] == {"role": "db", "tokens": [1, 2**63], "raw": b"\x00\xff"}
+            assert (await call("state_list", member="b"))["state"] == {}
+            assert (await call("state_delete", key="role"))["deleted"] is True
+            assert (await call("state_delete", key="role"))["deleted"] is False
+            assert "role" not in (await call("state_list"))["state"]
+            # Refusals come back as one-line errors.
+            with pytest.raises(rpc.RpcError, match="the limit is 4096"):
+                await call("state_set", key="big", value="x" * 5000)
+            with pytest.raises(rpc.RpcError, match="no member named 'zz'"):
+                await call("state_get", key="role", member="zz")
+            with pytest.raises(rpc.RpcError, match="missing argument 'value'"):
+                await call("state_set", key="k")
+            with pytest.raises(rpc.RpcError, match="argument 'key' must be str"):
+                await call("state_get", key=3)
+            with pytest.raises(rpc.RpcError, match="non-empty"):
+                await call("state_delete", key="")
+            nursery.cancel_scope.cancel()
+
+
+async def test_ring_command() -> None:
+    agent = FakeAgent()
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            address = await serving(nursery, agent)
+            reply = await trio.to_thread.run_sync(rpc.call, address, "ring")
+            assert [m["name"] for m in reply["members"]] == ["a", "b"]
+            assert sum(m["fraction"] for m in reply["members"]) == pytest.approx(1.0)
+            assert {m["tokens"] for m in reply["members"]} == {100}
+            agent.set_state("slots", [5])
+            reply = await trio.to_thread.run_sync(
+                lambda: rpc.call(address, "ring", {"vnodes": 3, "tokens_key": "slots"}))
+            rows = {m["name"]: m for m in reply["members"]}
+            assert (rows["a"]["source"], rows["a"]["tokens"]) == ("advertised", 1)
+            assert rows["b"]["tokens"] == 3
+            with pytest.raises(rpc.RpcError, match=r"vnodes must be 1\.\.4096"):
+                await trio.to_thread.run_sync(
+                    lambda: rpc.call(address, "ring", {"vnodes": 0}))
+            nursery.cancel_scope.cancel()
+
+
+async def test_real_agent_serves_state_and_ring() -> None:
+    # The real Agent over a real node on loopback: what the RPC server calls exists.
+    config = Config.local("solo", bind=("127.0.0.1", 0))
+    with trio.fail_after(WAIT):
+        async with open_udp_transport(config.bind) as udp, trio.open_nursery() as nursery:
+            node = Node(config, udp)
+            await nursery.start(node.run)
+            agent = Agent(node, udp)
+            listener = await rpc.open_rpc_listener(("127.0.0.1", 0))
+            address = listener.socket.getsockname()[:2]
+            nursery.start_soon(rpc.serve_rpc, listener, agent)
+
+            def client() -> None:
+                rpc.call(address, "state_set", {"key": "zone", "value": "eu-1"})
+                assert rpc.call(address, "state_get", {"key": "zone"})["value"] == "eu-1"
+                [me] = rpc.members(address)
+                assert me["app_state"] == {"zone": "eu-1"}
+                ring = rpc.call(address, "ring")
+                assert [(m["name"], m["fraction"]) for m in ring["members"]] == [("solo", 1.0)]
+                assert rpc.call(address, "state_delete", {"key": "zone"})["deleted"] is True
+                with pytest.raises(rpc.RpcError, match="longer than 128 bytes"):
+                    rpc.call(address, "state_set", {"key": "k" * 200, "value": 1})
+
+            await trio.to_thread.run_sync(client)
+            assert node.local_member.app_state == {}
+            nursery.cancel_scope.cancel()
+
+
+def test_request_too_large_is_refused_before_sending() -> None:
+    with pytest.raises(rpc.RpcError, match="over the 65536 byte limit"):
+        rpc.call(("127.0.0.1", 1), "state_set", {"key": "k", "value": "x" * 70000})
+    with pytest.raises(rpc.RpcError, match="cannot encode"):
+        rpc.call(("127.0.0.1", 1), "state_set", {"key": "k", "value": object()})
 
 
 async def test_monitor_streams_snapshot_then_events() -> None:

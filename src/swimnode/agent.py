@@ -15,6 +15,8 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,19 @@ import trio
 
 from . import rpc
 from .agentconfig import AgentSettings, UsageError, load_settings
-from .events import EventsLost, EventStream
+from .config import Config
+from .events import EventsLost, EventStream, MemberUpdated
 from .member import Member
-from .node import Node, open_node
+from .node import Node
+from .seeds import (
+    CombinedSeeds,
+    DnsSeeds,
+    FileSeeds,
+    SeedSource,
+    SeedSourceError,
+    StaticSeeds,
+)
+from .transport import Address
 from .udp import TransportError, UdpTransport, format_address, open_udp_transport
 
 log = logging.getLogger("swimnode.agent")
@@ -60,9 +72,22 @@ class Agent:
         self.exit_requested = trio.Event()
         self._leave_done: trio.Event | None = None
 
+    @property
+    def name(self) -> str:
+        """The local member's name."""
+        return self.node.name
+
     def members(self) -> list[Member]:
         """Every member the node knows, sorted by name."""
         return sorted(self.node.members(), key=lambda m: m.name)
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Set one key of our application state (`ValueError` if not allowed)."""
+        self.node.set_state(key, value)
+
+    def delete_state(self, key: str) -> bool:
+        """Delete one key of our application state; false if it was not set."""
+        return self.node.delete_state(key)
 
     def stats(self) -> dict[str, int]:
         """The node's protocol counters plus the transport's, prefixed `transport_`."""
@@ -101,10 +126,15 @@ class Agent:
                 continue
             m = event.member
             address = format_address(m.address)
-            log.info("member %s %s (%s, incarnation %d)", m.name, event.kind, address,
-                     m.incarnation, extra={"fields": {
-                         "event": event.kind, "name": m.name, "address": address,
-                         "state": m.state.label, "incarnation": m.incarnation}})
+            fields: dict[str, Any] = {
+                "event": event.kind, "name": m.name, "address": address,
+                "state": m.state.label, "incarnation": m.incarnation}
+            keys = ""
+            if isinstance(event, MemberUpdated) and event.changed_keys:
+                fields["changed_keys"] = sorted(event.changed_keys)
+                keys = f", keys {', '.join(fields['changed_keys'])}"
+            log.info("member %s %s (%s, incarnation %d%s)", m.name, event.kind, address,
+                     m.incarnation, keys, extra={"fields": fields})
 
     async def leave_on_signal(self) -> None:
         """Leave and exit on the first SIGINT or SIGTERM."""
@@ -117,6 +147,65 @@ class Agent:
         self.request_exit()
 
 
+class LoggedSeeds(SeedSource):
+    """The agent's seed sources: `--seed` addresses, `--seed-file`s and `--seed-dns`
+    names combined, logging each failing source as a warning (a combination fails
+    only when every source does, which would hide a typo in one file name)."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        sources: list[SeedSource] = []
+        if settings.seeds:
+            sources.append(StaticSeeds(settings.seeds))
+        sources += [FileSeeds(path) for path in settings.seed_files]
+        sources += [DnsSeeds(host, port) for host, port in settings.seed_dns]
+        self.combined = CombinedSeeds(sources)
+
+    async def resolve(self) -> list[Address]:
+        """Every source's addresses; see `CombinedSeeds.resolve`. When every source
+        fails, the error names each failure (the node logs it and keeps its last
+        good list of seeds)."""
+        try:
+            found = await self.combined.resolve()
+        except SeedSourceError:
+            raise SeedSourceError("; ".join(str(e) for _, e in self.combined.last_errors)
+                                  ) from None
+        for _, error in self.combined.last_errors:
+            log.warning("seed source: %s", error,
+                        extra={"fields": {"event": "seed_source_error", "error": str(error)}})
+        return found
+
+    def __repr__(self) -> str:
+        return f"LoggedSeeds({self.combined!r})"
+
+
+def seed_source(settings: AgentSettings) -> SeedSource | None:
+    """What the node should re-read for seeds, or None when `--seed` alone is given
+    (the node's static `config.seeds` cover that)."""
+    if not settings.seed_files and not settings.seed_dns:
+        return None
+    return LoggedSeeds(settings)
+
+
+def _describe_seeds(settings: AgentSettings) -> str:
+    parts = [format_address(s) for s in settings.seeds]
+    parts += [f"file {path}" for path in settings.seed_files]
+    parts += [f"dns {format_address(a)}" for a in settings.seed_dns]
+    return ", ".join(parts) or "none"
+
+
+@asynccontextmanager
+async def _running_node(config: Config, udp: UdpTransport, source: SeedSource | None
+                        ) -> AsyncIterator[Node]:
+    # `open_node` takes no seed source, so the agent starts the Node itself.
+    async with trio.open_nursery() as nursery:
+        node = Node(config, udp, seed_source=source)
+        await nursery.start(node.run)
+        try:
+            yield node
+        finally:
+            nursery.cancel_scope.cancel()
+
+
 async def run_agent(settings: AgentSettings) -> None:
     """Run the agent until it has left the cluster. Raises `TransportError` when an
     address cannot be bound."""
@@ -125,14 +214,17 @@ async def run_agent(settings: AgentSettings) -> None:
     async with (
         listener,
         open_udp_transport(config.bind, advertise=config.advertise) as udp,
-        open_node(config, transport=udp) as node,
+        _running_node(config, udp, seed_source(settings)) as node,
     ):
         agent = Agent(node, udp)
         # Subscribe before the first checkpoint so the join's events are all logged.
         events = node.events()
+        # load_settings has checked these against the same limits, so none is refused.
+        for key, value in settings.state:
+            node.set_state(key, value)
         log.info("agent %s listening on %s (rpc %s, profile %s, seeds %s)", node.name,
                  format_address(node.address), format_address(settings.rpc), settings.profile,
-                 ", ".join(format_address(s) for s in settings.seeds) or "none",
+                 _describe_seeds(settings),
                  extra={"fields": {"event": "started", "name": node.name,
                                    "address": format_address(node.address),
                                    "rpc": format_address(settings.rpc)}})

@@ -9,12 +9,15 @@ message that the command line prints as is.
 from __future__ import annotations
 
 import argparse
+import json
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, cast
 
+from .appstate import StateLimits, StateStore
 from .config import Config, Profile
+from .seeds import parse_address as parse_seed_address
 from .transport import Address
 from .udp import format_address
 
@@ -61,6 +64,12 @@ class AgentSettings:
     rpc: Address = DEFAULT_RPC
     log_level: str = "info"
     log_json: bool = False
+    seed_files: tuple[str, ...] = ()
+    """Files of seed addresses (`FileSeeds`), re-read every seed refresh."""
+    seed_dns: tuple[Address, ...] = ()
+    """DNS names (with the port to use) whose addresses are seeds (`DnsSeeds`)."""
+    state: tuple[tuple[str, Any], ...] = ()
+    """Application state to set when the agent starts, as `(key, value)` pairs."""
 
     def node_config(self) -> Config:
         """The node configuration these settings describe."""
@@ -91,6 +100,17 @@ def agent_parser() -> argparse.ArgumentParser:
                    help="address peers should use (default: the bound address)")
     p.add_argument("--seed", dest="seeds", metavar="HOST:PORT", action="append",
                    help="member to join through; repeat for several")
+    p.add_argument("--seed-file", dest="seed_files", metavar="PATH", action="append",
+                   help="file of seed addresses, one per line, re-read every 30 s; "
+                   "repeatable")
+    p.add_argument("--seed-dns", metavar="NAME[:PORT]", action="append",
+                   help="DNS name whose addresses are seeds (port default 7946), "
+                   "resolved again every 30 s; repeatable")
+    p.add_argument("--state", dest="state", metavar="KEY=VALUE", action="append",
+                   type=_string_state, help="application state to set at start (VALUE is "
+                   "a string); repeatable")
+    p.add_argument("--state-json", dest="state", metavar="KEY=JSON", action="append",
+                   type=_json_state, help="like --state, with VALUE parsed as JSON")
     p.add_argument("--profile", choices=PROFILES, help="timer profile (default lan)")
     p.add_argument("--rpc", metavar="HOST:PORT",
                    help=f"RPC endpoint to listen on (default {format_address(DEFAULT_RPC)})")
@@ -101,17 +121,47 @@ def agent_parser() -> argparse.ArgumentParser:
     return p
 
 
-_KEYS = ("name", "bind", "advertise", "seeds", "profile", "rpc", "log_level", "log_json")
+_KEYS = ("name", "bind", "advertise", "seeds", "seed_files", "seed_dns", "state", "profile",
+         "rpc", "log_level", "log_json")
+_LIST_KEYS = ("seeds", "seed_files", "seed_dns")
+
+
+def _split_assignment(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _string_state(text: str) -> tuple[str, Any]:
+    return _split_assignment(text)
+
+
+def _json_state(text: str) -> tuple[str, Any]:
+    key, value = _split_assignment(text)
+    try:
+        return key, json.loads(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"value of {key!r} is not JSON: {exc}") from None
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in _KEYS:
-        value = env.get(ENV_PREFIX + key.upper())
+        var = ENV_PREFIX + key.upper()
+        value = env.get(var)
         if value is None or value == "":
             continue
-        if key == "seeds":
+        if key in _LIST_KEYS:
             out[key] = [s for s in (part.strip() for part in value.split(",")) if s]
+        elif key == "state":
+            try:
+                state = json.loads(value)
+            except ValueError as exc:
+                raise UsageError(f"{var}: not a JSON object: {exc}") from None
+            if not isinstance(state, dict):
+                raise UsageError(f"{var}: expected a JSON object of key/values")
+            out[key] = state
         elif key == "log_json":
             out[key] = _env_bool(ENV_PREFIX + "LOG_JSON", value)
         else:
@@ -139,9 +189,12 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         raise UsageError(f"{source}: unknown key {unknown[0]!r} "
                          f"(expected one of: {', '.join(_KEYS)})")
     for key, value in data.items():
-        if key == "seeds":
+        if key in _LIST_KEYS:
             if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-                raise UsageError(f"{source}: seeds must be a list of \"HOST:PORT\" strings")
+                raise UsageError(f"{source}: {key} must be a list of strings")
+        elif key == "state":
+            if not isinstance(value, dict):
+                raise UsageError(f"{source}: state must be a table of key/values")
         elif key == "log_json":
             if not isinstance(value, bool):
                 raise UsageError(f"{source}: log_json must be true or false")
@@ -154,8 +207,11 @@ def merge(flags: Mapping[str, Any], env: Mapping[str, Any], file: Mapping[str, A
           default_name: str) -> AgentSettings:
     """Combine raw values (flags > env > file > defaults) and validate them."""
     raw: dict[str, Any] = {}
+    state: dict[str, Any] = {}
     for source in (file, env, flags):
         raw.update({k: v for k, v in source.items() if k in _KEYS and v is not None})
+        # Application state merges key by key, so a flag overrides one key of the file.
+        state.update(source.get("state") or {})
     profile = raw.get("profile", "lan")
     if profile not in PROFILES:
         raise UsageError(f"unknown profile {profile!r} (expected lan, wan or local)")
@@ -171,13 +227,40 @@ def merge(flags: Mapping[str, Any], env: Mapping[str, Any], file: Mapping[str, A
     seeds = tuple(parse_address(s, what="seed address") for s in raw.get("seeds", ()))
     if any(port == 0 for _, port in seeds):
         raise UsageError("seed addresses need a real port, not 0")
+    seed_dns = tuple(_parse_dns_seed(s) for s in raw.get("seed_dns", ()))
+    seed_files = tuple(str(f) for f in raw.get("seed_files", ()))
+    if any(not f.strip() for f in seed_files):
+        raise UsageError("seed file paths must not be empty")
     settings = AgentSettings(
         name=str(raw.get("name") or default_name), bind=bind, advertise=advertise,
         seeds=seeds, profile=cast(Profile, profile), rpc=rpc, log_level=level,
-        log_json=bool(raw.get("log_json", False)),
+        log_json=bool(raw.get("log_json", False)), seed_files=seed_files,
+        seed_dns=seed_dns, state=tuple(state.items()),
     )
-    settings.node_config()  # validates the name and the profile's knobs
+    config = settings.node_config()  # validates the name and the profile's knobs
+    check_state(settings.state, config)
     return settings
+
+
+def _parse_dns_seed(text: str) -> Address:
+    try:
+        return parse_seed_address(text)
+    except ValueError as exc:
+        raise UsageError(f"bad DNS seed: {exc}") from None
+
+
+def check_state(state: Sequence[tuple[str, Any]], config: Config) -> None:
+    """Raise `UsageError` if the initial application state breaks a key, value or size
+    rule (the node would refuse it at start)."""
+    store = StateStore(config.name, 0, StateLimits(
+        max_key_bytes=config.state_max_key_bytes,
+        max_value_bytes=config.state_max_value_bytes,
+        max_node_bytes=config.state_max_bytes))
+    for key, value in state:
+        try:
+            store.set(key, value, 0.0)
+        except ValueError as exc:
+            raise UsageError(f"initial state: {exc}") from None
 
 
 def load_settings(argv: Sequence[str], env: Mapping[str, str],
@@ -188,7 +271,10 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str],
     parameter so tests need no files.
     """
     ns = agent_parser().parse_args(list(argv))
-    flags = {k: v for k, v in vars(ns).items() if k != "config"}
+    flags = {k: v for k, v in vars(ns).items() if k not in ("config", "state")}
+    # --state and --state-json fill one list, in order; a later flag wins for a key.
+    if ns.state:
+        flags["state"] = dict(ns.state)
     env_values = _from_env(env)
     path = ns.config if ns.config is not None else env.get(ENV_PREFIX + "CONFIG") or None
     file_values: dict[str, Any] = {}

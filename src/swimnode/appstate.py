@@ -6,7 +6,7 @@ owner's version counter; a node's state is identified by `(generation, version)`
 after Cassandra's HeartBeatState, where the generation is fixed when the node starts
 so a restarted node's fresh counter still wins over its previous life's.
 
-Reconciliation is Scuttlebutt's (van Renesse, Dumitriu, Gough, Spreitzer, "Efficient
+Reconciliation is Scuttlebutt's (van Renesse, Dumitriu, Gough, Thomas, "Efficient
 Reconciliation and Flow Control for Anti-Entropy Protocols", 2008): peers compare
 digests (node -> generation, highest version) and send each other the entries the
 other lacks, oldest version first, within a byte budget. Because entries travel in

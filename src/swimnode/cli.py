@@ -1,15 +1,23 @@
 """Command line: `python -m swimnode COMMAND ...`.
 
-Commands: `agent` runs a member; `members`, `stats`, `monitor` and `leave` talk to a
-running agent over its RPC endpoint; `demo` tells the SWIM story on a small cluster.
+Commands: `agent` runs a member; `members`, `stats`, `monitor`, `leave`, `state` and
+`ring` talk to a running agent over its RPC endpoint; `demo` tells the SWIM story on a
+small cluster.
 
-Exit codes: 0 success, 1 runtime failure (agent unreachable, port busy, ...), 2 usage
-error (bad flags, environment or configuration file), 130 interrupted.
+Exit codes: 0 success, 1 runtime failure (agent unreachable, port busy, refused
+request, missing key, ...), 2 usage error (bad flags, environment or configuration
+file), 130 interrupted.
+
+JSON output carries application-state values as JSON, except bytes, which JSON lacks:
+a bytes value is written as ``{"$base64": "<standard base64>"}`` (see
+`to_json_value`); `state set --json-value` reads the same form back as bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import functools
 import json
 import os
@@ -20,26 +28,57 @@ from typing import Any, NoReturn
 
 from . import agent, rpc
 from .agentconfig import DEFAULT_RPC, ENV_PREFIX, UsageError, parse_address
+from .ring import TOKEN_SPACE, range_size
 from .transport import Address
 from .udp import format_address
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = agent.EXIT_OK, agent.EXIT_FAILURE, agent.EXIT_USAGE
 STATUSES = ("alive", "suspect", "dead", "left")
+STATE_ACTIONS = ("get", "set", "delete", "list")
+BYTES_TAG = "$base64"
+"""The one key of the JSON object that stands for a bytes value."""
+STATE_CELL_WIDTH = 40
+"""Widest `APP_STATE` cell of the `members --state` table before it is cut short."""
 
 
 @dataclass(frozen=True, slots=True)
 class ClientArgs:
-    """Parsed flags of a client command (`members`, `stats`, `monitor`, `leave`)."""
+    """Parsed flags of a client command (`members`, `stats`, `monitor`, `leave`,
+    `state ACTION`, `ring`)."""
 
     command: str
     rpc: Address
     json: bool = False
     status: str | None = None
+    show_state: bool = False
+    action: str | None = None
+    key: str | None = None
+    value: Any = None
+    member: str | None = None
+    vnodes: int = 100
+    tokens_key: str = "tokens"
+    summary: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
+
+
+def _add_rpc(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpc", metavar="HOST:PORT",
+                   help=f"agent RPC address (default ${ENV_PREFIX}RPC or "
+                   f"{format_address(DEFAULT_RPC)})")
+
+
+def _vnodes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= rpc.MAX_VNODES:
+        raise argparse.ArgumentTypeError(f"must be 1..{rpc.MAX_VNODES}, got {value}")
+    return value
 
 
 def client_parser(command: str) -> argparse.ArgumentParser:
@@ -49,16 +88,58 @@ def client_parser(command: str) -> argparse.ArgumentParser:
         "stats": "Show the agent's protocol and transport counters.",
         "monitor": "Print the membership, then stream changes until interrupted.",
         "leave": "Make the agent leave the cluster gracefully and exit.",
+        "state": "Read and write application state through the agent.",
+        "ring": "Show the hash ring the agent's live members form.",
     }[command]
     p = _Parser(prog=f"swimnode {command}", description=about)
-    p.add_argument("--rpc", metavar="HOST:PORT",
-                   help=f"agent RPC address (default ${ENV_PREFIX}RPC or "
-                   f"{format_address(DEFAULT_RPC)})")
+    if command == "state":
+        _state_parsers(p)
+        return p
+    _add_rpc(p)
     if command != "leave":
         p.add_argument("--json", action="store_true", help="machine-readable output")
     if command == "members":
         p.add_argument("--status", choices=STATUSES, help="only members in this state")
+        p.add_argument("--state", dest="show_state", action="store_true",
+                       help="add an APP_STATE column (the table only; --json always "
+                       "has app_state)")
+    if command == "ring":
+        p.add_argument("--vnodes", type=_vnodes, default=100,
+                       help="tokens derived per member without advertised tokens "
+                       "(default 100)")
+        p.add_argument("--tokens-key", default="tokens", metavar="KEY",
+                       help="application-state key holding advertised tokens "
+                       "(default tokens)")
+        p.add_argument("--summary", action="store_true",
+                       help="only the per-member summary, not every range")
     return p
+
+
+def _state_parsers(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION",
+                           parser_class=_Parser)
+    get = sub.add_parser("get", help="print one key's value",
+                         description="Print one key of a member's application state.")
+    get.add_argument("key", metavar="KEY")
+    get.add_argument("--member", metavar="NAME", help="whose state (default: the agent's)")
+    get.add_argument("--json", action="store_true", help="print the value as JSON")
+    put = sub.add_parser("set", help="set one of the agent's keys",
+                         description="Set one key of the agent's own application state.")
+    put.add_argument("key", metavar="KEY")
+    put.add_argument("value", metavar="VALUE")
+    put.add_argument("--json-value", action="store_true",
+                     help="parse VALUE as JSON (numbers, lists, maps, true/false/null; "
+                     f'{{"{BYTES_TAG}": "..."}} for bytes); default: VALUE is a string')
+    delete = sub.add_parser("delete", help="delete one of the agent's keys",
+                            description="Delete one key of the agent's own application "
+                            "state.")
+    delete.add_argument("key", metavar="KEY")
+    listing = sub.add_parser("list", help="print every key",
+                             description="Print every key of a member's application state.")
+    listing.add_argument("--member", metavar="NAME", help="whose state (default: the agent's)")
+    listing.add_argument("--json", action="store_true", help="one JSON object")
+    for q in (get, put, delete, listing):
+        _add_rpc(q)
 
 
 def parse_client_args(command: str, argv: Sequence[str],
@@ -67,23 +148,107 @@ def parse_client_args(command: str, argv: Sequence[str],
     ns = client_parser(command).parse_args(list(argv))
     rpc_text = ns.rpc or env.get(ENV_PREFIX + "RPC") or None
     address = parse_address(rpc_text, what="rpc address") if rpc_text else DEFAULT_RPC
+    value = getattr(ns, "value", None)
+    if value is not None and getattr(ns, "json_value", False):
+        try:
+            value = from_json_value(json.loads(value))
+        except ValueError as exc:
+            raise UsageError(f"VALUE is not valid JSON: {exc}") from None
     return ClientArgs(command=command, rpc=address, json=getattr(ns, "json", False),
-                      status=getattr(ns, "status", None))
+                      status=getattr(ns, "status", None),
+                      show_state=getattr(ns, "show_state", False),
+                      action=getattr(ns, "action", None), key=getattr(ns, "key", None),
+                      value=value, member=getattr(ns, "member", None),
+                      vnodes=getattr(ns, "vnodes", 100),
+                      tokens_key=getattr(ns, "tokens_key", "tokens"),
+                      summary=getattr(ns, "summary", False))
+
+
+# ----- JSON convention for application-state values (pure) ----------------------------
+
+def to_json_value(value: Any) -> Any:
+    """An application-state value as JSON can hold it: bytes become
+    ``{"$base64": "<standard base64>"}``, map keys become strings, tuples lists."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {BYTES_TAG: base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Mapping):
+        return {str(k): to_json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json_value(v) for v in value]
+    return value
+
+
+def from_json_value(value: Any) -> Any:
+    """The inverse of `to_json_value`: an object whose only key is ``"$base64"``
+    becomes bytes. Raises `ValueError` on bad base64."""
+    if isinstance(value, dict):
+        if set(value) == {BYTES_TAG} and isinstance(value[BYTES_TAG], str):
+            try:
+                return base64.b64decode(value[BYTES_TAG], validate=True)
+            except binascii.Error as exc:
+                raise ValueError(f"bad base64 in {BYTES_TAG}: {exc}") from None
+        return {k: from_json_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json_value(v) for v in value]
+    return value
+
+
+def _compact_json(value: Any) -> str:
+    return json.dumps(to_json_value(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def display_value(value: Any) -> str:
+    """A value for people: a string as it is, anything else as compact JSON."""
+    return value if isinstance(value, str) else _compact_json(value)
+
+
+def compact_state(state: Mapping[str, Any], width: int = STATE_CELL_WIDTH) -> str:
+    """`key=value` pairs in key order, cut to `width` characters (`-` when empty).
+    Strings that would be ambiguous (empty, or with spaces, `=` or `"`) are quoted."""
+    if not state:
+        return "-"
+    parts = []
+    for key in sorted(state):
+        value = state[key]
+        if isinstance(value, str) and value and not any(c in value for c in ' ="\t\n'):
+            text = value
+        else:
+            text = _compact_json(value)
+        parts.append(f"{key}={text}")
+    cell = " ".join(parts)
+    return cell if len(cell) <= width else cell[:width - 3] + "..."
+
+
+def member_json(member: Mapping[str, Any]) -> dict[str, Any]:
+    """An RPC member as JSON can hold it (`app_state` through `to_json_value`)."""
+    out = dict(member)
+    out["app_state"] = to_json_value(member.get("app_state") or {})
+    return out
 
 
 # ----- rendering (pure) -------------------------------------------------------------------
 
-def render_members(members: list[dict[str, Any]], status: str | None, as_json: bool) -> str:
-    """The `members` output: an aligned table, or a JSON list."""
-    rows = [m for m in members if status is None or m["state"] == status]
-    if as_json:
-        return json.dumps(rows, indent=2)
-    header = ("NAME", "ADDRESS", "STATE", "INCARNATION")
-    table = [header] + [(m["name"], m["address"], m["state"], str(m["incarnation"]))
-                        for m in rows]
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    table = [tuple(header)] + [tuple(r) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
                      .rstrip() for row in table)
+
+
+def render_members(members: list[dict[str, Any]], status: str | None, as_json: bool,
+                   show_state: bool = False) -> str:
+    """The `members` output: an aligned table (with an `APP_STATE` column if
+    `show_state`), or a JSON list whose objects always carry `app_state`."""
+    rows = [m for m in members if status is None or m["state"] == status]
+    if as_json:
+        return json.dumps([member_json(m) for m in rows], indent=2)
+    header = ["NAME", "ADDRESS", "STATE", "INCARNATION"]
+    cells = [[m["name"], m["address"], m["state"], str(m["incarnation"])] for m in rows]
+    if show_state:
+        header.append("APP_STATE")
+        for row, m in zip(cells, rows, strict=True):
+            row.append(compact_state(m.get("app_state") or {}))
+    return _table(header, cells)
 
 
 def render_stats(stats: dict[str, int], as_json: bool) -> str:
@@ -99,17 +264,99 @@ def render_monitor_frame(frame: dict[str, Any], as_json: bool) -> str:
     member = frame.get("member")
     if member is None:
         return json.dumps(frame) if as_json else f"{frame['event']}: {frame.get('count')}"
-    flat = {"event": frame["event"], **member}
+    flat = {"event": frame["event"], **member_json(member)}
+    if "changed_keys" in frame:
+        flat["changed_keys"] = list(frame["changed_keys"])
     if as_json:
         return json.dumps(flat)
-    return (f"{flat['event']:<9} {flat['name']} {flat['address']} {flat['state']} "
+    line = (f"{flat['event']:<9} {flat['name']} {flat['address']} {flat['state']} "
             f"(incarnation {flat['incarnation']})")
+    if flat.get("changed_keys"):
+        line += f" keys {','.join(flat['changed_keys'])}"
+    return line
+
+
+def render_state_value(value: Any, as_json: bool) -> str:
+    """The `state get` output: a string as it is, else compact JSON (always JSON with
+    `--json`)."""
+    return json.dumps(to_json_value(value)) if as_json else display_value(value)
+
+
+def render_state_list(state: Mapping[str, Any], as_json: bool) -> str:
+    """The `state list` output: a `KEY  VALUE` table in key order, or one JSON object."""
+    if as_json:
+        return json.dumps(to_json_value(dict(sorted(state.items()))), indent=2)
+    return _table(("KEY", "VALUE"), [(k, display_value(state[k])) for k in sorted(state)])
+
+
+def hex_token(token: int) -> str:
+    """A ring token as 16 hex digits, `0x`-prefixed."""
+    return f"0x{token:016x}"
+
+
+def ring_json(ring: Mapping[str, Any]) -> dict[str, Any]:
+    """The `ring --json` shape of an RPC ring reply: tokens as hex strings (JSON
+    numbers lose precision above 2**53 in many readers), a fraction per range."""
+    members = []
+    for m in ring["members"]:
+        ranges = [{"start": hex_token(a), "end": hex_token(b),
+                   "fraction": range_size((a, b)) / TOKEN_SPACE} for a, b in m["ranges"]]
+        members.append({"name": m["name"], "fraction": m["fraction"], "tokens": m["tokens"],
+                        "source": m["source"], "ranges": ranges})
+    return {"vnodes": ring["vnodes"], "tokens_key": ring["tokens_key"], "members": members}
+
+
+def render_ring(ring: Mapping[str, Any], as_json: bool, summary: bool = False) -> str:
+    """The `ring` output: every member's ranges `(start, end]` with their share, then a
+    per-member summary (only the summary if `summary`); or one JSON object."""
+    shaped = ring_json(ring)
+    if as_json:
+        return json.dumps(shaped, indent=2)
+    parts = []
+    if not summary:
+        parts.append(_table(("MEMBER", "RANGE (START, END]", "SHARE"), [
+            (m["name"], f"({r['start']}, {r['end']}]", f"{r['fraction'] * 100:.3f}%")
+            for m in shaped["members"] for r in m["ranges"]]))
+        parts.append("")
+    parts.append(_table(("MEMBER", "TOKENS", "SOURCE", "RANGES", "OWNS"), [
+        (m["name"], str(m["tokens"]), m["source"], str(len(m["ranges"])),
+         f"{m['fraction'] * 100:.2f}%") for m in shaped["members"]]))
+    return "\n".join(parts)
 
 
 # ----- commands ---------------------------------------------------------------------------
 
 def _members(args: ClientArgs) -> int:
-    print(render_members(rpc.members(args.rpc), args.status, args.json))
+    print(render_members(rpc.members(args.rpc), args.status, args.json, args.show_state))
+    return EXIT_OK
+
+
+def _state(args: ClientArgs) -> int:
+    name = f"swimnode state {args.action}"
+    if args.action == "get":
+        reply = rpc.call(args.rpc, "state_get", {"key": args.key, "member": args.member})
+        if not reply["found"]:
+            print(f"{name}: key {args.key!r} is not set on member {reply['member']!r}",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        print(render_state_value(reply["value"], args.json))
+    elif args.action == "list":
+        reply = rpc.call(args.rpc, "state_list", {"member": args.member})
+        print(render_state_list(reply["state"], args.json))
+    elif args.action == "set":
+        rpc.call(args.rpc, "state_set", {"key": args.key, "value": args.value})
+    else:
+        reply = rpc.call(args.rpc, "state_delete", {"key": args.key})
+        if not reply["deleted"]:
+            print(f"{name}: key {args.key!r} is not set on member {reply['member']!r}",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _ring(args: ClientArgs) -> int:
+    reply = rpc.call(args.rpc, "ring", {"vnodes": args.vnodes, "tokens_key": args.tokens_key})
+    print(render_ring(reply, args.json, args.summary))
     return EXIT_OK
 
 
@@ -146,6 +393,8 @@ _CLIENT_COMMANDS: dict[str, Callable[[ClientArgs], int]] = {
     "stats": _stats,
     "monitor": _monitor,
     "leave": _leave,
+    "state": _state,
+    "ring": _ring,
 }
 
 
@@ -157,10 +406,11 @@ def _client(command: str, argv: list[str]) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    label = f"{command} {args.action}" if args.action else command
     try:
         return _CLIENT_COMMANDS[command](args)
     except rpc.RpcError as exc:
-        print(f"swimnode {command}: {exc}", file=sys.stderr)
+        print(f"swimnode {label}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return agent.EXIT_INTERRUPTED

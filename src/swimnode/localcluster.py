@@ -138,22 +138,23 @@ class LocalCluster:
     agents: dict[str, AgentProcess] = field(default_factory=dict)
 
     def start(self, name: str, seeds: Iterable[AgentProcess] = (), *, port: int | None = None,
-              rpc_port: int | None = None) -> AgentProcess:
-        """Start agent `name`, joining through `seeds`; fresh free ports unless given."""
+              rpc_port: int | None = None, args: Sequence[str] = ()) -> AgentProcess:
+        """Start agent `name`, joining through `seeds`; fresh free ports unless given.
+        `args` are further agent flags for this agent only (after `extra_args`)."""
         if port is None or rpc_port is None:
             port, rpc_port = free_ports(2)
-        args = [sys.executable, "-m", "swimnode", "agent", "--name", name,
+        argv = [sys.executable, "-m", "swimnode", "agent", "--name", name,
                 "--bind", f"{LOOPBACK}:{port}", "--rpc", f"{LOOPBACK}:{rpc_port}",
-                "--profile", self.profile, *self.extra_args]
+                "--profile", self.profile, *self.extra_args, *args]
         for seed in seeds:
-            args += ["--seed", seed.address]
+            argv += ["--seed", seed.address]
         log_path: Path | None = None
         log: IO[bytes] | int = subprocess.DEVNULL
         if self.log_dir is not None:
             log_path = self.log_dir / f"{name}.log"
             log = log_path.open("ab")
         try:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         finally:
             if not isinstance(log, int):
                 log.close()

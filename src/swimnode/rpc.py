@@ -1,19 +1,27 @@
 """The agent's local control endpoint: msgpack maps over TCP, each framed by a 4-byte
 big-endian length.
 
-A client sends one request, ``{"command": NAME}``, and reads one reply,
+A client sends one request, ``{"command": NAME, ...arguments}``, and reads one reply,
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``:
 
 * ``members`` -> ``{"members": [MEMBER, ...]}``
 * ``stats`` -> ``{"stats": {counter: int}}``
 * ``leave`` -> ``{}`` once the leave has been disseminated (the agent then exits)
 * ``monitor`` -> ``{"members": [...]}``, then one frame per membership change,
-  ``{"event": KIND, "member": MEMBER}`` or ``{"event": "events_lost", "count": N}``,
-  until either side closes the connection.
+  ``{"event": KIND, "member": MEMBER}`` (``updated`` adds ``"changed_keys": [...]``) or
+  ``{"event": "events_lost", "count": N}``, until either side closes the connection.
+* ``state_get`` ``{key, member?}`` -> ``{"member", "key", "found": bool, "value"}``
+* ``state_list`` ``{member?}`` -> ``{"member", "state": {key: value}}``
+* ``state_set`` ``{key, value}`` -> ``{"member", "key"}``
+* ``state_delete`` ``{key}`` -> ``{"member", "key", "deleted": bool}``
+* ``ring`` ``{vnodes?, tokens_key?}`` -> ``{"vnodes", "tokens_key", "members": [{"name",
+  "fraction", "tokens", "source": "advertised" | "derived", "ranges": [[start, end],
+  ...]}]}`` (see `ring_to_dict`)
 
-``MEMBER`` is ``{"name", "address": "host:port", "state", "incarnation"}``. The server
-runs inside the agent (Trio); the client is plain blocking sockets, as fits a
-short-lived command line tool.
+``member`` defaults to the agent's own name. ``MEMBER`` is ``{"name", "address":
+"host:port", "state", "incarnation", "app_state": {key: value}}``; values travel as
+msgpack, bytes included. The server runs inside the agent (Trio); the client is plain
+blocking sockets, as fits a short-lived command line tool.
 """
 
 from __future__ import annotations
@@ -23,14 +31,16 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import msgpack
 import trio
 
-from .events import Event, EventStream, MemberEvent
+from .events import Event, EventStream, MemberEvent, MemberUpdated
 from .member import Member
+from .ring import TOKEN_SPACE, HashRing
 from .transport import Address
 from .udp import TransportError, format_address
 
@@ -66,20 +76,56 @@ def decode_body(body: bytes) -> dict[str, Any]:
 
 
 def member_to_dict(member: Member) -> dict[str, Any]:
-    """The RPC and JSON shape of a member."""
+    """The RPC shape of a member (`app_state` values as they are, bytes included)."""
     return {
         "name": member.name,
         "address": format_address(member.address),
         "state": member.state.label,
         "incarnation": member.incarnation,
+        "app_state": dict(member.app_state),
     }
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:
     """The RPC shape of a membership event."""
+    if isinstance(event, MemberUpdated):
+        return {"event": event.kind, "member": member_to_dict(event.member),
+                "changed_keys": sorted(event.changed_keys)}
     if hasattr(event, "member"):
         return {"event": event.kind, "member": member_to_dict(event.member)}
     return {"event": event.kind, "count": event.count}
+
+
+def _advertises(member: Member, tokens_key: str) -> bool:
+    # The rule HashRing.from_members applies: a non-empty list of ints in [0, 2**64).
+    raw = member.app_state.get(tokens_key)
+    return (isinstance(raw, list | tuple) and bool(raw)
+            and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < TOKEN_SPACE
+                    for t in raw))
+
+
+def ring_to_dict(members: Iterable[Member], *, vnodes: int = 100,
+                 tokens_key: str = "tokens") -> dict[str, Any]:
+    """The ring the live `members` form (`HashRing.from_members`): for each live
+    member, sorted by name, its share of the token space (`fraction`, summing to 1),
+    how many ring tokens it holds, whether they were `advertised` in its application
+    state or `derived` from its name, and its `(start, end]` ranges as ints. A live
+    member that lost every token to a collision is listed with fraction 0. Raises
+    `ValueError` if `vnodes < 1`."""
+    live = [m for m in members if m.is_live]
+    ring = HashRing.from_members(live, tokens_key=tokens_key, vnodes=vnodes)
+    share = ring.ownership()
+    counts = Counter(ring.token_owner(t) for t in ring.tokens)
+    rows = []
+    for m in sorted(live, key=lambda m: m.name):
+        rows.append({
+            "name": m.name,
+            "fraction": share.get(m.name, 0.0),
+            "tokens": counts.get(m.name, 0),
+            "source": "advertised" if _advertises(m, tokens_key) else "derived",
+            "ranges": [[start, end] for start, end in ring.ranges(m.name)],
+        })
+    return {"vnodes": vnodes, "tokens_key": tokens_key, "members": rows}
 
 
 # ----- server ---------------------------------------------------------------------------
@@ -87,8 +133,18 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 class Controlled(Protocol):
     """What the RPC server needs from the agent it controls."""
 
+    @property
+    def name(self) -> str:
+        """The local member's name."""
+
     def members(self) -> list[Member]:
         """Every known member."""
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Set one key of the local application state; `ValueError` if refused."""
+
+    def delete_state(self, key: str) -> bool:
+        """Delete one local key; false if it was not set."""
 
     def stats(self) -> dict[str, int]:
         """Protocol and transport counters."""
@@ -180,9 +236,85 @@ async def _serve_one(stream: trio.SocketStream, target: Controlled) -> None:
         target.request_exit()
     elif command == "monitor":
         await _monitor(stream, target)
+    elif command in _STATE_COMMANDS:
+        try:
+            reply = {"ok": True, **_STATE_COMMANDS[command](request, target)}
+        except (_BadRequest, ValueError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        await stream.send_all(encode_frame(reply))
     else:
         await stream.send_all(encode_frame({"ok": False,
                                             "error": f"unknown command {command!r}"}))
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _arg(request: Mapping[str, Any], name: str, kind: type, default: Any = ...) -> Any:
+    value = request.get(name)
+    if value is None:
+        if default is ...:
+            raise _BadRequest(f"missing argument {name!r}")
+        return default
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise _BadRequest(f"argument {name!r} must be {kind.__name__}")
+    return value
+
+
+def _find_member(request: Mapping[str, Any], target: Controlled) -> Member:
+    name = _arg(request, "member", str, target.name)
+    for member in target.members():
+        if member.name == name:
+            return member
+    raise _BadRequest(f"no member named {name!r}")
+
+
+def _state_get(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
+    key = _arg(request, "key", str)
+    member = _find_member(request, target)
+    found = key in member.app_state
+    return {"member": member.name, "key": key, "found": found,
+            "value": member.app_state.get(key)}
+
+
+def _state_list(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
+    member = _find_member(request, target)
+    return {"member": member.name, "state": dict(member.app_state)}
+
+
+def _state_set(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
+    key = _arg(request, "key", str)
+    if "value" not in request:
+        raise _BadRequest("missing argument 'value'")
+    target.set_state(key, request["value"])
+    return {"member": target.name, "key": key}
+
+
+def _state_delete(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
+    key = _arg(request, "key", str)
+    return {"member": target.name, "key": key, "deleted": target.delete_state(key)}
+
+
+MAX_VNODES = 4096
+"""Most derived tokens per member the `ring` command builds (it runs in the agent)."""
+
+
+def _ring(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
+    vnodes = _arg(request, "vnodes", int, 100)
+    if not 1 <= vnodes <= MAX_VNODES:
+        raise _BadRequest(f"vnodes must be 1..{MAX_VNODES}, got {vnodes}")
+    return ring_to_dict(target.members(), vnodes=vnodes,
+                        tokens_key=_arg(request, "tokens_key", str, "tokens"))
+
+
+_STATE_COMMANDS = {
+    "state_get": _state_get,
+    "state_list": _state_list,
+    "state_set": _state_set,
+    "state_delete": _state_delete,
+    "ring": _ring,
+}
 
 
 async def _monitor(stream: trio.SocketStream, target: Controlled) -> None:
@@ -260,11 +392,21 @@ def _checked(reply: dict[str, Any] | None) -> dict[str, Any]:
     return reply
 
 
-def call(address: Address, command: str, *, timeout: float = 10.0) -> dict[str, Any]:
-    """Send one command and return the agent's reply; raises `RpcError`."""
+def call(address: Address, command: str, args: Mapping[str, Any] | None = None, *,
+         timeout: float = 10.0) -> dict[str, Any]:
+    """Send one command (with its arguments) and return the agent's reply; raises
+    `RpcError`."""
+    request = {**(args or {}), "command": command}
+    try:
+        frame = encode_frame(request)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise RpcError(f"cannot encode the request: {exc}") from None
+    if len(frame) - _HEADER.size > _MAX_REQUEST:
+        raise RpcError(f"request of {len(frame) - _HEADER.size} bytes is over the "
+                       f"{_MAX_REQUEST} byte limit")
     with _connect(address, timeout) as sock:
         try:
-            sock.sendall(encode_frame({"command": command}))
+            sock.sendall(frame)
             return _checked(_recv_frame(sock))
         except TimeoutError:
             raise RpcError(f"the agent at {format_address(address)} did not answer "
