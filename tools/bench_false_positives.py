@@ -60,6 +60,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from swimnode.config import Config
 from swimnode.sim import Network
 from swimnode.suspicion import suspicion_bounds
 from swimnode.testing import SimCluster, open_sim_cluster
@@ -191,7 +192,9 @@ def run_config(label: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def analyse(cluster: SimCluster, sc: Scenario, t0: float, crash_inc: dict[int, int],
             args: argparse.Namespace) -> dict[str, Any]:
-    _, hi = suspicion_bounds(4, 6, args.nodes, 1.0)
+    lan = Config.lan("x")
+    _, hi = suspicion_bounds(lan.suspicion_mult, lan.suspicion_max_timeout_mult, args.nodes,
+                             lan.probe_interval)
     window = hi + args.delay_max + 5.0
     slow_spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for start, end, member, _ in sc.slow:
@@ -286,9 +289,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delay-max", type=float, default=8.0, help="slow delay upper bound (s)")
     p.add_argument("--episode-min", type=float, default=10.0, help="episode length (s)")
     p.add_argument("--episode-max", type=float, default=60.0, help="episode length (s)")
-    p.add_argument("--crash-every", type=float, default=120.0,
+    p.add_argument("--crash-every", type=float, default=60.0,
                    help="seconds between crashes (0: none)")
-    p.add_argument("--restart-after", type=float, default=90.0,
+    p.add_argument("--restart-after", type=float, default=50.0,
                    help="a crashed member restarts this long after its crash")
     p.add_argument("--configs", default=",".join(CONFIGS),
                    help="comma-separated subset of " + ", ".join(CONFIGS))
