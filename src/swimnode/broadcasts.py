@@ -9,6 +9,7 @@ whatever was queued about it before, so stale news is never sent after newer new
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 
@@ -17,33 +18,43 @@ def retransmit_limit(retransmit_mult: int, n_members: int) -> int:
     return retransmit_mult * max(1, math.ceil(math.log10(n_members + 1)))
 
 
+BroadcastKey = Hashable
+"""What a broadcast is about: a member's name for membership news; other kinds of
+broadcast (queries) use tuples, which can never equal a name."""
+
+
 @dataclass(slots=True)
 class _Item:
-    key: str
+    key: BroadcastKey
     data: bytes
     transmits: int
 
 
+_MAX_MISSES = 16
+"""Items that did not fit before `take` stops looking: with a thousand queued, a full
+scan for every packet would cost more than the few bytes it could still fill."""
+
+
 class BroadcastQueue:
-    """Encoded broadcasts keyed by the member they are about."""
+    """Encoded broadcasts keyed by what they are about (a member's name, mostly)."""
 
     def __init__(self, retransmit_mult: int) -> None:
         self._mult = retransmit_mult
-        self._items: dict[str, _Item] = {}
+        self._items: dict[BroadcastKey, _Item] = {}
         # transmit count -> items with that count, in queuing order
-        self._levels: dict[int, dict[str, _Item]] = {}
+        self._levels: dict[int, dict[BroadcastKey, _Item]] = {}
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def queue(self, key: str, data: bytes) -> None:
+    def queue(self, key: BroadcastKey, data: bytes) -> None:
         """Queue `data` as the news about `key`, replacing older news about it."""
         self.discard(key)
         item = _Item(key, data, 0)
         self._items[key] = item
         self._levels.setdefault(0, {})[key] = item
 
-    def discard(self, key: str) -> None:
+    def discard(self, key: BroadcastKey) -> None:
         """Forget queued news about `key`, if any."""
         old = self._items.pop(key, None)
         if old is not None:
@@ -61,26 +72,34 @@ class BroadcastQueue:
             return []
         limit = retransmit_limit(self._mult, n_members)
         picked: list[_Item] = []
+        misses = 0
         for transmits in sorted(self._levels):
             for item in self._levels[transmits].values():
                 cost = len(item.data) + per_item_overhead
                 if cost <= budget:
                     picked.append(item)
                     budget -= cost
-                    if budget < 16 or len(picked) >= max_items:
-                        break
-            if budget < 16 or len(picked) >= max_items:
+                elif (misses := misses + 1) >= _MAX_MISSES:
+                    break
+                if budget < 16 or len(picked) >= max_items:
+                    break
+            if budget < 16 or len(picked) >= max_items or misses >= _MAX_MISSES:
                 break
+        levels = self._levels
         out = []
         for item in picked:
-            self.discard(item.key)
+            level = levels[item.transmits]
+            del level[item.key]
+            if not level:
+                del levels[item.transmits]
             out.append(item.data)
             item.transmits += 1
             if item.transmits < limit:
-                self._items[item.key] = item
-                self._levels.setdefault(item.transmits, {})[item.key] = item
+                levels.setdefault(item.transmits, {})[item.key] = item
+            else:
+                del self._items[item.key]
         return out
 
-    def pending(self, key: str) -> bool:
+    def pending(self, key: BroadcastKey) -> bool:
         """Whether news about `key` is still queued."""
         return key in self._items

@@ -28,6 +28,8 @@ from .messages import (
     Nack,
     Ping,
     PingReq,
+    Query,
+    QueryResponse,
     StateAck,
     StateDigests,
     StateSyn,
@@ -45,15 +47,21 @@ MAX_HOST_CHARS = 255
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_MAP_LEN = 65536
 MAX_STATE_KEY_BYTES = 1024
+MAX_QUERY_KIND_BYTES = 64
+MAX_QUERY_PAYLOAD = 512
+"""A query rides in datagrams beside other news, so its payload stays small."""
+MAX_QUERY_RESPONSE_PAYLOAD = 64 * 1024
+"""A response goes to one member, over the stream when it does not fit a datagram."""
+MAX_QUERY_TIMEOUT_MS = 10 * 60 * 1000
 _U64 = (1 << 64) - 1
 _VERSION = bytes([PROTOCOL_VERSION])
 
 (_PING, _ACK, _NACK, _PING_REQ, _ALIVE, _SUSPECT, _DEAD, _LEFT, _SYNC, _STATE_SYN,
- _STATE_DIGESTS, _STATE_ACK) = range(1, 13)
+ _STATE_DIGESTS, _STATE_ACK, _QUERY, _QUERY_RESPONSE) = range(1, 15)
 MESSAGE_NAMES = {_PING: "ping", _ACK: "ack", _NACK: "nack", _PING_REQ: "pingreq",
                  _ALIVE: "alive", _SUSPECT: "suspect", _DEAD: "dead", _LEFT: "left",
                  _SYNC: "sync", _STATE_SYN: "statesyn", _STATE_DIGESTS: "statedigests",
-                 _STATE_ACK: "stateack"}
+                 _STATE_ACK: "stateack", _QUERY: "query", _QUERY_RESPONSE: "queryresponse"}
 """Type tag -> name, for counters."""
 SENT_KEYS = {tag: (f"sent_{name}", f"sent_bytes_{name}") for tag, name in MESSAGE_NAMES.items()}
 RECEIVED_KEYS = {tag: f"received_{name}" for tag, name in MESSAGE_NAMES.items()}
@@ -181,6 +189,10 @@ def _to_wire(msg: Message) -> list[Any]:
                     [[d.name, d.generation, [[e.key, e.version, e.value, e.deleted]
                                              for e in d.entries]] for d in deltas],
                     [_digest_to_wire(d) for d in requests]]
+        case Query(qid, origin, (host, port), kind, payload, timeout_ms):
+            return [_QUERY, qid, origin, host, port, kind, payload, timeout_ms]
+        case QueryResponse(qid, sender, payload):
+            return [_QUERY_RESPONSE, qid, sender, payload]
         case Sync(reply, join, members):
             records = [[m.name, m.address[0], m.address[1], m.incarnation, int(m.state)]
                        for m in members]
@@ -218,14 +230,30 @@ def _bool(v: object) -> bool:
     return v
 
 
+_STATES = tuple(MemberState)  # indexing beats the enum's call path on large syncs
+
+
 def _state(v: object) -> MemberState:
     if type(v) is not int or not 0 <= v <= 3:
         raise DecodeError("bad member state")
-    return MemberState(v)
+    return _STATES[v]
 
 
 _ARITY = {_PING: 4, _ACK: 3, _NACK: 3, _PING_REQ: 7, _ALIVE: 5, _SUSPECT: 4, _DEAD: 4, _LEFT: 3,
-          _SYNC: 4, _STATE_SYN: 3, _STATE_DIGESTS: 3, _STATE_ACK: 4}
+          _SYNC: 4, _STATE_SYN: 3, _STATE_DIGESTS: 3, _STATE_ACK: 4, _QUERY: 8,
+          _QUERY_RESPONSE: 4}
+
+
+def _query_kind(v: object) -> str:
+    if type(v) is not str or not v or len(v.encode()) > MAX_QUERY_KIND_BYTES:
+        raise DecodeError("bad query kind")
+    return v
+
+
+def _payload(v: object, limit: int) -> bytes:
+    if type(v) is not bytes or len(v) > limit:
+        raise DecodeError("bad query payload")
+    return v
 
 
 def _digest_to_wire(d: Digest) -> list[Any]:
@@ -301,6 +329,15 @@ def _from_wire(item: object) -> Message:
     if tag == _STATE_ACK:
         return StateAck(_name(item[1]), tuple(_delta(d) for d in _list(item[2])),
                         tuple(_digest(d) for d in _list(item[3])))
+    if tag == _QUERY:
+        timeout_ms = _uint(item[7])
+        if timeout_ms > MAX_QUERY_TIMEOUT_MS:
+            raise DecodeError("query timeout too long")
+        return Query(_uint(item[1]), _name(item[2]), (_host(item[3]), _port(item[4])),
+                     _query_kind(item[5]), _payload(item[6], MAX_QUERY_PAYLOAD), timeout_ms)
+    if tag == _QUERY_RESPONSE:
+        return QueryResponse(_uint(item[1]), _name(item[2]),
+                             _payload(item[3], MAX_QUERY_RESPONSE_PAYLOAD))
     members = item[3]
     if type(members) is not list or len(members) > MAX_SYNC_MEMBERS:
         raise DecodeError("bad member list")
