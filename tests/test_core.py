@@ -287,6 +287,15 @@ def test_missing_nack_raises_awareness() -> None:
     assert a.member("c").state is SUSPECT
 
 
+def test_nack_from_a_member_not_asked_does_not_count() -> None:
+    a, b, c, seq, net = _probe_via_single_helper()
+    b.run_timers(11.0)
+    net.run(11.0, drop=lambda s: s[1] in (c.address, a.address))  # b's nack is lost
+    feed(a, Nack(seq, "c"), now=11.0, source="c")  # c was never asked to help
+    a.finish_probe(seq, 11.0)
+    assert a.awareness.score == 1
+
+
 def test_no_nack_when_awareness_disabled() -> None:
     a, b, c, seq, net = _probe_via_single_helper(lifeguard_awareness=False)
     b.run_timers(11.0)

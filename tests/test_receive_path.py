@@ -41,3 +41,22 @@ async def test_pings_are_answered_at_once_while_serving_ping_reqs_for_a_dead_mem
         # 500 ms probe timeout the ping-reqs are waiting on.
         assert acked_at - sent_at < 0.01
         assert nacks == set(range(50))
+
+
+def test_non_minimal_msgpack_is_handled_not_crashed() -> None:
+    """A valid but non-minimal encoding (the tag as uint8 `cc 01`, a 16-bit array
+    header) is a legal Ping; it must be answered, not crash the receive path."""
+    import random
+
+    from swimnode import Config
+    from swimnode.core import SwimCore
+
+    core = SwimCore(Config.lan("a", bind=("a", 1)), now=0.0, rng=random.Random(1))
+    core.take_output()
+    body = b"\xdc\x00\x04" + b"\xcc\x01" + b"\x05" + b"\xa1a" + b"\xa1b"
+    core.handle_packet(("b", 1), codec.encode_packet([body]), False, 1.0)
+    sent, _ = core.take_output()
+    [(dest, data, _)] = sent
+    assert dest == ("b", 1)
+    assert codec.decode_packet(data)[0] == Ack(5, "a")
+    assert core.stats["received_ping"] == 1

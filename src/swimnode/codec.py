@@ -65,6 +65,16 @@ MESSAGE_NAMES = {_PING: "ping", _ACK: "ack", _NACK: "nack", _PING_REQ: "pingreq"
 """Type tag -> name, for counters."""
 SENT_KEYS = {tag: (f"sent_{name}", f"sent_bytes_{name}") for tag, name in MESSAGE_NAMES.items()}
 RECEIVED_KEYS = {tag: f"received_{name}" for tag, name in MESSAGE_NAMES.items()}
+_RECEIVED_BY_TYPE: dict[type, str] = {}
+
+
+def received_key(msg: Message) -> str:
+    """The `received_*` counter for a decoded message."""
+    cls = type(msg)
+    key = _RECEIVED_BY_TYPE.get(cls)
+    if key is None:
+        key = _RECEIVED_BY_TYPE[cls] = "received_" + cls.__name__.lower()
+    return key
 """Counter names per tag, built once: packets carry dozens of messages."""
 
 

@@ -53,6 +53,10 @@ class Config:
     state_max_bytes: int = 64 * 1024
     state_tombstone_ttl: float = 3600.0
     seed_refresh_interval: float = 30.0
+    query_timeout_mult: int = 16
+    """Serf's QueryTimeoutMult: a query's default timeout is `gossip_interval *
+    query_timeout_mult * ceil(log10(N + 1))`, time for it to spread and the answers
+    to come back, with margin. A query ends earlier once every member answered."""
 
     label: str = ""
     """Cluster label bound into every packet: clusters with other labels never merge."""
@@ -97,7 +101,7 @@ class Config:
         if not 0 < self.replay_window <= max(self.dead_reclaim_time, 1.0):
             # A replayed packet older than the reclaim time could revive news about a
             # member everyone has forgotten.
-            raise ValueError("replay_window must be > 0 and <= dead_reclaim_time")
+            raise ValueError("replay_window must be > 0 and <= max(1, dead_reclaim_time)")
         if self.dead_reclaim_time < 0 or self.gossip_to_the_dead_time < 0:
             raise ValueError("dead_reclaim_time and gossip_to_the_dead_time must be >= 0")
         if self.state_delta_budget < 256:
@@ -106,6 +110,8 @@ class Config:
             raise ValueError("state size limits must be >= 1")
         if self.event_buffer < 1:
             raise ValueError("event_buffer must be >= 1")
+        if self.query_timeout_mult < 1:
+            raise ValueError("query_timeout_mult must be >= 1")
 
     @property
     def advertise_address(self) -> Address:

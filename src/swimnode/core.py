@@ -43,6 +43,8 @@ from .messages import (
     Nack,
     Ping,
     PingReq,
+    Query,
+    QueryResponse,
     StateAck,
     StateDigests,
     StateSyn,
@@ -62,9 +64,10 @@ class _Probe:
     address: Address
     incarnation: int
     sent_at: float
+    ends_at: float
     acked: bool = False
+    helpers: frozenset[str] = frozenset()  # asked to probe; only their nacks count
     nacks: set[str] = field(default_factory=set)
-    expected_nacks: int = 0
 
 
 @dataclass(slots=True)
@@ -116,6 +119,12 @@ class _NameSet:
 _MAX_RELAY_TIMEOUT = 30.0
 """Cap on the wait a ping-req may ask of a helper, so a forged one holds little."""
 
+_QUERY_MEMORY = 60.0
+"""Seconds a query id is remembered (at least) so late copies are not handled again."""
+_MAX_SEEN_QUERIES = 4096
+"""Cap on remembered query ids: they are few (operator commands), so this only
+bounds what a misbehaving member could make us hold."""
+
 _TIMER_SUSPICION = 0
 _TIMER_RELAY = 1
 
@@ -163,6 +172,12 @@ class SwimCore:
         # The encoding of the latest news applied about each member (see handle_packet).
         self._news_by_member: dict[str, bytes] = {}
         self._known_news: set[bytes] = set()
+
+        # Queries: (origin, id) -> when we stop recognising copies, and what the
+        # shell still has to handle (see `take_queries`).
+        self._seen_queries: dict[tuple[str, int], float] = {}
+        self._query_inbox: list[tuple[Query, float]] = []
+        self._query_responses: list[QueryResponse] = []
 
         self._out: list[tuple[Address, bytes, bool]] = []
         self._events: list[MemberEvent] = []
@@ -242,12 +257,14 @@ class SwimCore:
         except codec.DecodeError:
             stats["dropped_malformed"] += 1
             return
-        keys = codec.RECEIVED_KEYS
         for part, msg in zip(parts, messages, strict=True):
-            stats[keys[codec.message_tag(part)]] += 1
             if msg is None:
+                # Byte-identical to news we encoded ourselves, so its tag byte is
+                # where message_tag looks (a peer's encoding need not be minimal).
+                stats[codec.RECEIVED_KEYS[codec.message_tag(part)]] += 1
                 stats["received_known_news"] += 1
             else:
+                stats[codec.received_key(msg)] += 1
                 self._dispatch(source, msg, reliable, now)
 
     def _dispatch(self, source: Address, msg: Message, reliable: bool, now: float) -> None:
@@ -270,7 +287,7 @@ class SwimCore:
                 self._on_ack(seq, now)
             case Nack(seq, sender):
                 probe = self._probes.get(seq)
-                if probe is not None:
+                if probe is not None and sender in probe.helpers:
                     probe.nacks.add(sender)
             case PingReq(seq, target, target_address, _, timeout_ms):
                 timeout = timeout_ms / 1000 if timeout_ms else self.config.probe_timeout
@@ -303,6 +320,10 @@ class SwimCore:
                         ack = StateAck(self.name, tuple(answer), ())
                         self._send(self._reply_address(sender, source),
                                    [codec.encode_message(ack)])
+            case Query():
+                self._on_query(msg, now)
+            case QueryResponse():
+                self._query_responses.append(msg)
             case Sync(reply, join, records):
                 if not reliable:
                     self.stats["dropped_unreliable_sync"] += 1
@@ -354,7 +375,8 @@ class SwimCore:
         if target is None:
             return None
         seq = self._next_seq()
-        self._probes[seq] = _Probe(seq, target.name, target.address, target.incarnation, now)
+        self._probes[seq] = _Probe(seq, target.name, target.address, target.incarnation, now,
+                                   now + self.probe_interval())
         parts = [codec.encode_message(Ping(seq, target.name, self.name))]
         if target.state is SUSPECT and self.config.lifeguard_buddy:
             # Lifeguard's buddy system: tell the suspect directly so it refutes now
@@ -374,14 +396,15 @@ class SwimCore:
                                      exclude=(probe.target,))
         # The helpers' nacks must land before this period ends to count (Lifeguard), so
         # they get most, not all, of the time that is left.
-        left = probe.sent_at + self.probe_interval() - now
+        left = probe.ends_at - now
         timeout_ms = max(1, int(left * 0.8 * 1000))
         msg = codec.encode_message(PingReq(seq, probe.target, probe.address, self.name,
                                            timeout_ms))
         for name in helpers:
             self._send(self._members[name].address, [msg])
         self.stats["indirect_probes"] += len(helpers)
-        probe.expected_nacks = len(helpers) if self.config.lifeguard_awareness else 0
+        if self.config.lifeguard_awareness:
+            probe.helpers = frozenset(helpers)
 
     def finish_probe(self, seq: int, now: float) -> None:
         """The protocol period ended: an unanswered probe makes the target suspect."""
@@ -393,8 +416,8 @@ class SwimCore:
             return
         self.stats["probe_failures"] += 1
         # Lifeguard: missing nacks mean our own messages are not getting through.
-        if probe.expected_nacks:
-            self.awareness.apply(max(0, probe.expected_nacks - len(probe.nacks)))
+        if probe.helpers:
+            self.awareness.apply(len(probe.helpers - probe.nacks))
         else:
             self.awareness.apply(1)
         target = self._members.get(probe.target)
@@ -524,6 +547,70 @@ class SwimCore:
             self.stats["syncs_to_seeds"] += 1
             seed = self.rng.choice(others)
             self._send(seed, [self._sync_message(reply=False, join=False)], reliable=True)
+
+    # ----- queries -----------------------------------------------------------------
+
+    def start_query(self, kind: str, payload: bytes, timeout: float, now: float) -> Query:
+        """Ask every member: queue a `Query` for dissemination and deliver it to
+        ourselves too (see `take_queries`). Raises `ValueError` if `kind` or
+        `payload` breaks the codec's limits."""
+        if not kind or len(kind.encode()) > codec.MAX_QUERY_KIND_BYTES:
+            raise ValueError(f"query kind must be 1..{codec.MAX_QUERY_KIND_BYTES} bytes")
+        if len(payload) > codec.MAX_QUERY_PAYLOAD:
+            raise ValueError(f"query payload over {codec.MAX_QUERY_PAYLOAD} bytes")
+        timeout_ms = min(codec.MAX_QUERY_TIMEOUT_MS, max(1, round(timeout * 1000)))
+        query = Query(self.rng.getrandbits(63), self.name, self.address, kind, payload,
+                      timeout_ms)
+        self.stats["queries_started"] += 1
+        self._on_query(query, now)
+        return query
+
+    def respond(self, query: Query, payload: bytes) -> None:
+        """Answer `query` at its origin's address (over the stream if too large for
+        a datagram: `_send` decides)."""
+        if len(payload) > codec.MAX_QUERY_RESPONSE_PAYLOAD:
+            raise ValueError(f"query response over {codec.MAX_QUERY_RESPONSE_PAYLOAD} bytes")
+        self.stats["query_responses_sent"] += 1
+        self._send(query.origin_address,
+                   [codec.encode_message(QueryResponse(query.id, self.name, payload))])
+
+    def resend_query(self, query: Query, names: Sequence[str]) -> None:
+        """Send our `query` straight to the members `names` (those that have not
+        answered yet): epidemic spread reaches everyone only with high probability,
+        and in a small cluster the retransmit limit is small, so the origin makes
+        sure. A member that had it already recognises the id and ignores it."""
+        data = codec.encode_message(query)
+        for name in names:
+            member = self._members.get(name)
+            if member is not None and member.is_live and name != self.name:
+                self.stats["queries_resent"] += 1
+                self._send(member.address, [data])
+
+    def take_queries(self) -> tuple[list[tuple[Query, float]], list[QueryResponse]]:
+        """Queries to hand to their handlers (each with the local time after which an
+        answer is useless), and responses received, since the last call."""
+        queries, responses = self._query_inbox, self._query_responses
+        self._query_inbox, self._query_responses = [], []
+        return queries, responses
+
+    def _on_query(self, query: Query, now: float) -> None:
+        key = (query.origin, query.id)
+        seen = self._seen_queries
+        if key in seen:
+            self.stats["queries_duplicate"] += 1
+            return
+        # Copies keep arriving while the query spreads, which takes a few gossip
+        # rounds; remember it at least that long even if its timeout is shorter.
+        expires = now + max(query.timeout_ms / 1000, _QUERY_MEMORY)
+        if len(seen) >= _MAX_SEEN_QUERIES:
+            # An authenticated member flooding queries: expire the stale ones, and
+            # if that is not enough forget the oldest (dicts keep insertion order).
+            for old in [k for k, t in seen.items() if t <= now] or [next(iter(seen))]:
+                del seen[old]
+        seen[key] = expires
+        self.stats["queries_received"] += 1
+        self.broadcasts.queue(("query", *key), codec.encode_message(query))
+        self._query_inbox.append((query, now + query.timeout_ms / 1000))
 
     # ----- leave -------------------------------------------------------------------
 
