@@ -1,11 +1,17 @@
 """The receive path never waits on a probe (a blocked receive loop is how a SWIM
 implementation manufactures false suspicions)."""
 
+import random
+
+import msgpack
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from swimnode import codec
-from swimnode.messages import Ack, Message, Nack, Ping, PingReq
+from swimnode import Config, codec
+from swimnode.core import SwimCore
+from swimnode.messages import Ack, Alive, Message, Nack, Ping, PingReq, Suspect
 from swimnode.testing import open_sim_cluster
 
 
@@ -60,3 +66,52 @@ def test_non_minimal_msgpack_is_handled_not_crashed() -> None:
     assert dest == ("b", 1)
     assert codec.decode_packet(data)[0] == Ack(5, "a")
     assert core.stats["received_ping"] == 1
+
+
+def _core() -> SwimCore:
+    core = SwimCore(Config.lan("a", bind=("a", 1)), now=0.0, rng=random.Random(1))
+    core.handle_packet(("b", 1), codec.encode_packet([codec.encode_message(
+        Alive("b", ("b", 1), 3))]), False, 0.0)
+    core.take_output()
+    return core
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
+    | st.text(max_size=20) | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise_or_change_membership(data: bytes) -> None:
+    core = _core()
+    before = core.members()
+    core.handle_packet(("x", 9), data, False, 1.0)
+    core.handle_packet(("x", 9), b"\x01" + data, True, 1.0)
+    assert core.members() == before
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(msgpack_values, min_size=1, max_size=5))
+def test_wrong_shapes_never_raise_or_change_membership(items: list[object]) -> None:
+    core = _core()
+    before = core.members()
+    # Valid msgpack, arbitrary shapes, including real tags with wrong field types.
+    body = [msgpack.packb(x) for x in items]
+    body += [msgpack.packb([5, *items]), msgpack.packb([9, True, False, items])]
+    core.handle_packet(("x", 9), codec.encode_packet(body), True, 1.0)
+    assert core.members() == before
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.integers(0, 10_000), st.integers(0, 7))
+def test_bit_flipped_packets_never_raise(position: int, bit: int) -> None:
+    core = _core()
+    good = codec.encode_packet([codec.encode_message(m) for m in (
+        Ping(7, "a", "b"), Alive("c", ("c", 1), 2), Suspect("b", 3, "c"))])
+    flipped = bytearray(good)
+    flipped[position % len(flipped)] ^= 1 << bit
+    core.handle_packet(("b", 1), bytes(flipped), False, 1.0)
