@@ -63,6 +63,11 @@ class Config:
     replay_window: float = 60.0
     """With keys: packets stamped further than this from our clock are dropped."""
 
+    request_rate: float = 50.0
+    """Expensive requests (full syncs, digest replies, relayed probes) answered per
+    second per source host; `request_burst` may come at once."""
+    request_burst: int = 100
+
     udp_payload: int = 1400
     join_timeout: float = 10.0
     leave_timeout: float = 5.0
@@ -108,6 +113,8 @@ class Config:
             raise ValueError("state_delta_budget must be >= 256 bytes")
         if min(self.state_max_key_bytes, self.state_max_value_bytes, self.state_max_bytes) < 1:
             raise ValueError("state size limits must be >= 1")
+        if self.request_rate <= 0 or self.request_burst < 1:
+            raise ValueError("request_rate must be > 0 and request_burst >= 1")
         if self.event_buffer < 1:
             raise ValueError("event_buffer must be >= 1")
         if self.query_timeout_mult < 1:
