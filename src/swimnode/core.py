@@ -51,6 +51,7 @@ from .messages import (
     Suspect,
     Sync,
 )
+from .ratelimit import RateLimiter
 from .suspicion import Suspicion, confirmations_needed, suspicion_bounds
 from .transport import Address
 
@@ -144,6 +145,7 @@ class SwimCore:
                                    enabled=config.lifeguard_awareness)
         self.broadcasts = BroadcastQueue(config.retransmit_mult)
         self.stats: Counter[str] = Counter()
+        self._limiter = RateLimiter(config.request_rate, config.request_burst)
         # A layer below us (encryption) adds this much to every datagram.
         self.payload_budget = config.udp_payload - framing_overhead
         self.state = StateStore(self.name, generation, StateLimits(
@@ -290,13 +292,15 @@ class SwimCore:
                 if probe is not None and sender in probe.helpers:
                     probe.nacks.add(sender)
             case PingReq(seq, target, target_address, _, timeout_ms):
+                if not self._allow(source, now):
+                    return
                 timeout = timeout_ms / 1000 if timeout_ms else self.config.probe_timeout
                 self._relay_probe(source, seq, target, target_address,
                                   min(timeout, _MAX_RELAY_TIMEOUT), now)
             case Alive() | Suspect() | Dead() | Left():
                 self._apply(msg, now)
             case StateSyn(sender, summary):
-                if summary != self.state.summary:
+                if summary != self.state.summary and self._allow(source, now):
                     digests = StateDigests(self.name, tuple(self.state.digests()))
                     self._send(self._reply_address(sender, source),
                                [codec.encode_message(digests)])
@@ -332,10 +336,18 @@ class SwimCore:
                 if reply:
                     if join:
                         self.join_replies += 1
-                elif records:
+                elif records and self._allow(source, now):
                     # The sender's own record comes first: answer at its address.
                     self._send(records[0].address, [self._sync_message(reply=True, join=join)],
                                reliable=True)
+
+    def _allow(self, source: Address, now: float) -> bool:
+        # Requests that make us send more than we got are rate-limited per source
+        # host (a stream's source port is ephemeral, so the host is the identity).
+        if self._limiter.allow(source[0], now):
+            return True
+        self.stats["dropped_rate_limited"] += 1
+        return False
 
     def _reply_address(self, sender: str, source: Address) -> Address:
         # Over a stream the source is an ephemeral port; the member's own address is
