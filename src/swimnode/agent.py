@@ -14,9 +14,8 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,12 @@ import trio
 
 from . import rpc
 from .agentconfig import AgentSettings, UsageError, load_settings
-from .config import Config
 from .events import EventsLost, EventStream, MemberUpdated
+from .keyqueries import KeyQueryError, register_key_handlers, run_key_query
+from .keyring import Keyring, load_key_file, parse_key
 from .member import Member
-from .node import Node
+from .node import Node, open_node, secure
+from .security import DROP_REASONS, SecureTransport
 from .seeds import (
     CombinedSeeds,
     DnsSeeds,
@@ -60,15 +61,22 @@ STABLE_COUNTERS = (
     "transport_send_errors", "transport_oversize_dropped", "transport_stream_rejected",
     "transport_stream_oversize", "transport_stream_timeouts", "transport_stream_errors",
     "transport_reliable_errors",
+    *(f"security_{reason}" for reason in (*DROP_REASONS, "send_oversize",
+                                          "replay_cache_evictions")),
 )
 
 
 class Agent:
     """The running agent as the RPC server sees it (`rpc.Controlled`)."""
 
-    def __init__(self, node: Node, transport: UdpTransport) -> None:
+    def __init__(self, node: Node, transport: UdpTransport, *,
+                 security: SecureTransport | None = None,
+                 keyring: Keyring | None = None) -> None:
         self.node = node
         self.transport = transport
+        self.security = security
+        """The security layer over `transport`, when keys or a label are set."""
+        self.keyring = keyring
         self.exit_requested = trio.Event()
         self._leave_done: trio.Event | None = None
 
@@ -90,11 +98,33 @@ class Agent:
         return self.node.delete_state(key)
 
     def stats(self) -> dict[str, int]:
-        """The node's protocol counters plus the transport's, prefixed `transport_`."""
+        """The node's protocol counters plus the transport's, prefixed `transport_`,
+        and the security layer's, prefixed `security_` (zero without one)."""
         out = dict.fromkeys(STABLE_COUNTERS, 0)
         out.update(self.node.stats())
         out.update({f"transport_{key}": value for key, value in self.transport.stats.items()})
+        if self.security is not None:
+            out.update({f"security_{key}": value for key, value in self.security.stats.items()})
         return dict(sorted(out.items()))
+
+    async def keys(self, action: str, key: str | None,
+                   timeout: float | None) -> dict[str, Any]:  # noqa: ASYNC109
+        """Run a cluster-wide key query (`keyqueries.run_key_query`) and return its
+        report as a dict. Raises `ValueError` with a one-line message that never
+        contains key text."""
+        raw = parse_key(key) if key is not None else None
+        try:
+            report = await run_key_query(self.node, self.keyring, action, raw,
+                                         timeout=timeout)
+        except KeyQueryError as exc:
+            raise ValueError(str(exc)) from None
+        fields: dict[str, Any] = {"event": "keys", "action": action, "key": report.key,
+                                  "answered": len(report.answers),
+                                  "nodes": len(report.expected), "failed": report.failed}
+        log.info("keys %s%s: %d of %d members answered, %d failed", action,
+                 f" {report.key}" if report.key else "", len(report.answers),
+                 len(report.expected), len(report.failed), extra={"fields": fields})
+        return report.to_dict()
 
     def events(self) -> EventStream:
         """A new subscription to the node's membership events."""
@@ -193,48 +223,79 @@ def _describe_seeds(settings: AgentSettings) -> str:
     return ", ".join(parts) or "none"
 
 
-@asynccontextmanager
-async def _running_node(config: Config, udp: UdpTransport, source: SeedSource | None
-                        ) -> AsyncIterator[Node]:
-    # `open_node` takes no seed source, so the agent starts the Node itself.
-    async with trio.open_nursery() as nursery:
-        node = Node(config, udp, seed_source=source)
-        await nursery.start(node.run)
-        try:
-            yield node
-        finally:
-            nursery.cancel_scope.cancel()
+def load_keyring(settings: AgentSettings) -> Keyring | None:
+    """The agent's keys: from `settings.key_file` (warning, in one line, when other
+    users may read it) or `SWIMNODE_KEYS`; None for none. Raises `UsageError`."""
+    if settings.key_file is None:
+        return settings.keyring
+    try:
+        keyring = load_key_file(settings.key_file)
+    except ValueError as exc:  # one line naming the file and line, never the key
+        raise UsageError(str(exc)) from None
+    try:
+        mode = os.stat(settings.key_file).st_mode
+    except OSError:
+        mode = 0
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("key file %s is accessible by group or others (mode %03o); "
+                    "run chmod 600 on it", settings.key_file, stat.S_IMODE(mode),
+                    extra={"fields": {"event": "key_file_mode", "path": settings.key_file,
+                                      "mode": f"{stat.S_IMODE(mode):03o}"}})
+    return keyring
+
+
+def _describe_security(keyring: Keyring | None, label: str) -> str:
+    # Fingerprints only: logs must never hold key material.
+    parts = []
+    if keyring is not None:
+        parts.append(f"{len(keyring)} key(s), primary {keyring.fingerprints[0]}")
+    else:
+        parts.append("no encryption")
+    if label:
+        parts.append(f"label {label!r}")
+    return ", ".join(parts)
 
 
 async def run_agent(settings: AgentSettings) -> None:
     """Run the agent until it has left the cluster. Raises `TransportError` when an
-    address cannot be bound."""
+    address cannot be bound, `UsageError` for a bad key file."""
     config = settings.node_config()
+    keyring = load_keyring(settings)
     listener = await rpc.open_rpc_listener(settings.rpc)
     async with (
         listener,
         open_udp_transport(config.bind, advertise=config.advertise) as udp,
-        _running_node(config, udp, seed_source(settings)) as node,
     ):
-        agent = Agent(node, udp)
-        # Subscribe before the first checkpoint so the join's events are all logged.
-        events = node.events()
-        # load_settings has checked these against the same limits, so none is refused.
-        for key, value in settings.state:
-            node.set_state(key, value)
-        log.info("agent %s listening on %s (rpc %s, profile %s, seeds %s)", node.name,
-                 format_address(node.address), format_address(settings.rpc), settings.profile,
-                 _describe_seeds(settings),
-                 extra={"fields": {"event": "started", "name": node.name,
-                                   "address": format_address(node.address),
-                                   "rpc": format_address(settings.rpc)}})
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(rpc.serve_rpc, listener, agent)
-            nursery.start_soon(agent.log_events, events)
-            nursery.start_soon(agent.leave_on_signal)
-            await agent.exit_requested.wait()
-            nursery.cancel_scope.cancel()
+        # Wrapped here rather than inside open_node so `stats` can read its counters.
+        transport = secure(udp, config, keyring)
+        security = transport if isinstance(transport, SecureTransport) else None
+        async with open_node(config, transport=transport,
+                             seed_source=seed_source(settings)) as node:
+            await _serve(settings, node, Agent(node, udp, security=security,
+                                               keyring=keyring), listener)
     log.info("agent stopped", extra={"fields": {"event": "stopped"}})
+
+
+async def _serve(settings: AgentSettings, node: Node, agent: Agent,
+                 listener: trio.SocketListener) -> None:
+    # Subscribe before the first checkpoint so the join's events are all logged.
+    events = node.events()
+    # load_settings has checked these against the same limits, so none is refused.
+    for key, value in settings.state:
+        node.set_state(key, value)
+    register_key_handlers(node, agent.keyring)
+    log.info("agent %s listening on %s (rpc %s, profile %s, seeds %s, %s)", node.name,
+             format_address(node.address), format_address(settings.rpc), settings.profile,
+             _describe_seeds(settings), _describe_security(agent.keyring, settings.label),
+             extra={"fields": {"event": "started", "name": node.name,
+                               "address": format_address(node.address),
+                               "rpc": format_address(settings.rpc)}})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rpc.serve_rpc, listener, agent)
+        nursery.start_soon(agent.log_events, events)
+        nursery.start_soon(agent.leave_on_signal)
+        await agent.exit_requested.wait()
+        nursery.cancel_scope.cancel()
 
 
 # ----- logging --------------------------------------------------------------------------

@@ -12,11 +12,13 @@ import argparse
 import json
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
 from .appstate import StateLimits, StateStore
 from .config import Config, Profile
+from .keyring import Keyring, parse_key
+from .security import is_loopback
 from .seeds import parse_address as parse_seed_address
 from .transport import Address
 from .udp import format_address
@@ -70,12 +72,22 @@ class AgentSettings:
     """DNS names (with the port to use) whose addresses are seeds (`DnsSeeds`)."""
     state: tuple[tuple[str, Any], ...] = ()
     """Application state to set when the agent starts, as `(key, value)` pairs."""
+    label: str = ""
+    """Cluster label (`Config.label`)."""
+    key_file: str | None = None
+    """File of base64 keys, first primary (`keyring.load_key_file`); read at start."""
+    keyring: Keyring | None = field(default=None, compare=False)
+    """Keys given in `SWIMNODE_KEYS` (the key file is read later, by the agent).
+    A `Keyring` shows fingerprints only, so printing settings reveals no key."""
+    insecure_plaintext: bool = False
+    """Allow binding a non-loopback address without keys."""
 
     def node_config(self) -> Config:
         """The node configuration these settings describe."""
         try:
             return Config.profile(self.profile, self.name, bind=self.bind,
-                                  advertise=self.advertise, seeds=self.seeds)
+                                  advertise=self.advertise, seeds=self.seeds,
+                                  label=self.label)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -118,11 +130,22 @@ def agent_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=LOG_LEVELS, help="log threshold (default info)")
     p.add_argument("--log-json", action="store_const", const=True,
                    help="log one JSON object per line")
+    # Keys themselves are never flags: command lines are visible to every user.
+    p.add_argument("--key-file", metavar="PATH",
+                   help="file of base64 encryption keys, one per line, the first is "
+                   "primary (or $SWIMNODE_KEYS: comma-separated keys)")
+    p.add_argument("--label", metavar="TEXT",
+                   help="cluster label: members with another label are ignored")
+    p.add_argument("--insecure-plaintext", action="store_const", const=True,
+                   help="allow binding a non-loopback address without encryption keys")
     return p
 
 
 _KEYS = ("name", "bind", "advertise", "seeds", "seed_files", "seed_dns", "state", "profile",
-         "rpc", "log_level", "log_json")
+         "rpc", "log_level", "log_json", "key_file", "label", "insecure_plaintext")
+_BOOL_KEYS = ("log_json", "insecure_plaintext")
+KEYS_ENV = ENV_PREFIX + "KEYS"
+"""Comma-separated base64 keys, first primary: an alternative to a key file."""
 _LIST_KEYS = ("seeds", "seed_files", "seed_dns")
 
 
@@ -162,11 +185,29 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             if not isinstance(state, dict):
                 raise UsageError(f"{var}: expected a JSON object of key/values")
             out[key] = state
-        elif key == "log_json":
-            out[key] = _env_bool(ENV_PREFIX + "LOG_JSON", value)
+        elif key in _BOOL_KEYS:
+            out[key] = _env_bool(var, value)
         else:
             out[key] = value
+    keys = env.get(KEYS_ENV)
+    if keys:
+        out["keyring"] = parse_key_list(keys, KEYS_ENV)
     return out
+
+
+def parse_key_list(text: str, source: str) -> Keyring:
+    """A keyring from comma-separated base64 keys, the first primary. Errors name
+    the key's position, never its text."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise UsageError(f"{source}: no keys given")
+    keys = []
+    for number, part in enumerate(parts, start=1):
+        try:
+            keys.append(parse_key(part))
+        except ValueError as exc:
+            raise UsageError(f"{source}: key {number}: {exc}") from None
+    return Keyring(keys[0], keys[1:])
 
 
 def _env_bool(var: str, value: str) -> bool:
@@ -195,9 +236,9 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         elif key == "state":
             if not isinstance(value, dict):
                 raise UsageError(f"{source}: state must be a table of key/values")
-        elif key == "log_json":
+        elif key in _BOOL_KEYS:
             if not isinstance(value, bool):
-                raise UsageError(f"{source}: log_json must be true or false")
+                raise UsageError(f"{source}: {key} must be true or false")
         elif not isinstance(value, str):
             raise UsageError(f"{source}: {key} must be a string")
     return data
@@ -231,11 +272,25 @@ def merge(flags: Mapping[str, Any], env: Mapping[str, Any], file: Mapping[str, A
     seed_files = tuple(str(f) for f in raw.get("seed_files", ()))
     if any(not f.strip() for f in seed_files):
         raise UsageError("seed file paths must not be empty")
+    key_file = raw.get("key_file")
+    if key_file is not None and not str(key_file).strip():
+        raise UsageError("key file path must not be empty")
+    keyring = env.get("keyring")
+    if key_file is not None and keyring is not None:
+        raise UsageError(f"both a key file and {KEYS_ENV} are set; use one")
+    insecure = bool(raw.get("insecure_plaintext", False))
+    if key_file is None and keyring is None and not insecure and not is_loopback(bind[0]):
+        # Secure by default: plaintext only where no other machine can listen.
+        raise UsageError(f"refusing to bind {format_address(bind)} without an encryption "
+                         f"key: give --key-file or {KEYS_ENV}, or --insecure-plaintext to "
+                         "allow unencrypted traffic")
     settings = AgentSettings(
         name=str(raw.get("name") or default_name), bind=bind, advertise=advertise,
         seeds=seeds, profile=cast(Profile, profile), rpc=rpc, log_level=level,
         log_json=bool(raw.get("log_json", False)), seed_files=seed_files,
-        seed_dns=seed_dns, state=tuple(state.items()),
+        seed_dns=seed_dns, state=tuple(state.items()), label=str(raw.get("label", "")),
+        key_file=None if key_file is None else str(key_file), keyring=keyring,
+        insecure_plaintext=insecure,
     )
     config = settings.node_config()  # validates the name and the profile's knobs
     check_state(settings.state, config)

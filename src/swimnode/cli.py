@@ -1,8 +1,8 @@
 """Command line: `python -m swimnode COMMAND ...`.
 
-Commands: `agent` runs a member; `members`, `stats`, `monitor`, `leave`, `state` and
-`ring` talk to a running agent over its RPC endpoint; `demo` tells the SWIM story on a
-small cluster.
+Commands: `agent` runs a member; `members`, `stats`, `monitor`, `leave`, `state`,
+`ring` and `keys` talk to a running agent over its RPC endpoint; `keygen` prints a new
+encryption key; `demo` tells the SWIM story on a small cluster.
 
 Exit codes: 0 success, 1 runtime failure (agent unreachable, port busy, refused
 request, missing key, ...), 2 usage error (bad flags, environment or configuration
@@ -26,8 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from . import agent, rpc
+from . import agent, keyqueries, rpc
 from .agentconfig import DEFAULT_RPC, ENV_PREFIX, UsageError, parse_address
+from .keyring import generate_key, parse_key
 from .ring import TOKEN_SPACE, range_size
 from .transport import Address
 from .udp import format_address
@@ -416,6 +417,120 @@ def _client(command: str, argv: list[str]) -> int:
         return agent.EXIT_INTERRUPTED
 
 
+# ----- keys and keygen ------------------------------------------------------------------
+
+def keys_parser() -> argparse.ArgumentParser:
+    """The flags of `keys`."""
+    p = _Parser(prog="swimnode keys", description="Manage the encryption keys of the whole "
+                "cluster through the agent: list them, install a new key, make it primary "
+                "(use), remove an old one. Every live member is asked and reported on.")
+    p.add_argument("action", choices=keyqueries.ACTIONS, metavar="ACTION",
+                   help="list, install KEY, use KEY or remove KEY")
+    p.add_argument("key", nargs="?", metavar="KEY",
+                   help="base64 key (from `swimnode keygen`); - reads it from stdin")
+    _add_rpc(p)
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                   help="how long to wait for answers (default: a few dozen gossip "
+                   "rounds; it ends sooner once every member answered)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= rpc.MAX_QUERY_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be in (0, {rpc.MAX_QUERY_TIMEOUT:g}]")
+    return value
+
+
+def render_keys(report: Mapping[str, Any], as_json: bool) -> str:
+    """The `keys` output: what the members answered, then a line per failed member;
+    or the whole report as JSON."""
+    if as_json:
+        return json.dumps(report, indent=2, sort_keys=True)
+    nodes, answered = report["nodes"], report["answered"]
+    failed: Mapping[str, str] = report["failed"]
+    lines = []
+    if report["action"] == "list":
+        lines.append(f"{answered} of {nodes} members answered")
+        primary: Mapping[str, int] = report["primary"]
+        lines.append(_table(("KEY", "MEMBERS", "PRIMARY ON"), [
+            (fp, f"{count}/{nodes}", str(primary.get(fp, 0)))
+            for fp, count in report["keys"].items()]))
+    else:
+        ok = sum(1 for m in report["members"].values() if m["ok"])
+        lines.append(f"{report['action']} key {report['key']}: {ok} of {nodes} members ok")
+    if failed:
+        lines.append(_table(("FAILED", "REASON"), list(failed.items())))
+    return "\n".join(lines)
+
+
+def _keys(argv: list[str]) -> int:
+    try:
+        ns = keys_parser().parse_args(argv)
+        key = ns.key
+        if ns.action == "list" and key is not None:
+            raise UsageError("keys list takes no KEY")
+        if ns.action != "list":
+            if key is None:
+                raise UsageError(f"keys {ns.action} needs a KEY")
+            if key == "-":
+                key = sys.stdin.readline()
+            try:
+                key = base64_key(key)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        rpc_text = ns.rpc or os.environ.get(ENV_PREFIX + "RPC") or None
+        address = parse_address(rpc_text, what="rpc address") if rpc_text else DEFAULT_RPC
+    except UsageError as exc:
+        print(f"swimnode keys: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    # The agent waits up to its own default (or --timeout) for answers; allow that
+    # plus a margin before giving up on it.
+    wait = (ns.timeout or rpc.MAX_QUERY_TIMEOUT / 10) + 10.0
+    try:
+        report = rpc.call(address, "keys", {"action": ns.action, "key": key,
+                                            "timeout": ns.timeout}, timeout=wait)
+    except rpc.RpcError as exc:
+        print(f"swimnode keys {ns.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return agent.EXIT_INTERRUPTED
+    report["ok"] = not report["failed"]  # was the RPC envelope's flag
+    print(render_keys(report, ns.json))
+    if report["failed"]:
+        print(f"swimnode keys {ns.action}: {len(report['failed'])} of {report['nodes']} "
+              "members failed", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def base64_key(text: str) -> str:
+    """`text` checked as a key and normalised (surrounding whitespace removed);
+    `ValueError` with a message that never repeats it."""
+    parse_key(text)
+    return text.strip()
+
+
+def _keygen(argv: list[str]) -> int:
+    p = _Parser(prog="swimnode keygen", description="Print a new random encryption key "
+                "(32 bytes, base64) for a key file or `swimnode keys install`.")
+    try:
+        p.parse_args(argv)
+    except UsageError as exc:
+        print(f"swimnode keygen: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    print(generate_key())
+    return EXIT_OK
+
+
 def _demo(argv: list[str]) -> int:
     # Imported on demand: the demo needs trio.testing, which imports pytest, and that
     # would add half a second to every agent and client start.
@@ -427,6 +542,8 @@ def _demo(argv: list[str]) -> int:
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "agent": agent.main,
     **{name: functools.partial(_client, name) for name in _CLIENT_COMMANDS},
+    "keys": _keys,
+    "keygen": _keygen,
     "demo": _demo,
 }
 

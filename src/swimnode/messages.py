@@ -134,6 +134,37 @@ class StateAck:
     requests: tuple[Digest, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A question for every member (Serf's user queries, reduced to what key
+    management needs). It spreads like membership news, through the broadcast queue,
+    and each member hands it once (deduplicated by `(origin, id)`) to the handler
+    registered for `kind`, then answers `QueryResponse` straight to `origin_address`.
+
+    `timeout_ms` is how long after receipt an answer is still useful. It is relative,
+    as in Serf, rather than an absolute deadline, so members need not agree on the
+    time; a member that hears the query late may answer after the origin has stopped
+    listening, which costs one wasted packet.
+    """
+
+    id: int
+    origin: str
+    origin_address: Address
+    kind: str
+    payload: bytes
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResponse:
+    """One member's answer to `Query` `id`, sent directly to the query's origin (over
+    the stream when it does not fit a datagram)."""
+
+    id: int
+    sender: str
+    payload: bytes
+
+
 Message = (Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | Left | Sync | StateSyn
-           | StateDigests | StateAck)
+           | StateDigests | StateAck | Query | QueryResponse)
 MembershipNews = Alive | Suspect | Dead | Left

@@ -17,11 +17,14 @@ from typing import Any
 
 import trio
 
+from . import codec
 from .config import Config
 from .core import SwimCore
 from .events import EventHub, EventStream, MemberEvent
 from .keyring import Keyring
 from .member import Member
+from .messages import Query
+from .queries import QueryCollector, QueryHandler, QueryResult, default_query_timeout
 from .security import SecureTransport, check_secure_bind
 from .seeds import SeedSource, SeedSourceError
 from .transport import Address, Transport
@@ -74,6 +77,8 @@ class Node:
         self._left_sent = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._rng = random.Random(config.seed)
+        self._query_handlers: dict[str, QueryHandler] = {}
+        self._queries: dict[int, QueryCollector] = {}  # ours, in flight, by id
 
     # ----- public API ----------------------------------------------------------------
 
@@ -170,6 +175,47 @@ class Node:
         if reached == 0:
             raise JoinError(f"no seed answered within {self.config.join_timeout:g} s")
         return reached
+
+    def register_query_handler(self, kind: str, handler: QueryHandler | None) -> None:
+        """Answer queries of `kind` with `handler` (None removes it). A member with
+        no handler for a kind stays silent, and the origin lists it as missing."""
+        if handler is None:
+            self._query_handlers.pop(kind, None)
+        else:
+            self._query_handlers[kind] = handler
+
+    async def query(self, kind: str, payload: bytes = b"", *,
+                    timeout: float | None = None,  # noqa: ASYNC109
+                    ) -> QueryResult:
+        """Ask every member (us included) and gather the answers.
+
+        Returns once every member that is live now has answered, or after `timeout`
+        seconds (default `default_query_timeout`: a few dozen gossip rounds). Raises
+        `ValueError` if `kind` or `payload` is over the codec's limits. (`timeout` is
+        part of the query, which members use to drop stale answers, so it is a
+        parameter rather than the caller's cancel scope.)
+        """
+        core = self.core
+        if timeout is None:
+            timeout = default_query_timeout(self.config, core.n_live)
+        expected = frozenset(m.name for m in core.members() if m.is_live)
+        query = core.start_query(kind, payload, timeout, trio.current_time())
+        collector = self._queries[query.id] = QueryCollector(query, expected)
+        try:
+            await self._flush()
+            deadline = trio.current_time() + timeout
+            # Halfway through, ask the members still silent directly: gossip reaches
+            # them only with high probability (see `SwimCore.resend_query`).
+            with trio.move_on_at(deadline - timeout / 2):
+                await collector.done.wait()
+            if not collector.done.is_set():
+                core.resend_query(query, sorted(expected - collector.responses.keys()))
+                await self._flush()
+                with trio.move_on_at(deadline):
+                    await collector.done.wait()
+        finally:
+            del self._queries[query.id]
+        return collector.result(timeout)
 
     async def wait_stopped(self) -> None:
         """Wait until the node's tasks have all ended (after `leave()` or cancel)."""
@@ -348,6 +394,16 @@ class Node:
 
     async def _flush(self) -> None:
         core = self.core
+        # Queries first: the answers they produce are sent with this flush.
+        queries, responses = core.take_queries()
+        for response in responses:
+            collector = self._queries.get(response.id)
+            if collector is None:
+                core.stats["query_responses_late"] += 1  # or forged, or duplicated
+            else:
+                collector.add(response.sender, response.payload)
+        for query, deadline in queries:
+            self._answer_query(query, deadline)
         out, events = core.take_output()
         if core.timer_changed:
             core.timer_changed = False
@@ -367,6 +423,32 @@ class Node:
                     self._nursery.start_soon(self._send_reliable, dest, data)
             else:
                 await self._transport.send(dest, data)
+
+    def _answer_query(self, query: Query, deadline: float) -> None:
+        handler = self._query_handlers.get(query.kind)
+        if handler is None:
+            self.core.stats["queries_unhandled"] += 1
+            return
+        try:
+            payload = handler(query)
+        except Exception:
+            self.core.stats["query_handler_errors"] += 1
+            log.exception("%s: handler for %r queries failed", self.name, query.kind)
+            return
+        if payload is None or trio.current_time() > deadline:
+            return
+        if len(payload) > codec.MAX_QUERY_RESPONSE_PAYLOAD:
+            self.core.stats["query_handler_errors"] += 1
+            log.error("%s: handler for %r queries answered %d bytes, over the limit",
+                      self.name, query.kind, len(payload))
+            return
+        if query.origin == self.name:
+            # Our own query: no need for a round trip through the network.
+            collector = self._queries.get(query.id)
+            if collector is not None:
+                collector.add(self.name, payload)
+            return
+        self.core.respond(query, payload)
 
     def _publish_events(self) -> None:
         # Local writes produce events but nothing to send; anti-entropy carries them.

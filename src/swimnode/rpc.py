@@ -17,6 +17,12 @@ A client sends one request, ``{"command": NAME, ...arguments}``, and reads one r
 * ``ring`` ``{vnodes?, tokens_key?}`` -> ``{"vnodes", "tokens_key", "members": [{"name",
   "fraction", "tokens", "source": "advertised" | "derived", "ranges": [[start, end],
   ...]}]}`` (see `ring_to_dict`)
+* ``keys`` ``{action: "list" | "install" | "use" | "remove", key?: base64, timeout?:
+  seconds}`` -> a cluster-wide key report (`keyqueries.KeyReport.to_dict`): ``{"action",
+  "key": fingerprint, "nodes", "answered", "failed": {name: reason}, "keys":
+  {fingerprint: count}, "primary": {fingerprint: count}, "members": {name: {"ok",
+  "error", "keys", "primary"}}, "timeout"}``. The key goes to the agent only; it is
+  never echoed back or logged.
 
 ``member`` defaults to the agent's own name. ``MEMBER`` is ``{"name", "address":
 "host:port", "state", "incarnation", "app_state": {key: value}}``; values travel as
@@ -158,6 +164,10 @@ class Controlled(Protocol):
     def request_exit(self) -> None:
         """Ask the agent to exit (after a leave)."""
 
+    async def keys(self, action: str, key: str | None,
+                   timeout: float | None) -> dict[str, Any]:  # noqa: ASYNC109
+        """Run a cluster-wide key query; `ValueError` (one line) if refused."""
+
 
 async def open_rpc_listener(address: Address) -> trio.SocketListener:
     """Bind the RPC endpoint; raises `TransportError` with a one-line message."""
@@ -236,6 +246,14 @@ async def _serve_one(stream: trio.SocketStream, target: Controlled) -> None:
         target.request_exit()
     elif command == "monitor":
         await _monitor(stream, target)
+    elif command == "keys":
+        try:
+            reply = {"ok": True, **await target.keys(
+                _arg(request, "action", str), _arg(request, "key", str, None),
+                _query_timeout(request))}
+        except (_BadRequest, ValueError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        await stream.send_all(encode_frame(reply))
     elif command in _STATE_COMMANDS:
         try:
             reply = {"ok": True, **_STATE_COMMANDS[command](request, target)}
@@ -260,6 +278,20 @@ def _arg(request: Mapping[str, Any], name: str, kind: type, default: Any = ...) 
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise _BadRequest(f"argument {name!r} must be {kind.__name__}")
     return value
+
+
+MAX_QUERY_TIMEOUT = 600.0
+"""Longest a `keys` request may ask the agent to wait for answers (seconds)."""
+
+
+def _query_timeout(request: Mapping[str, Any]) -> float | None:
+    value = request.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not 0 < value <= MAX_QUERY_TIMEOUT:
+        raise _BadRequest(f"timeout must be a number of seconds in (0, {MAX_QUERY_TIMEOUT:g}]")
+    return float(value)
 
 
 def _find_member(request: Mapping[str, Any], target: Controlled) -> Member:
