@@ -184,3 +184,31 @@ def test_any_interleaving_converges_to_the_latest_values(data: st.DataObject) ->
     for holder in names:
         for owner in names:
             assert dict(stores[holder].values(owner)) == truth[owner]
+
+
+def test_restart_with_nothing_written_still_voids_old_state() -> None:
+    a, b = StateStore("a", 1), StateStore("b", 1)
+    a.set("old", 1, 0.0)
+    exchange(a, b)
+    restarted = StateStore("a", 2)  # writes nothing in its new life
+    exchange(restarted, b)  # the restarted node starts the round
+    assert dict(b.values("a")) == {}
+    assert restarted.summary == b.summary
+
+
+def test_restart_with_nothing_written_voids_old_state_when_asked_too() -> None:
+    a, b = StateStore("a", 1), StateStore("b", 1)
+    a.set("old", 1, 0.0)
+    exchange(a, b)
+    restarted = StateStore("a", 2)
+    exchange(b, restarted)  # the old holder starts the round
+    assert dict(b.values("a")) == {}
+    assert restarted.summary == b.summary
+
+
+def test_members_that_never_wrote_cost_no_exchange() -> None:
+    # Equal summaries end a round after one tiny message; fresh members all agree.
+    stores = [StateStore(f"n{i}", 1000 + i) for i in range(50)]
+    assert {s.summary for s in stores} == {0}
+    stores[7].set("k", 1, 0.0)
+    assert stores[7].summary != stores[8].summary

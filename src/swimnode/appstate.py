@@ -86,6 +86,12 @@ def _digest_hash(name: str, generation: int, max_version: int) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
 
 
+def _weight(name: str, generation: int, max_version: int) -> int:
+    # A node that never wrote anything adds nothing: a thousand fresh members must
+    # not make every summary differ.
+    return _digest_hash(name, generation, max_version) if max_version else 0
+
+
 class _NodeState:
     __slots__ = ("entries", "generation", "max_version", "tombstones")
 
@@ -176,12 +182,19 @@ class StateStore:
         return Digest(name, node.generation, node.max_version) if node else None
 
     def digests(self) -> list[Digest]:
-        """Our digest for every node we hold state of."""
-        return [Digest(n, s.generation, s.max_version) for n, s in self._nodes.items()]
+        """Our digest for every node that has written state, and always our own (so a
+        restarted node with nothing written yet still voids its previous life's
+        state). Nodes that never wrote anything cost nothing, however many."""
+        own = self.own
+        out = [Digest(self.owner, own.generation, own.max_version)]
+        out += [Digest(n, s.generation, s.max_version) for n, s in self._nodes.items()
+                if s.max_version and n != self.owner]
+        return out
 
     @property
     def summary(self) -> int:
-        """A 64-bit fingerprint of `digests()`; equal summaries mean nothing to send."""
+        """A 64-bit fingerprint of the digests of every node that has written state;
+        equal summaries mean there is nothing to exchange."""
         return self._summary
 
     def names(self) -> list[str]:
@@ -213,8 +226,8 @@ class StateStore:
                 we_lack.append(Digest(d.name, mine.generation, mine.max_version))
             elif d.max_version < mine.max_version:
                 they_lack.append(d)
-        for name in self._nodes:
-            if name not in seen and (accept is None or name in accept):
+        for name, node in self._nodes.items():
+            if node.max_version and name not in seen and (accept is None or name in accept):
                 they_lack.append(Digest(name, 0, 0))
         return they_lack, we_lack
 
@@ -305,20 +318,19 @@ class StateStore:
     # ----- internals --------------------------------------------------------------------
 
     def _ensure(self, name: str, generation: int) -> _NodeState:
-        node = _NodeState(generation)
+        node = _NodeState(generation)  # nothing written yet: no weight in the summary
         self._nodes[name] = node
-        self._summary ^= _digest_hash(name, generation, 0)
         return node
 
     def _drop(self, name: str) -> None:
         node = self._nodes.pop(name)
-        self._summary ^= _digest_hash(name, node.generation, node.max_version)
+        self._summary ^= _weight(name, node.generation, node.max_version)
 
     def _set_max(self, name: str, node: _NodeState, version: int) -> None:
         if version != node.max_version:
-            self._summary ^= _digest_hash(name, node.generation, node.max_version)
+            self._summary ^= _weight(name, node.generation, node.max_version)
             node.max_version = version
-            self._summary ^= _digest_hash(name, node.generation, version)
+            self._summary ^= _weight(name, node.generation, version)
 
     @staticmethod
     def _store(name: str, node: _NodeState, entry: StateEntry, now: float) -> None:
