@@ -325,7 +325,11 @@ class Node:
 
     async def _push_pull_loop(self) -> None:
         core = self.core
-        await trio.sleep(self._rng.uniform(0, self.config.push_pull_interval))
+        # Spread first syncs over the whole (size-scaled) interval. The scale is only
+        # known once we have joined, so the wait is finished in a second step.
+        phase = self._rng.random()
+        await trio.sleep(phase * self.config.push_pull_interval)
+        await trio.sleep(phase * (core.push_pull_interval() - self.config.push_pull_interval))
         while True:
             target = core.sync_target()
             if target is not None and self._nursery is not None:
