@@ -72,18 +72,24 @@ class BroadcastQueue:
             return []
         limit = retransmit_limit(self._mult, n_members)
         picked: list[_Item] = []
+        append = picked.append
         misses = 0
+        stop = False
         for transmits in sorted(self._levels):
             for item in self._levels[transmits].values():
                 cost = len(item.data) + per_item_overhead
                 if cost <= budget:
-                    picked.append(item)
+                    append(item)
                     budget -= cost
-                elif (misses := misses + 1) >= _MAX_MISSES:
-                    break
-                if budget < 16 or len(picked) >= max_items:
-                    break
-            if budget < 16 or len(picked) >= max_items or misses >= _MAX_MISSES:
+                    if budget < 16 or len(picked) >= max_items:
+                        stop = True
+                        break
+                else:
+                    misses += 1
+                    if misses >= _MAX_MISSES:
+                        stop = True
+                        break
+            if stop:
                 break
         levels = self._levels
         out = []

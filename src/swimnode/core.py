@@ -733,7 +733,8 @@ class SwimCore:
             return  # a revived member still has its place in this pass
         self._probe_set.add(name)
         # SWIM §4.3: a random position keeps the detection-time bound for newcomers.
-        pos = self.rng.randint(0, len(self._probe_order))
+        # (random() rather than randint: this runs once per member per node at join.)
+        pos = int(self.rng.random() * (len(self._probe_order) + 1))
         self._probe_order.insert(pos, name)
         if pos < self._probe_index:
             self._probe_index += 1

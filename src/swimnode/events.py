@@ -111,8 +111,9 @@ class EventHub:
     def publish(self, event: MemberEvent) -> None:
         """Hand `event` to every subscriber; a full subscriber records a gap instead,
         in order, so it learns where it missed events and how many."""
-        for sub in self._subscribers:
-            sub._push(event)
+        if self._subscribers:  # iterating even an empty WeakSet is not free
+            for sub in self._subscribers:
+                sub._push(event)
 
     def close(self) -> None:
         """End every subscription once its buffer is drained."""

@@ -460,9 +460,10 @@ class Node:
             self._publish(event)
 
     def _publish(self, event: MemberEvent) -> None:
-        m = event.member
-        member_log.info("%s: member %s %s (%s:%s, incarnation %d)", self.name, m.name, event.kind,
-                 m.address[0], m.address[1], m.incarnation)
+        if member_log.isEnabledFor(logging.INFO):
+            m = event.member
+            member_log.info("%s: member %s %s (%s:%s, incarnation %d)", self.name, m.name,
+                            event.kind, m.address[0], m.address[1], m.incarnation)
         self._hub.publish(event)
 
 
