@@ -248,26 +248,30 @@ class SwimCore:
             self.stats["dropped_oversize"] += 1
             return
         stats, known = self.stats, self._known_news
+        messages: list[Message] = []
+        known_tags: list[int] = []
         try:
-            parts = codec.split_packet(data)
             # Epidemic gossip delivers the same news many times over. News identical
             # to what we last applied about a member changes nothing, so it is not
             # even decoded; everything else is decoded in full before any of it is
             # acted on, so a packet is taken whole or not at all.
-            messages = [None if part in known else codec.decode_message(part)
-                        for part in parts]
+            for part in codec.split_packet(data):
+                if part in known:
+                    # Byte-identical to an encoding of ours, so the tag is where
+                    # message_tag looks (a peer's encoding need not be minimal).
+                    known_tags.append(codec.message_tag(part))
+                else:
+                    messages.append(codec.decode_message(part))
         except codec.DecodeError:
             stats["dropped_malformed"] += 1
             return
-        for part, msg in zip(parts, messages, strict=True):
-            if msg is None:
-                # Byte-identical to news we encoded ourselves, so its tag byte is
-                # where message_tag looks (a peer's encoding need not be minimal).
-                stats[codec.RECEIVED_KEYS[codec.message_tag(part)]] += 1
-                stats["received_known_news"] += 1
-            else:
-                stats[codec.received_key(msg)] += 1
-                self._dispatch(source, msg, reliable, now)
+        if known_tags:
+            stats["received_known_news"] += len(known_tags)
+            for tag, count in Counter(known_tags).items():
+                stats[codec.RECEIVED_KEYS[tag]] += count
+        for msg in messages:
+            stats[codec.received_key(msg)] += 1
+            self._dispatch(source, msg, reliable, now)
 
     def _dispatch(self, source: Address, msg: Message, reliable: bool, now: float) -> None:
         match msg:
