@@ -257,9 +257,10 @@ class SwimCore:
             # acted on, so a packet is taken whole or not at all.
             for part in codec.split_packet(data):
                 if part in known:
-                    # Byte-identical to an encoding of ours, so the tag is where
-                    # message_tag looks (a peer's encoding need not be minimal).
-                    known_tags.append(codec.message_tag(part))
+                    # Byte-identical to an encoding of ours, so part[1] is its tag
+                    # (codec.message_tag, inlined; a peer's encoding need not be
+                    # minimal, which is why only known parts are read this way).
+                    known_tags.append(part[1])
                 else:
                     messages.append(codec.decode_message(part))
         except codec.DecodeError:
@@ -823,7 +824,9 @@ class SwimCore:
         stats["bytes_sent"] += len(data)
         keys = codec.SENT_KEYS
         for part in parts:
-            count_key, bytes_key = keys[codec.message_tag(part)]
+            # part[1] is codec.message_tag(part), inlined: this loop runs for every
+            # piggybacked message of every packet.
+            count_key, bytes_key = keys[part[1]]
             stats[count_key] += 1
             stats[bytes_key] += len(part)
         self._out.append((dest, data, reliable))
