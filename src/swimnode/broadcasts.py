@@ -47,12 +47,13 @@ class BroadcastQueue:
     def __len__(self) -> int:
         return len(self._items)
 
-    def queue(self, key: BroadcastKey, data: bytes) -> None:
-        """Queue `data` as the news about `key`, replacing older news about it."""
+    def queue(self, key: BroadcastKey, data: bytes, transmits: int = 0) -> None:
+        """Queue `data` as the news about `key`, replacing older news about it.
+        `transmits` counts sends already spent (for news that is not fresh)."""
         self.discard(key)
-        item = _Item(key, data, 0)
+        item = _Item(key, data, transmits)
         self._items[key] = item
-        self._levels.setdefault(0, {})[key] = item
+        self._levels.setdefault(transmits, {})[key] = item
 
     def discard(self, key: BroadcastKey) -> None:
         """Forget queued news about `key`, if any."""

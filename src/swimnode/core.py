@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from . import codec
 from .appstate import StateLimits, StateStore
 from .awareness import Awareness
-from .broadcasts import BroadcastQueue
+from .broadcasts import BroadcastQueue, retransmit_limit
 from .config import Config
 from .events import (
     MemberAlive,
@@ -173,6 +173,7 @@ class SwimCore:
 
         # The encoding of the latest news applied about each member (see handle_packet).
         self._news_by_member: dict[str, bytes] = {}
+        self._spent_on_old_news = 0  # see _merge_sync
         self._known_news: set[bytes] = set()
 
         # Queries: (origin, id) -> when we stop recognising copies, and what the
@@ -337,7 +338,7 @@ class SwimCore:
                 if not reliable:
                     self.stats["dropped_unreliable_sync"] += 1
                     return
-                self._merge_sync(records, now)
+                self._merge_sync(records, now, old_news=reply and join)
                 if reply:
                     if join:
                         self.join_replies += 1
@@ -504,8 +505,22 @@ class SwimCore:
                     for m in self._members.values() if m.name != self.name]
         return codec.encode_message(Sync(reply, join, tuple(records)))
 
-    def _merge_sync(self, records: tuple[MemberRecord, ...], now: float) -> None:
+    def _merge_sync(self, records: tuple[MemberRecord, ...], now: float, *,
+                    old_news: bool = False) -> None:
         sender = records[0].name if records else ""
+        if old_news:
+            # What a seed tells a newcomer, the rest of the cluster already knows: the
+            # newcomer passes it on only twice (catching a straggler or two) instead
+            # of the full count, or every join would cost O(N) broadcasts everywhere.
+            limit = retransmit_limit(self.config.retransmit_mult, self.n_live + len(records))
+            self._spent_on_old_news = max(0, limit - 2)
+        try:
+            self._merge_records(sender, records, now)
+        finally:
+            self._spent_on_old_news = 0
+
+    def _merge_records(self, sender: str, records: tuple[MemberRecord, ...],
+                       now: float) -> None:
         for rec in records:
             news: MembershipNews
             if rec.state is ALIVE:
@@ -792,7 +807,7 @@ class SwimCore:
 
     def _queue_news(self, news: MembershipNews) -> None:
         data = codec.encode_message(news)
-        self.broadcasts.queue(news.name, data)
+        self.broadcasts.queue(news.name, data, self._spent_on_old_news)
         self._remember_news(news.name, data)
 
     def _remember_news(self, name: str, data: bytes | None) -> None:
