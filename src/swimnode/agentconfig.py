@@ -15,11 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
+from . import seeds
 from .appstate import StateLimits, StateStore
 from .config import Config, Profile
 from .keyring import Keyring, parse_key
 from .security import is_loopback
-from .seeds import parse_address as parse_seed_address
 from .transport import Address
 from .udp import format_address
 
@@ -35,23 +35,12 @@ class UsageError(Exception):
 
 
 def parse_address(text: str, *, what: str = "address") -> Address:
-    """`host:port` (IPv6 as `[::1]:7946`) to `(host, port)`; raises `UsageError`."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":") or not host:
-            raise UsageError(f"bad {what} {text!r}: expected [IPv6]:PORT")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or not host:
-            raise UsageError(f"bad {what} {text!r}: expected HOST:PORT")
-        if ":" in host:
-            raise UsageError(f"bad {what} {text!r}: put IPv6 hosts in brackets, "
-                             "as in [::1]:7946")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise UsageError(f"bad {what} {text!r}: port must be 0..65535")
-    return host, int(port_text)
+    """`host:port` (IPv6 as `[::1]:7946`) to `(host, port)`, the port required (0
+    allowed, for binding); raises `UsageError`. Same rules as seed addresses."""
+    try:
+        return seeds.parse_address(text, None, allow_port_zero=True)
+    except ValueError as exc:
+        raise UsageError(f"bad {what}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +288,7 @@ def merge(flags: Mapping[str, Any], env: Mapping[str, Any], file: Mapping[str, A
 
 def _parse_dns_seed(text: str) -> Address:
     try:
-        return parse_seed_address(text)
+        return seeds.parse_address(text)
     except ValueError as exc:
         raise UsageError(f"bad DNS seed: {exc}") from None
 
