@@ -59,10 +59,13 @@ class BroadcastQueue:
         """Forget queued news about `key`, if any."""
         old = self._items.pop(key, None)
         if old is not None:
-            level = self._levels[old.transmits]
-            del level[key]
-            if not level:
-                del self._levels[old.transmits]
+            self._unlevel(old)
+
+    def _unlevel(self, item: _Item) -> None:
+        level = self._levels[item.transmits]
+        del level[item.key]
+        if not level:
+            del self._levels[item.transmits]
 
     def take(self, budget: int, n_members: int, per_item_overhead: int = 0,
              max_items: int = 1 << 30) -> list[bytes]:
@@ -92,17 +95,13 @@ class BroadcastQueue:
                         break
             if stop:
                 break
-        levels = self._levels
         out = []
         for item in picked:
-            level = levels[item.transmits]
-            del level[item.key]
-            if not level:
-                del levels[item.transmits]
+            self._unlevel(item)
             out.append(item.data)
             item.transmits += 1
             if item.transmits < limit:
-                levels.setdefault(item.transmits, {})[item.key] = item
+                self._levels.setdefault(item.transmits, {})[item.key] = item
             else:
                 del self._items[item.key]
         return out

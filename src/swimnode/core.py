@@ -173,7 +173,6 @@ class SwimCore:
 
         # The encoding of the latest news applied about each member (see handle_packet).
         self._news_by_member: dict[str, bytes] = {}
-        self._spent_on_old_news = 0  # see _merge_sync
         self._known_news: set[bytes] = set()
 
         # Queries: (origin, id) -> when we stop recognising copies, and what the
@@ -508,19 +507,13 @@ class SwimCore:
     def _merge_sync(self, records: tuple[MemberRecord, ...], now: float, *,
                     old_news: bool = False) -> None:
         sender = records[0].name if records else ""
+        spent = 0
         if old_news:
             # What a seed tells a newcomer, the rest of the cluster already knows: the
             # newcomer passes it on only twice (catching a straggler or two) instead
             # of the full count, or every join would cost O(N) broadcasts everywhere.
             limit = retransmit_limit(self.config.retransmit_mult, self.n_live + len(records))
-            self._spent_on_old_news = max(0, limit - 2)
-        try:
-            self._merge_records(sender, records, now)
-        finally:
-            self._spent_on_old_news = 0
-
-    def _merge_records(self, sender: str, records: tuple[MemberRecord, ...],
-                       now: float) -> None:
+            spent = max(0, limit - 2)
         for rec in records:
             news: MembershipNews
             if rec.state is ALIVE:
@@ -531,7 +524,7 @@ class SwimCore:
                 # As memberlist does: a remote death is only a suspicion here, so a
                 # stale full state cannot kill a member outright.
                 news = Suspect(rec.name, rec.incarnation, sender)
-            self._apply(news, now)
+            self._apply(news, now, spent=spent)
 
     # ----- application state and anti-entropy ----------------------------------------
 
@@ -700,7 +693,9 @@ class SwimCore:
 
     # ----- state rules -------------------------------------------------------------
 
-    def _apply(self, news: MembershipNews, now: float) -> None:
+    def _apply(self, news: MembershipNews, now: float, *, spent: int = 0) -> None:
+        """Merge one piece of news. If it changes our view it is passed on, with
+        `spent` of its transmissions counted as already made (see _merge_sync)."""
         name = news.name
         state = _STATE_OF[type(news)]
         if name == self.name:
@@ -709,7 +704,7 @@ class SwimCore:
         cur = self._members.get(name)
         if cur is None:
             if isinstance(news, Alive):
-                self._add_member(news, now)
+                self._add_member(news, now, spent)
             # Suspicion or death of an unknown member carries no address: ignore.
             return
         if not supersedes(state, news.incarnation, cur):
@@ -720,7 +715,7 @@ class SwimCore:
         address = news.address if isinstance(news, Alive) else cur.address
         new = Member(name, address, news.incarnation, state, now, cur.app_state)
         self._members[name] = new
-        self._queue_news(news)
+        self._queue_news(news, spent)
         was_live = cur.is_live
         if new.is_live:
             self._peers.add(name)
@@ -740,12 +735,12 @@ class SwimCore:
             # protocol noise, not news for the user.
             self._events.append(event)
 
-    def _add_member(self, news: Alive, now: float) -> None:
+    def _add_member(self, news: Alive, now: float, spent: int) -> None:
         member = Member(news.name, news.address, news.incarnation, ALIVE, now)
         self._members[news.name] = member
         self._peers.add(news.name)
         self._insert_probe_target(news.name)
-        self._queue_news(news)
+        self._queue_news(news, spent)
         self._events.append(MemberJoined(member))
 
     def _insert_probe_target(self, name: str) -> None:
@@ -805,9 +800,9 @@ class SwimCore:
     def _suspect_message(self, member: Member) -> bytes:
         return codec.encode_message(Suspect(member.name, member.incarnation, self.name))
 
-    def _queue_news(self, news: MembershipNews) -> None:
+    def _queue_news(self, news: MembershipNews, spent: int = 0) -> None:
         data = codec.encode_message(news)
-        self.broadcasts.queue(news.name, data, self._spent_on_old_news)
+        self.broadcasts.queue(news.name, data, spent)
         self._remember_news(news.name, data)
 
     def _remember_news(self, name: str, data: bytes | None) -> None:
