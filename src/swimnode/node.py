@@ -11,7 +11,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -495,13 +495,14 @@ async def open_node(config: Config, *, transport: Transport | None = None,
             yield node
 
 
-def secure(transport: Transport, config: Config, keyring: Keyring | None) -> Transport:
+def secure(transport: Transport, config: Config, keyring: Keyring | None, *,
+           clock: Callable[[], float] = time.time) -> Transport:
     """Wrap `transport` in the security layer when keys or a label are configured
-    (and it is not wrapped already)."""
+    (and it is not wrapped already). `clock` dates packets for replay checks."""
     if isinstance(transport, SecureTransport) or (keyring is None and not config.label):
         return transport
     return SecureTransport(transport, keyring=keyring, label=config.label,
-                           replay_window=config.replay_window)
+                           replay_window=config.replay_window, clock=clock)
 
 
 @asynccontextmanager

@@ -21,10 +21,9 @@ from .config import Config, Profile
 from .events import Event, EventsLost
 from .keyring import Keyring
 from .member import MemberState
-from .node import Node, open_node
-from .security import SecureTransport
+from .node import Node, open_node, secure
 from .sim import Network
-from .transport import Address, Transport
+from .transport import Address
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +91,9 @@ class SimCluster:
 
     async def _run(self, config: Config, keyring: Keyring | None, *,
                    task_status: trio.TaskStatus[Node]) -> None:
-        transport: Transport = self.network.attach(config.bind)
-        if keyring is not None or config.label:
-            # Replay windows in simulated time, so long runs stay deterministic.
-            transport = SecureTransport(transport, keyring=keyring, label=config.label,
-                                        replay_window=config.replay_window,
-                                        clock=trio.current_time)
+        # Replay windows in simulated time, so long runs stay deterministic.
+        transport = secure(self.network.attach(config.bind), config, keyring,
+                           clock=trio.current_time)
         stopped = self._stopped[config.name] = trio.Event()
         with trio.CancelScope() as scope:
             self._scopes[config.name] = scope
