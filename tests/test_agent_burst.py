@@ -18,7 +18,7 @@ from pathlib import Path
 
 from swimnode import rpc
 from swimnode.keyring import generate_key
-from swimnode.localcluster import AgentProcess, LocalCluster, wait_for
+from swimnode.localcluster import AgentProcess, LocalCluster
 
 NAMES = ["n0", "n1", "n2"]
 DATAGRAMS = 100_000
@@ -94,11 +94,7 @@ def test_garbage_flood_and_half_open_connections(tmp_path: Path) -> None:
     started = time.monotonic()
     with LocalCluster(profile="local", log_dir=tmp_path,
                       extra_args=["--key-file", str(key_file)]) as cluster:
-        seed = cluster.start(NAMES[0])
-        assert seed.wait_ready(STEP), "seed agent did not start"
-        for name in NAMES[1:]:
-            cluster.start(name, seeds=[seed])
-        assert wait_for(lambda: cluster.converged(NAMES), STEP), "agents did not converge"
+        cluster.start_joined(NAMES, STEP)
         target = cluster.agents["n1"]
         others = [cluster.agents["n0"], cluster.agents["n2"]]
         # A monitor on a healthy agent sees any suspicion, however brief.

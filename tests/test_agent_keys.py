@@ -179,11 +179,7 @@ def test_keys_commands_rotate_a_real_cluster(tmp_path: Path) -> None:
     key_file.chmod(0o644)  # readable by others: the agents warn
     with LocalCluster(profile="local", log_dir=tmp_path,
                       extra_args=["--key-file", str(key_file)]) as cluster:
-        seed = cluster.start(NAMES[0])
-        assert seed.wait_ready(STEP), "seed agent did not start"
-        for name in NAMES[1:]:
-            cluster.start(name, seeds=[seed])
-        assert wait_for(lambda: cluster.converged(NAMES), STEP), "agents did not converge"
+        cluster.start_joined(NAMES, STEP)
         rpc_flag = ["--rpc", f"127.0.0.1:{cluster.agents['n2'].rpc_port}"]
 
         def keys(*args: str) -> dict[str, object]:

@@ -54,12 +54,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 
 
 def start_five(cluster: LocalCluster) -> AgentProcess:
-    seed = cluster.start(NAMES[0])
-    assert seed.wait_ready(STEP), "seed agent did not start"
-    for name in NAMES[1:]:
-        cluster.start(name, seeds=[seed])
-    assert wait_for(lambda: cluster.converged(NAMES), STEP), "agents did not converge"
-    return seed
+    return cluster.start_joined(NAMES, STEP)
 
 
 def test_kill_restart_leave_and_signal(cluster: LocalCluster) -> None:

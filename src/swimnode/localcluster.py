@@ -184,6 +184,19 @@ class LocalCluster:
                 return False
         return True
 
+    def start_joined(self, names: list[str], timeout: float) -> AgentProcess:
+        """Start `names[0]` as the seed, the others through it, and wait until they
+        all see each other alive; returns the seed. Raises RuntimeError if the seed
+        does not come up or the agents do not converge within `timeout` each."""
+        seed = self.start(names[0])
+        if not seed.wait_ready(timeout):
+            raise RuntimeError("seed agent did not start")
+        for name in names[1:]:
+            self.start(name, seeds=[seed])
+        if not wait_for(lambda: self.converged(names), timeout):
+            raise RuntimeError("agents did not converge")
+        return seed
+
     def stop_all(self) -> None:
         """SIGKILL every agent still running, by PID, and reap them."""
         for agent in self.agents.values():
