@@ -30,6 +30,7 @@ from swimnode.messages import (
     Nack,
     Ping,
     PingReq,
+    StateSyn,
     Suspect,
     Sync,
 )
@@ -560,7 +561,62 @@ def test_no_buddy_suspect_for_alive_target() -> None:
     seq = a.start_probe(1.0)
     out, _ = a.take_output()
     assert out[0][0] == b.address
-    assert decode_packet(out[0][1]) == [Ping(seq, "b", "a")]
+    msgs = decode_packet(out[0][1])
+    assert msgs[0] == Ping(seq, "b", "a")
+    assert not any(isinstance(m, Suspect) for m in msgs)
+
+
+# ----- chores: anti-entropy rounds and reaping ride on the probe tick -------------------
+
+
+def test_state_round_rides_on_the_ping_when_due() -> None:
+    (a, _, _), _ = cluster("abc")
+    drain_broadcasts(a)
+    a.start_probe(5.0)  # long overdue: runs, and the grid restarts from here
+    a.take_output()
+    rounds = a.stats["state_rounds"]
+    assert a.next_chore() == pytest.approx(6.5)  # due 6.0, plus half a probe period
+    seq = a.start_probe(5.7)  # ripe from 5.5
+    out, _ = a.take_output()
+    [(dest, data, reliable)] = [o for o in out if not o[2]]
+    assert not reliable
+    assert decode_packet(data) == [Ping(seq, dest[0], "a"), StateSyn("a", a.state.summary)]
+    assert a.stats["state_rounds"] == rounds + 1
+    assert a.timer_changed
+    # Nothing is left for the timer: the next round is due on the grid at 7.0.
+    a.run_chores(6.6)
+    assert a.stats["state_rounds"] == rounds + 1
+    assert a.next_chore() == pytest.approx(7.5)
+    # A probe tick too early for the next round sends the ping alone.
+    a.start_probe(6.2)
+    out, _ = a.take_output()
+    assert [[type(m) for m in decode_packet(d)] for _, d, r in out if not r] == [[Ping]]
+    assert a.stats["state_rounds"] == rounds + 1
+
+
+def test_chores_run_on_their_own_when_no_probe_comes() -> None:
+    (a, b), _ = cluster("ab", dead_reclaim_time=10.0, replay_window=5.0)
+    drain_broadcasts(a)
+    feed(a, Alive("m1", addr("m1"), 0), now=0.0)
+    feed(a, Dead("m1", 0, "b"), now=0.5)
+    a.take_output()
+    a.run_chores(a.next_chore() - 0.01)
+    assert a.take_output()[0] == [] and a.stats["state_rounds"] == 0
+    out = []
+    for _ in range(10):
+        a.run_chores(a.next_chore())
+        out += a.take_output()[0]
+        if a.stats["state_rounds"]:
+            break
+    # Alone in its datagram but for piggybacked news; no ping came with it.
+    [syn] = [decode_packet(d) for dest, d, r in out if dest == b.address and not r]
+    assert syn[0] == StateSyn("a", a.state.summary)
+    assert not any(isinstance(m, Ping) for m in syn)
+    assert a.stats["state_rounds"] == 1
+    # Reaping (every dead_reclaim_time / 10, at least 1 s) also runs by itself.
+    for _ in range(20):
+        a.run_chores(a.next_chore())
+    assert a.member("m1") is None
 
 
 # ----- leave / reap -------------------------------------------------------------------
@@ -646,7 +702,8 @@ def test_oversize_datagram_dropped() -> None:
 def _ack(core: SwimCore, seq: int, now: float) -> str:
     """Answer the probe `core` just sent; return who was probed."""
     out, _ = core.take_output()
-    [(dest, data, _)] = out
+    # The ping is the one datagram; a state round may add a push-pull over a stream.
+    [(dest, data, _)] = [o for o in out if not o[2]]
     ping = decode_packet(data)[0]
     assert isinstance(ping, Ping) and ping.seq == seq and ping.sender == core.name
     assert dest == addr(ping.target)

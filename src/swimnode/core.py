@@ -3,7 +3,9 @@
 `SwimCore` takes decoded input and the current time, updates the membership table, and
 queues what to send and which events happened; the caller (the Trio shell in `node.py`,
 or a test) moves bytes and reads events with `take_output()`. Timers are data: the
-caller asks `next_timer()` when to call `run_timers()` next. All randomness comes from
+caller asks `next_timer()` when to call `run_timers()` next, and `next_chore()` when
+periodic chores (anti-entropy, reaping) are due at the latest; `start_probe` runs those
+that are nearly due early, on the same wakeup. All randomness comes from
 the injected `random.Random`, so a seed reproduces a run.
 """
 
@@ -51,6 +53,7 @@ from .messages import (
     Suspect,
     Sync,
 )
+from .periodic import Periodic
 from .ratelimit import RateLimiter
 from .suspicion import Suspicion, confirmations_needed, suspicion_bounds
 from .transport import Address
@@ -76,6 +79,7 @@ class _Relay:
     """A probe this node makes on behalf of a ping-req sender."""
 
     requester: Address
+    requester_name: str
     requester_seq: int
     target: str
     deadline: float
@@ -155,6 +159,10 @@ class SwimCore:
             tombstone_ttl=config.state_tombstone_ttl))
         self.leaving = False
         self.join_replies = 0
+        self.acks_received = 0
+        """Acks that answered one of our own probes, so far."""
+        self.seeds: list[Address] = list(config.seeds)
+        """Where anti-entropy rounds look for seeds; the shell refreshes it."""
 
         self._members: dict[str, Member] = {
             self.name: Member(self.name, self.address, incarnation, ALIVE, now)
@@ -170,6 +178,15 @@ class SwimCore:
         self._suspicions: dict[str, Suspicion] = {}
         self._timers: list[tuple[float, int, int, str]] = []
         self.timer_changed = False
+        # Chores ride on a probe tick within half a probe period of their due time.
+        # The first state round is at a random offset, so that nodes started
+        # together do not all sync at once.
+        slack = config.probe_interval / 2
+        every = config.state_gossip_interval
+        self._state_chore = Periodic(every, min(slack, every / 2),
+                                     now + rng.uniform(0, every))
+        every = max(1.0, config.dead_reclaim_time / 10)
+        self._reap_chore = Periodic(every, min(slack, every / 2), now + every)
 
         # The encoding of the latest news applied about each member (see handle_packet).
         self._news_by_member: dict[str, bytes] = {}
@@ -282,14 +299,7 @@ class SwimCore:
                     # another name); an ack would vouch for the wrong member.
                     self.stats["dropped_misdirected"] += 1
                     return
-                parts = [codec.encode_message(Ack(seq, self.name))]
-                prober = self._members.get(sender)
-                if prober is not None and prober.state is SUSPECT and self.config.lifeguard_buddy:
-                    # The buddy system run backwards: a suspect that probes us learns
-                    # of the suspicion from our ack, even if the rumour already ran
-                    # out of retransmissions while it was unreachable.
-                    parts.append(self._suspect_message(prober))
-                self._send(source, parts)
+                self._send(source, self._tell_suspect(sender, Ack(seq, self.name)))
             case Ack(seq, _):
                 self._on_ack(seq, now)
             case Nack(seq, sender):
@@ -300,7 +310,7 @@ class SwimCore:
                 if not self._allow(source, now):
                     return
                 timeout = timeout_ms / 1000 if timeout_ms else self.config.probe_timeout
-                self._relay_probe(source, seq, target, target_address,
+                self._relay_probe(source, msg.sender, seq, target, target_address,
                                   min(timeout, _MAX_RELAY_TIMEOUT), now)
             case Alive() | Suspect() | Dead() | Left():
                 self._apply(msg, now)
@@ -354,6 +364,16 @@ class SwimCore:
         self.stats["dropped_rate_limited"] += 1
         return False
 
+    def _tell_suspect(self, name: str, reply: Ack | Nack) -> list[bytes]:
+        # The buddy system run backwards: a suspect that probes us, directly or
+        # through us, learns of the suspicion from our answer, even if the rumour
+        # already ran out of retransmissions while it was unreachable.
+        parts = [codec.encode_message(reply)]
+        member = self._members.get(name)
+        if member is not None and member.state is SUSPECT and self.config.lifeguard_buddy:
+            parts.append(self._suspect_message(member))
+        return parts
+
     def _reply_address(self, sender: str, source: Address) -> Address:
         # Over a stream the source is an ephemeral port; the member's own address is
         # where it listens.
@@ -363,20 +383,22 @@ class SwimCore:
     def _on_ack(self, seq: int, now: float) -> None:
         probe = self._probes.get(seq)
         if probe is not None:
-            probe.acked = True
+            if not probe.acked:
+                probe.acked = True
+                self.acks_received += 1
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:
-            self._send(relay.requester, [codec.encode_message(Ack(relay.requester_seq,
-                                                                  relay.target))])
+            self._send(relay.requester, self._tell_suspect(
+                relay.requester_name, Ack(relay.requester_seq, relay.target)))
             return
         self.stats["stale_acks"] += 1
 
-    def _relay_probe(self, requester: Address, seq: int, target: str, address: Address,
-                     timeout: float, now: float) -> None:
+    def _relay_probe(self, requester: Address, requester_name: str, seq: int, target: str,
+                     address: Address, timeout: float, now: float) -> None:
         relay_seq = self._next_seq()
         deadline = now + timeout
-        self._relays[relay_seq] = _Relay(requester, seq, target, deadline)
+        self._relays[relay_seq] = _Relay(requester, requester_name, seq, target, deadline)
         self._push_timer(deadline, _TIMER_RELAY, relay_seq, "")
         self._send(address, [codec.encode_message(Ping(relay_seq, target, self.name))])
 
@@ -400,9 +422,23 @@ class SwimCore:
             # instead of waiting for the rumour to reach it. It goes first so the
             # refutation is already queued when the ack is built, and rides on it.
             parts.insert(0, self._suspect_message(target))
+        # Chores nearly due run now, on this wakeup; the state round's opening
+        # message rides in the ping's datagram, so idle nodes trade one packet a
+        # period instead of two.
+        if self._state_chore.ripe(now):
+            syn = self._state_round(now, target)
+            if syn is not None:
+                parts.append(syn)
+        if self._reap_chore.ripe(now):
+            self._reap(now)
         self.stats["probes"] += 1
         self._send(target.address, parts)
         return seq
+
+    def probe_acked(self, seq: int) -> bool:
+        """Whether our probe `seq` (still in its period) has been answered."""
+        probe = self._probes.get(seq)
+        return probe is not None and probe.acked
 
     def probe_indirect(self, seq: int, now: float) -> None:
         """The direct probe timed out: ask `indirect_checks` members to try."""
@@ -548,30 +584,32 @@ class SwimCore:
         self._members[name] = member
         self._events.append(MemberUpdated(member, frozenset(keys)))
 
-    def anti_entropy(self, now: float, seeds: Sequence[Address]) -> None:
-        """One anti-entropy round (Cassandra's gossiper): a state exchange with a
-        random live member; with probability `unreachable / (live + 1)` a full
-        membership push-pull with a dead member, so partitions heal; and, after a
-        round with a non-seed, a push-pull with a random seed with probability
-        `seeds / (live + unreachable)`, so logical partitions merge."""
-        picked = self._peers.sample(self.rng, 1)
-        peer = self._members[picked[0]] if picked else None
+    def _state_round(self, now: float, peer: Member | None) -> bytes | None:
+        """One anti-entropy round (Cassandra's gossiper): a state exchange with `peer`,
+        whose opening StateSyn is returned for the caller to send (alone, or beside a
+        ping); with probability `unreachable / (live + 1)` a full membership push-pull
+        with a dead member, so partitions heal; and, after a round with a non-seed, a
+        push-pull with a random seed with probability `seeds / (live + unreachable)`,
+        so logical partitions merge."""
+        self._state_chore.done(now)
+        self.timer_changed = True
+        syn = None
         if peer is not None:
             self.stats["state_rounds"] += 1
-            self._send(peer.address, [codec.encode_message(StateSyn(self.name,
-                                                                    self.state.summary))])
+            syn = codec.encode_message(StateSyn(self.name, self.state.summary))
         live = len(self._peers)
         dead = [n for n in self._departed if self._members[n].state is DEAD]
         if dead and self.rng.random() < len(dead) / (live + 1):
             self.stats["syncs_to_dead"] += 1
             target = self._members[self.rng.choice(dead)].address
             self._send(target, [self._sync_message(reply=False, join=False)], reliable=True)
-        others = [s for s in seeds if s != self.address]
+        others = [s for s in self.seeds if s != self.address]
         if (others and peer is not None and peer.address not in others
                 and self.rng.random() < len(others) / (live + len(dead))):
             self.stats["syncs_to_seeds"] += 1
             seed = self.rng.choice(others)
             self._send(seed, [self._sync_message(reply=False, join=False)], reliable=True)
+        return syn
 
     # ----- queries -----------------------------------------------------------------
 
@@ -666,14 +704,36 @@ class SwimCore:
             if kind == _TIMER_RELAY:
                 relay = self._relays.pop(seq, None)
                 if relay is not None and self.config.lifeguard_awareness:
-                    self._send(relay.requester, [codec.encode_message(
-                        Nack(relay.requester_seq, self.name))])
+                    self._send(relay.requester, self._tell_suspect(
+                        relay.requester_name, Nack(relay.requester_seq, self.name)))
                 continue
             susp = self._suspicions.get(name)
             if susp is None or susp.deadline > now:
                 continue  # stale entry: refuted, or superseded by a shorter deadline
             self.stats["deaths_declared"] += 1
             self._apply(Dead(name, susp.incarnation, self.name), now)
+
+    def next_chore(self) -> float:
+        """When `run_chores` must be called at the latest (`start_probe` runs the
+        chores early when its tick comes close to their due time)."""
+        return min(self._state_chore.deadline, self._reap_chore.deadline)
+
+    def run_chores(self, now: float) -> None:
+        """Run the chores no probe tick took care of in time: an anti-entropy round
+        with a random live member, and reaping."""
+        if now >= self._state_chore.deadline:
+            picked = self._peers.sample(self.rng, 1)
+            peer = self._members[picked[0]] if picked else None
+            syn = self._state_round(now, peer)
+            if peer is not None and syn is not None:
+                self._send(peer.address, [syn])
+        if now >= self._reap_chore.deadline:
+            self._reap(now)
+
+    def _reap(self, now: float) -> None:
+        self._reap_chore.done(now)
+        self.timer_changed = True
+        self.reap(now)
 
     def _push_timer(self, deadline: float, kind: int, seq: int, name: str) -> None:
         if not self._timers or deadline < self._timers[0][0]:

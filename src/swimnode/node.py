@@ -1,14 +1,19 @@
 """The Trio shell around `SwimCore`: one nursery, one task per concern.
 
 Tasks: receive (never waits on a probe), probe (one protocol period at a time), gossip,
-timers (suspicion deadlines and relayed-probe nacks), push-pull, seeds (join and
-re-join when alone) and reaper. Leaving the nursery stops them all.
+timers (suspicion deadlines, relayed-probe nacks, and the periodic chores no probe
+tick ran in time), push-pull and seeds (join and re-join when alone). Leaving the
+nursery stops them all.
+
+An idle node should cost almost nothing, and on small machines each wakeup is what
+costs (docs/agent.md, "Idle cost"): so tasks sleep on events rather than poll, the
+probe task does not wake at the probe timeout once the ack is in, and chores share
+the probe tick.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -66,11 +71,13 @@ class Node:
         self.config = config
         self._transport = transport
         self._seed_source = seed_source
-        self._seeds: list[Address] = list(config.seeds)
         self._core: SwimCore | None = None
         self._hub = EventHub(config.event_buffer)
-        self._timer_wakeup = trio.Event()
+        self._timer_scope = trio.CancelScope()
         self._gossip_wakeup = trio.Event()
+        self._seed_wakeup = trio.Event()
+        self._ack_wakeup = trio.Event()
+        self._seen_acks = 0
         self._stopped = trio.Event()
         self._sync_wakeup = trio.Event()
         self._seen_join_replies = 0
@@ -260,8 +267,6 @@ class Node:
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self._push_pull_loop)
                 nursery.start_soon(self._seed_loop)
-                nursery.start_soon(self._reaper_loop)
-                nursery.start_soon(self._anti_entropy_loop)
                 if self._seed_source is not None:
                     nursery.start_soon(self._seed_source_loop, self._seed_source)
                 task_status.started()
@@ -291,9 +296,13 @@ class Node:
             seq = core.start_probe(start)
             await self._flush()
             if seq is not None:
-                await trio.sleep_until(start + timeout)
-                core.probe_indirect(seq, trio.current_time())
-                await self._flush()
+                with trio.move_on_at(start + timeout):
+                    while not core.probe_acked(seq):
+                        self._ack_wakeup = trio.Event()
+                        await self._ack_wakeup.wait()
+                if not core.probe_acked(seq):
+                    core.probe_indirect(seq, trio.current_time())
+                    await self._flush()
             await trio.sleep_until(start + interval)
             if seq is not None:
                 core.finish_probe(seq, trio.current_time())
@@ -316,12 +325,20 @@ class Node:
     async def _timer_loop(self) -> None:
         core = self.core
         while True:
-            deadline = core.next_timer()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                await self._timer_wakeup.wait()
-            self._timer_wakeup = trio.Event()
-            core.run_timers(trio.current_time())
+            # _flush moves this scope's deadline when the core's timers change, which
+            # costs no wakeup (chores move theirs later every probe tick).
+            with trio.move_on_at(self._next_deadline()) as self._timer_scope:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            core.run_timers(now)
+            core.run_chores(now)
             await self._flush()
+
+    def _next_deadline(self) -> float:
+        core = self.core
+        deadline = core.next_timer()
+        chore = core.next_chore()
+        return chore if deadline is None else min(deadline, chore)
 
     async def _push_pull_loop(self) -> None:
         core = self.core
@@ -339,29 +356,24 @@ class Node:
     async def _seed_loop(self) -> None:
         # A node that knows nobody keeps knocking on its seeds, backing off up to
         # 30 s, so a cluster re-forms after every member restarted or a partition.
+        # It sleeps until it is alone (see _flush) instead of checking every period.
         core = self.core
         backoff = 1.0
         while True:
-            seeds = [s for s in self._seeds if s != core.address]
-            if seeds and core.n_live == 1 and not core.leaving:
-                try:
-                    await self.join(seeds)
-                    backoff = 1.0
-                except JoinError as exc:
-                    log.warning("%s: join failed: %s; retrying in %g s", self.name, exc,
-                                backoff)
-                    await trio.sleep(backoff)
-                    backoff = min(30.0, backoff * 2)
+            seeds = [s for s in core.seeds if s != core.address]
+            if not (seeds and core.n_live == 1 and not core.leaving):
+                self._seed_wakeup = trio.Event()
+                await self._seed_wakeup.wait()
+                continue
+            try:
+                await self.join(seeds)
+                backoff = 1.0
+            except JoinError as exc:
+                log.warning("%s: join failed: %s; retrying in %g s", self.name, exc,
+                            backoff)
+                await trio.sleep(backoff)
+                backoff = min(30.0, backoff * 2)
             await trio.sleep(self.config.probe_interval)
-
-    async def _anti_entropy_loop(self) -> None:
-        core = self.core
-        interval = self.config.state_gossip_interval
-        await trio.sleep(self._rng.uniform(0, interval))
-        while True:
-            core.anti_entropy(trio.current_time(), self._seeds)
-            await self._flush()
-            await trio.sleep(interval)
 
     async def _seed_source_loop(self, source: SeedSource) -> None:
         static = list(self.config.seeds)
@@ -371,13 +383,9 @@ class Node:
             except SeedSourceError as exc:
                 log.warning("%s: seed source: %s", self.name, exc)
             else:
-                self._seeds = list(dict.fromkeys(static + found))
+                self.core.seeds = list(dict.fromkeys(static + found))
+                self._seed_wakeup.set()
             await trio.sleep(self.config.seed_refresh_interval)
-
-    async def _reaper_loop(self) -> None:
-        while True:
-            await trio.sleep(max(1.0, self.config.dead_reclaim_time / 10))
-            self.core.reap(trio.current_time())
 
     # ----- plumbing ------------------------------------------------------------------
 
@@ -411,7 +419,12 @@ class Node:
         out, events = core.take_output()
         if core.timer_changed:
             core.timer_changed = False
-            self._timer_wakeup.set()
+            self._timer_scope.deadline = self._next_deadline()
+        if core.acks_received != self._seen_acks:
+            self._seen_acks = core.acks_received
+            self._ack_wakeup.set()
+        if core.n_live == 1 and core.seeds:
+            self._seed_wakeup.set()
         if core.broadcasts:
             self._gossip_wakeup.set()
         if core.join_replies != self._seen_join_replies:
