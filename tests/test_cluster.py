@@ -90,6 +90,26 @@ async def test_leave_is_seen_as_left_not_failed(mock_clock: trio.testing.MockClo
         assert len(cluster.events_of("left", "n3")) == 4
 
 
+async def test_fresh_news_does_not_wait_out_the_gossip_interval(
+        mock_clock: trio.testing.MockClock) -> None:
+    """Two leaves 50 ms apart: every node is still in the gossip interval that
+    forwarded the first when the second arrives, and the second's news must not wait
+    for it to end at each hop (a quarter interval at most)."""
+    async with open_sim_cluster(16, seed=6, gossip_interval=1.0) as cluster:
+        assert await cluster.wait_for(cluster.converged, timeout=30) is not None
+        await trio.sleep(30)  # the join news has run out
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cluster.nodes["n3"].leave)
+            await trio.sleep(0.05)
+            nursery.start_soon(cluster.nodes["n7"].leave)
+            took = await cluster.wait_for(
+                lambda: all(cluster.view(o)["n7"] is LEFT for o in cluster.nodes
+                            if o not in ("n3", "n7")), timeout=10, step=0.01)
+            assert took is not None
+        # A hop or two reach 16 members; waiting out the interval would take 1 s.
+        assert took <= 0.5
+
+
 async def test_restarted_node_rejoins(mock_clock: trio.testing.MockClock) -> None:
     async with open_sim_cluster(4, seed=5) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=10) is not None

@@ -63,3 +63,23 @@ async def test_idle_nodes_wake_once_a_period(mock_clock: trio.testing.MockClock)
             assert 0.95 <= rounds <= 1.05
             syncs = (new.get("sent_sync", 0) - old.get("sent_sync", 0)) / window
             assert sent - syncs <= 2.05
+
+
+async def test_a_lone_node_does_not_spin_on_news_nobody_can_hear(
+        mock_clock: trio.testing.MockClock) -> None:
+    # Its own `alive` news stays queued while it knows nobody; the gossip task must
+    # sleep rather than retry every interval.
+    async with open_sim_cluster(1, seed=3) as cluster:
+        node = cluster.nodes["n0"]
+        await trio.sleep(1)
+        assert node.core.broadcasts
+        log = WakeupLog()
+        trio.lowlevel.add_instrument(log)
+        try:
+            await trio.sleep(30)
+        finally:
+            trio.lowlevel.remove_instrument(log)
+        own = log.own_wakeups(node)
+        assert not any("_gossip_loop" in names for names in own)
+        # The probe tick, and the anti-entropy chore (which may find the dead to sync).
+        assert len(own) <= 2 * 30 + 1

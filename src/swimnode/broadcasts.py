@@ -106,6 +106,11 @@ class BroadcastQueue:
                 del self._items[item.key]
         return out
 
+    @property
+    def fresh(self) -> bool:
+        """Whether some queued news has not been sent at all yet."""
+        return 0 in self._levels
+
     def pending(self, key: BroadcastKey) -> bool:
         """Whether news about `key` is still queued."""
         return key in self._items

@@ -411,6 +411,12 @@ class SwimCore:
         if self.leaving:
             return None
         target = self._next_probe_target()
+        # Chores nearly due run now, on this wakeup, even with nobody to probe; the
+        # state round's opening message rides in the ping's datagram, so idle nodes
+        # trade one packet a period instead of two.
+        syn = self._state_round(now, target) if self._state_chore.ripe(now) else None
+        if self._reap_chore.ripe(now):
+            self._reap(now)
         if target is None:
             return None
         seq = self._next_seq()
@@ -422,15 +428,8 @@ class SwimCore:
             # instead of waiting for the rumour to reach it. It goes first so the
             # refutation is already queued when the ack is built, and rides on it.
             parts.insert(0, self._suspect_message(target))
-        # Chores nearly due run now, on this wakeup; the state round's opening
-        # message rides in the ping's datagram, so idle nodes trade one packet a
-        # period instead of two.
-        if self._state_chore.ripe(now):
-            syn = self._state_round(now, target)
-            if syn is not None:
-                parts.append(syn)
-        if self._reap_chore.ripe(now):
-            self._reap(now)
+        if syn is not None:
+            parts.append(syn)
         self.stats["probes"] += 1
         self._send(target.address, parts)
         return seq

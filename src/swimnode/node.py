@@ -14,6 +14,7 @@ the probe tick.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -75,6 +76,7 @@ class Node:
         self._hub = EventHub(config.event_buffer)
         self._timer_scope = trio.CancelScope()
         self._gossip_wakeup = trio.Event()
+        self._gossip_wants_fresh = False
         self._seed_wakeup = trio.Event()
         self._ack_wakeup = trio.Event()
         self._seen_acks = 0
@@ -313,14 +315,30 @@ class Node:
         interval = self.config.gossip_interval
         await trio.sleep(self._rng.uniform(0, interval))
         while True:
-            if not core.broadcasts:
-                # Nothing to spread: sleep until news is queued rather than waking
-                # every interval for nothing (it adds up over a thousand nodes).
+            # Nothing to spread, or nobody to tell: sleep until that changes rather
+            # than waking every interval for nothing.
+            await self._gossip_when(fresh=False, deadline=math.inf)
+            started = trio.current_time()
+            core.gossip(started)
+            await self._flush()
+            # News nobody has been sent yet cuts the wait for the next round short
+            # (to a quarter interval), so it crosses the cluster without waiting up
+            # to a whole interval at every hop; repeats keep the interval.
+            await trio.sleep(interval / 4)
+            await self._gossip_when(fresh=True, deadline=started + interval)
+
+    async def _gossip_when(self, *, fresh: bool, deadline: float) -> None:
+        self._gossip_wants_fresh = fresh
+        with trio.move_on_at(deadline):
+            while not self._gossip_ready():
                 self._gossip_wakeup = trio.Event()
                 await self._gossip_wakeup.wait()
-            core.gossip(trio.current_time())
-            await self._flush()
-            await trio.sleep(interval)
+
+    def _gossip_ready(self) -> bool:
+        core = self.core
+        if core.n_live == 1:
+            return False
+        return core.broadcasts.fresh if self._gossip_wants_fresh else bool(core.broadcasts)
 
     async def _timer_loop(self) -> None:
         core = self.core
@@ -425,7 +443,7 @@ class Node:
             self._ack_wakeup.set()
         if core.n_live == 1 and core.seeds:
             self._seed_wakeup.set()
-        if core.broadcasts:
+        if self._gossip_ready():
             self._gossip_wakeup.set()
         if core.join_replies != self._seen_join_replies:
             self._seen_join_replies = core.join_replies
