@@ -772,3 +772,32 @@ def test_member_revived_mid_pass_is_not_probed_twice_in_that_pass() -> None:
         if sorted(seen) != names:
             doubled.append((seed, seen))
     assert doubled == []
+
+
+def test_seed_contact_compares_membership_views() -> None:
+    (a, b), _ = cluster("ab")
+    (c,), _ = cluster("c")
+    assert a.members_fingerprint() == b.members_fingerprint()
+    assert a.members_fingerprint() != c.members_fingerprint()
+    for core in (a, b, c):
+        core.take_output()
+    # Agreeing views: nothing comes back (equal state summaries, too).
+    a.handle_packet(b.address, pkt(StateSyn("b", b.state.summary, b.members_fingerprint())),
+                    False, 1.0)
+    assert a.take_output()[0] == []
+    # A plain state round (no membership fingerprint) never starts a push-pull.
+    a.handle_packet(c.address, pkt(StateSyn("c", c.state.summary)), False, 1.0)
+    assert a.take_output()[0] == []
+    # A member of another cluster: the seed pushes its view, the sender pushes back.
+    a.handle_packet(c.address, pkt(StateSyn("c", c.state.summary, c.members_fingerprint())),
+                    False, 1.0)
+    out, _ = a.take_output()
+    assert [(dest, reliable) for dest, _, reliable in out] == [(c.address, True)]
+    [sync] = decode_packet(out[0][1])
+    assert isinstance(sync, Sync) and not sync.reply
+    assert a.stats["membership_mismatches"] == 1
+    net = Net([a, b, c])
+    net.run(1.0, pending=[(a.address, c.address, out[0][1], True)])
+    net.run(1.1)
+    assert {m.name for m in c.members()} == {"a", "b", "c"}
+    assert "c" in {m.name for m in a.members()}

@@ -47,6 +47,7 @@ async def test_idle_nodes_wake_once_a_period(mock_clock: trio.testing.MockClock)
             await trio.sleep(window)
         finally:
             trio.lowlevel.remove_instrument(log)
+        total_contacts = 0.0
         for node, old in zip(nodes, before, strict=True):
             own = log.own_wakeups(node)
             # The probe tick (1 s in the lan profile) and, every half minute or so, a
@@ -59,10 +60,17 @@ async def test_idle_nodes_wake_once_a_period(mock_clock: trio.testing.MockClock)
             rounds = (new["state_rounds"] - old["state_rounds"]) / window
             sent = (new["packets_sent"] - old["packets_sent"]) / window
             # Still one state round a second, each inside a ping's datagram: a ping
-            # and an ack per period, besides the push-pulls over streams.
+            # and an ack per period, besides seed contacts and push-pulls.
             assert 0.95 <= rounds <= 1.05
             syncs = (new.get("sent_sync", 0) - old.get("sent_sync", 0)) / window
-            assert sent - syncs <= 2.05
+            contacts = (new.get("syncs_to_seeds", 0) - old.get("syncs_to_seeds", 0)) / window
+            assert sent - syncs - contacts <= 2.05
+            # Seed contacts are single datagrams while views agree; streams carry only
+            # the periodic push-pulls (one per member per 30 s, and the replies).
+            total_contacts += contacts
+            assert new.get("membership_mismatches", 0) == old.get("membership_mismatches", 0)
+            assert syncs <= 0.15
+        assert total_contacts > 0  # n0, the seed, is contacted by the others
 
 
 async def test_a_lone_node_does_not_spin_on_news_nobody_can_hear(

@@ -190,8 +190,8 @@ def _to_wire(msg: Message) -> list[Any]:
             return [_DEAD, name, inc, accuser]
         case Left(name, inc):
             return [_LEFT, name, inc]
-        case StateSyn(sender, summary):
-            return [_STATE_SYN, sender, summary]
+        case StateSyn(sender, summary, members):
+            return [_STATE_SYN, sender, summary, members]
         case StateDigests(sender, digests):
             return [_STATE_DIGESTS, sender, [_digest_to_wire(d) for d in digests]]
         case StateAck(sender, deltas, requests):
@@ -250,7 +250,7 @@ def _state(v: object) -> MemberState:
 
 
 _ARITY = {_PING: 4, _ACK: 3, _NACK: 3, _PING_REQ: 7, _ALIVE: 5, _SUSPECT: 4, _DEAD: 4, _LEFT: 3,
-          _SYNC: 4, _STATE_SYN: 3, _STATE_DIGESTS: 3, _STATE_ACK: 4, _QUERY: 8,
+          _SYNC: 4, _STATE_SYN: 4, _STATE_DIGESTS: 3, _STATE_ACK: 4, _QUERY: 8,
           _QUERY_RESPONSE: 4}
 
 
@@ -333,7 +333,7 @@ def _from_wire(item: object) -> Message:
     if tag == _LEFT:
         return Left(_name(item[1]), _uint(item[2]))
     if tag == _STATE_SYN:
-        return StateSyn(_name(item[1]), _uint(item[2]))
+        return StateSyn(_name(item[1]), _uint(item[2]), _uint(item[3]))
     if tag == _STATE_DIGESTS:
         return StateDigests(_name(item[1]), tuple(_digest(d) for d in _list(item[2])))
     if tag == _STATE_ACK:

@@ -11,6 +11,7 @@ the injected `random.Random`, so a seed reproduces a run.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import random
@@ -314,11 +315,16 @@ class SwimCore:
                                   min(timeout, _MAX_RELAY_TIMEOUT), now)
             case Alive() | Suspect() | Dead() | Left():
                 self._apply(msg, now)
-            case StateSyn(sender, summary):
+            case StateSyn(sender, summary, members):
                 if summary != self.state.summary and self._allow(source, now):
                     digests = StateDigests(self.name, tuple(self.state.digests()))
                     self._send(self._reply_address(sender, source),
                                [codec.encode_message(digests)])
+                if (members and members != self.members_fingerprint()
+                        and self._allow(source, now)):
+                    self.stats["membership_mismatches"] += 1
+                    self._send(self._reply_address(sender, source),
+                               [self._sync_message(reply=False, join=False)], reliable=True)
             case StateDigests(sender, digests):
                 they_lack, we_lack = self.state.compare(digests, accept=self._members)
                 deltas = self.state.deltas(they_lack, self.config.state_delta_budget)
@@ -588,8 +594,10 @@ class SwimCore:
         whose opening StateSyn is returned for the caller to send (alone, or beside a
         ping); with probability `unreachable / (live + 1)` a full membership push-pull
         with a dead member, so partitions heal; and, after a round with a non-seed, a
-        push-pull with a random seed with probability `seeds / (live + unreachable)`,
-        so logical partitions merge."""
+        state round with a random seed with probability `seeds / (live + unreachable)`
+        which also compares membership views and, where they differ, leads to a
+        push-pull, so logical partitions merge (an agreeing seed costs one datagram,
+        not two full-state streams)."""
         self._state_chore.done(now)
         self.timer_changed = True
         syn = None
@@ -607,8 +615,18 @@ class SwimCore:
                 and self.rng.random() < len(others) / (live + len(dead))):
             self.stats["syncs_to_seeds"] += 1
             seed = self.rng.choice(others)
-            self._send(seed, [self._sync_message(reply=False, join=False)], reliable=True)
+            self._send(seed, [codec.encode_message(StateSyn(self.name, self.state.summary,
+                                                            self.members_fingerprint()))])
         return syn
+
+    def members_fingerprint(self) -> int:
+        """A 64-bit fingerprint of our membership view (every record's name,
+        incarnation and state); never 0. Equal views give equal fingerprints."""
+        fingerprint = 0
+        for m in self._members.values():
+            raw = f"{m.name}\0{m.incarnation}\0{m.state.value}".encode()
+            fingerprint ^= int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+        return fingerprint or 1
 
     # ----- queries -----------------------------------------------------------------
 

@@ -109,10 +109,16 @@ class Sync:
 @dataclass(frozen=True, slots=True)
 class StateSyn:
     """Opens an anti-entropy round: the fingerprint of the sender's state digests.
-    A receiver whose fingerprint differs answers with `StateDigests`."""
+    A receiver whose fingerprint differs answers with `StateDigests`.
+
+    `members`, when not 0, is the fingerprint of the sender's membership view (sent to
+    seeds): a receiver whose view differs pushes its full membership to the sender,
+    which pushes back (a push-pull), so logical partitions merge.
+    """
 
     sender: str
     summary: int
+    members: int = 0
 
 
 @dataclass(frozen=True, slots=True)
