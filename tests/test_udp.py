@@ -258,6 +258,21 @@ async def test_send_errors_are_counted_not_raised() -> None:
         assert a.stats["send_errors"] == 3
 
 
+async def test_full_send_buffer_drops_the_datagram() -> None:
+    class Full:
+        def sendto(self, data: bytes, address: object) -> int:
+            raise BlockingIOError
+
+    async with open_udp_transport(LOCAL) as a:
+        real, a._udp_raw = a._udp_raw, Full()  # type: ignore[assignment]
+        try:
+            await a.send(("127.0.0.1", 7946), b"no room")
+        finally:
+            a._udp_raw = real
+        assert a.stats["send_buffer_full"] == 1
+        assert a.stats["send_errors"] == 0
+
+
 async def test_silent_client_is_cut_off_and_slot_freed() -> None:
     async with open_udp_transport(LOCAL, stream_timeout=0.5) as t:
         with trio.fail_after(WAIT):

@@ -132,7 +132,7 @@ class UdpTransport:
 
     def __init__(
         self,
-        udp_socket: trio.socket.SocketType,
+        udp_socket: stdlib_socket.socket,
         tcp_socket: trio.socket.SocketType,
         local_address: Address,
         *,
@@ -143,7 +143,11 @@ class UdpTransport:
         receive_queue: int,
     ) -> None:
         self.stats = collections.Counter()
-        self._udp = udp_socket
+        # Datagrams go out straight through the non-blocking socket: a send never
+        # needs to wait, and Trio's path (address resolution, a checkpoint and a
+        # reschedule per datagram) is a large share of an idle node's CPU.
+        self._udp_raw = udp_socket
+        self._udp = trio.socket.from_stdlib_socket(udp_socket)
         self._tcp = tcp_socket
         self._listener = trio.SocketListener(tcp_socket)
         self._local_address = local_address
@@ -168,27 +172,30 @@ class UdpTransport:
         return self._local_address
 
     async def send(self, dest: Address, data: bytes) -> None:
-        """Send one datagram, best effort.
+        """Send one datagram, best effort, without waiting (and without yielding
+        to other tasks).
 
         Never raises for network conditions: a datagram over `max_datagram`
         bytes, a destination host that is not an IP literal (no DNS lookups
-        happen here) or an error from the OS drops the datagram and is counted
-        in `stats`. Raises `trio.ClosedResourceError` after `aclose()`.
+        happen here), a full socket send buffer (`send_buffer_full`) or another
+        error from the OS drops the datagram and is counted in `stats`, as the
+        network itself might drop it. Raises `trio.ClosedResourceError` after
+        `aclose()`.
         """
         if self._closed:
             raise trio.ClosedResourceError("transport is closed")
         if len(data) > self._max_datagram:
             self.stats["oversize_dropped"] += 1
-            await trio.lowlevel.checkpoint()
             return
         host = _ip_literal(dest[0]) if isinstance(dest[0], str) else None
         if host is None:
             self.stats["send_errors"] += 1
             logger.debug("dropping datagram to %r: host is not an IP literal", dest)
-            await trio.lowlevel.checkpoint()
             return
         try:
-            await self._udp.sendto(data, (host, dest[1]))
+            self._udp_raw.sendto(data, (host, dest[1]))
+        except BlockingIOError:
+            self.stats["send_buffer_full"] += 1
         # ValueError/OverflowError/TypeError: a malformed port, which may have
         # come from a peer's gossip and so must not crash the caller.
         except (OSError, ValueError, OverflowError, TypeError) as exc:
@@ -437,8 +444,9 @@ async def _resolve_bind_host(bind: Address) -> tuple[stdlib_socket.AddressFamily
 
 async def _bind_sockets(
     bind: Address,
-) -> tuple[trio.socket.SocketType, trio.socket.SocketType, Address]:
-    """Bind UDP, then TCP on the same port; returns both and the bound address."""
+) -> tuple[stdlib_socket.socket, trio.socket.SocketType, Address]:
+    """Bind UDP, then TCP on the same port; returns both (UDP as a non-blocking
+    stdlib socket, see `UdpTransport.send`) and the bound address."""
     port = bind[1]
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise TransportError(f"cannot bind {format_address(bind)}: port out of range")
@@ -474,7 +482,11 @@ async def _bind_sockets(
             raise TransportError(
                 f"cannot bind {format_address(shown)}: {_describe(exc)} (tcp)", exc.errno
             ) from exc
-        return udp, tcp, (str(bound_host), int(bound_port))
+        # Made through Trio so a custom socket factory sees it; used as a plain
+        # non-blocking socket from here on (see `UdpTransport.send`).
+        raw = stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM, fileno=udp.detach())
+        raw.setblocking(False)
+        return raw, tcp, (str(bound_host), int(bound_port))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
