@@ -622,9 +622,26 @@ def test_chores_run_on_their_own_when_no_probe_comes() -> None:
 # ----- leave / reap -------------------------------------------------------------------
 
 
+def test_leave_tells_every_live_member_directly() -> None:
+    (a, b, c, _), _ = cluster("abcd")
+    feed(a, Dead("d", 0, "b"), now=1.0)
+    a.take_output()
+    a.leave(5.0)
+    out, _ = a.take_output()
+    direct = {dest: decode_packet(data) for dest, data, reliable in out if not reliable}
+    assert direct == {b.address: [Left("a", 0)], c.address: [Left("a", 0)]}
+    # The gossip still has its whole transmit count to cover lost datagrams.
+    assert a.broadcasts.pending("a")
+    limit = 4 * math.ceil(math.log10(a.n_live + 1))
+    left = encode_message(Left("a", 0))
+    sent = sum(a.broadcasts.take(1 << 20, a.n_live).count(left) for _ in range(2 * limit))
+    assert sent == limit
+
+
 def test_leave_broadcasts_left_until_retransmit_limit() -> None:
     (a, b), net = cluster("ab")
     a.leave(5.0)
+    a.take_output()  # the direct datagram to b
     assert a.leaving
     assert a.local_member.state is LEFT
     assert a.leave_pending()

@@ -16,7 +16,7 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from . import codec
@@ -100,6 +100,9 @@ class _NameSet:
 
     def __contains__(self, name: object) -> bool:
         return name in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
 
     def add(self, name: str) -> None:
         if name not in self._index:
@@ -695,13 +698,20 @@ class SwimCore:
     # ----- leave -------------------------------------------------------------------
 
     def leave(self, now: float) -> None:
-        """Start a graceful leave: stop probing and broadcast a `Left` about us."""
+        """Start a graceful leave: stop probing, tell every live member directly with
+        one datagram each, and broadcast a `Left` about us."""
         if self.leaving:
             return
         self.leaving = True
         me = self.local_member
         self._members[self.name] = replace(me, state=LEFT, state_changed_at=now)
         self._queue_news(Left(self.name, self.incarnation))
+        # Gossip alone leaves a member that every round happened to miss waiting for
+        # a push-pull; a datagram to each is cheap once, and the gossip, which
+        # keeps its full transmit count, covers the ones lost.
+        left = codec.encode_message(Left(self.name, self.incarnation))
+        for name in self._peers:
+            self._send(self._members[name].address, [left], piggyback=False)
 
     def leave_pending(self) -> bool:
         """True while our `Left` broadcast still has transmissions to go."""
@@ -892,13 +902,14 @@ class SwimCore:
 
     # ----- output ------------------------------------------------------------------
 
-    def _send(self, dest: Address, parts: list[bytes], *, reliable: bool = False) -> None:
+    def _send(self, dest: Address, parts: list[bytes], *, reliable: bool = False,
+              piggyback: bool = True) -> None:
         if not reliable:
             used = sum(len(p) for p in parts)
             if used + codec.packet_overhead(len(parts)) > self.payload_budget:
                 # Never an oversized datagram: the stream carries it whole.
                 reliable = True
-        if not reliable:
+        if not reliable and piggyback:
             # Reserve the larger array header up front; piggyback what fits.
             budget = self.payload_budget - used - codec.packet_overhead(16)
             room = codec.MAX_MESSAGES_PER_PACKET - len(parts)
