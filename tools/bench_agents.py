@@ -38,6 +38,9 @@ from swimnode.rpc import call
 
 METRICS = ("start_s", "join_s", "join_from_spawn_s", "detect_first_s", "detect_all_s",
            "leave_s", "cpu_ms_per_s", "rss_mib")
+FALSE_SUSPICIONS = "false_suspicions"
+"""Suspicions raised while every member was alive (joining and idle); reported
+where the implementation counts them (swimnode), summed over agents."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -54,6 +57,9 @@ class Agent(Protocol):
 
     def leave(self) -> None:
         """Ask the agent to leave gracefully."""
+
+    def suspicions(self) -> int | None:
+        """Suspicions this agent has raised so far, or None if it does not say."""
 
 
 class Cluster(Protocol):
@@ -82,6 +88,10 @@ class SwimAgent:
 
     def leave(self) -> None:
         call(self.cluster.agents[self.name].rpc, "leave", timeout=30)
+
+    def suspicions(self) -> int:
+        stats = call(self.cluster.agents[self.name].rpc, "stats", timeout=10)["stats"]
+        return int(stats.get("suspicions_raised", 0))
 
 
 class SwimCluster:
@@ -129,6 +139,9 @@ class SerfAgent:
 
     def leave(self) -> None:
         self._serf("leave")
+
+    def suspicions(self) -> None:
+        return None  # Serf does not report memberlist's suspicions
 
 
 class SerfCluster:
@@ -244,6 +257,9 @@ def run_trial(make: Callable[[], Cluster], nodes: int, profile: Profile, idle: f
         trial.values["cpu_ms_per_s"] = statistics.median(
             (cpu_seconds(a.pid) - before[a.name]) * 1000 / idle for a in agents)
         trial.values["rss_mib"] = statistics.median(rss_mib(a.pid) for a in agents)
+        raised = [a.suspicions() for a in agents]
+        if all(r is not None for r in raised):
+            trial.values[FALSE_SUSPICIONS] = sum(r for r in raised if r is not None)
 
         victim, survivors = agents[-1], agents[:-1]
         cluster.kill(victim)
@@ -274,16 +290,23 @@ def run_trial(make: Callable[[], Cluster], nodes: int, profile: Profile, idle: f
 
 
 def medians(trials: list[Trial]) -> dict[str, float]:
-    return {k: round(statistics.median(t.values[k] for t in trials), 3) for k in METRICS}
+    """Medians of the metrics, and false suspicions summed over the trials."""
+    out = {k: round(statistics.median(t.values[k] for t in trials), 3) for k in METRICS}
+    if all(FALSE_SUSPICIONS in t.values for t in trials):
+        out[FALSE_SUSPICIONS] = sum(t.values[FALSE_SUSPICIONS] for t in trials)
+    return out
 
 
 def print_table(label: str, trials: list[Trial]) -> None:
     print(f"{label:<10} {'trial':>5} " + " ".join(f"{k:>15}" for k in METRICS))
     for i, t in enumerate(trials, 1):
         print(f"{label:<10} {i:>5} " + " ".join(f"{t.values[k]:>15.3f}" for k in METRICS))
+    m = medians(trials)
     if len(trials) > 1:
-        m = medians(trials)
         print(f"{label:<10} {'med':>5} " + " ".join(f"{m[k]:>15.3f}" for k in METRICS))
+    if FALSE_SUSPICIONS in m:
+        print(f"{label:<10} false suspicions while all were alive (all trials): "
+              f"{m[FALSE_SUSPICIONS]:g}")
 
 
 def bench(label: str, make: Callable[[], Cluster], args: argparse.Namespace) -> dict[str, float]:
