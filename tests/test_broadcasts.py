@@ -142,3 +142,17 @@ def test_budget_respected(sizes: list[int], budget: int, overhead: int) -> None:
     assert len(set(picked)) == len(picked)  # no item twice in one take
     if sizes and budget >= max(sizes) + overhead:
         assert picked  # something always fits when the largest item does
+
+
+def test_size_and_freshness_follow_the_queue() -> None:
+    q = BroadcastQueue(retransmit_mult=1)  # limit 1 for 1..9 members
+    assert q.size == 0 and not q.fresh
+    q.queue("a", b"xxxx")
+    q.queue("b", b"yy", transmits=1)  # not fresh: counted as sent once already
+    assert q.size == 6 and q.fresh
+    q.queue("a", b"zzz")  # replaces the older news about a
+    assert q.size == 5
+    q.discard("b")
+    assert q.size == 3
+    assert q.take(BIG, 5) == [b"zzz"]  # its one transmission: gone
+    assert q.size == 0 and not q.fresh

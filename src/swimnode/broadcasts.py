@@ -41,6 +41,8 @@ class BroadcastQueue:
     def __init__(self, retransmit_mult: int) -> None:
         self._mult = retransmit_mult
         self._items: dict[BroadcastKey, _Item] = {}
+        self.size = 0
+        """Bytes of news queued."""
         # transmit count -> items with that count, in queuing order
         self._levels: dict[int, dict[BroadcastKey, _Item]] = {}
 
@@ -54,12 +56,14 @@ class BroadcastQueue:
         item = _Item(key, data, transmits)
         self._items[key] = item
         self._levels.setdefault(transmits, {})[key] = item
+        self.size += len(data)
 
     def discard(self, key: BroadcastKey) -> None:
         """Forget queued news about `key`, if any."""
         old = self._items.pop(key, None)
         if old is not None:
             self._unlevel(old)
+            self.size -= len(old.data)
 
     def _unlevel(self, item: _Item) -> None:
         level = self._levels[item.transmits]
@@ -104,6 +108,7 @@ class BroadcastQueue:
                 self._levels.setdefault(item.transmits, {})[item.key] = item
             else:
                 del self._items[item.key]
+                self.size -= len(item.data)
         return out
 
     @property

@@ -323,7 +323,9 @@ class Node:
             await self._flush()
             # News nobody has been sent yet cuts the wait for the next round short
             # (to a quarter interval), so it crosses the cluster without waiting up
-            # to a whole interval at every hop; repeats keep the interval.
+            # to a whole interval at every hop; repeats keep the interval. Not when
+            # the queue overflows a datagram (a storm of joins): early rounds would
+            # only split the same news over more packets.
             await trio.sleep(interval / 4)
             await self._gossip_when(fresh=True, deadline=started + interval)
 
@@ -338,7 +340,10 @@ class Node:
         core = self.core
         if core.n_live == 1:
             return False
-        return core.broadcasts.fresh if self._gossip_wants_fresh else bool(core.broadcasts)
+        broadcasts = core.broadcasts
+        if self._gossip_wants_fresh:
+            return broadcasts.fresh and broadcasts.size <= core.payload_budget
+        return bool(broadcasts)
 
     async def _timer_loop(self) -> None:
         core = self.core
