@@ -314,6 +314,7 @@ class Node:
         core = self.core
         interval = self.config.gossip_interval
         await trio.sleep(self._rng.uniform(0, interval))
+        early = False
         while True:
             # Nothing to spread, or nobody to tell: sleep until that changes rather
             # than waking every interval for nothing.
@@ -321,13 +322,20 @@ class Node:
             started = trio.current_time()
             core.gossip(started)
             await self._flush()
+            if early:
+                # At most one early round between regular ones, so a storm of news
+                # costs at most twice the packets instead of four times.
+                early = False
+                await trio.sleep_until(started + interval)
+                continue
             # News nobody has been sent yet cuts the wait for the next round short
             # (to a quarter interval), so it crosses the cluster without waiting up
             # to a whole interval at every hop; repeats keep the interval. Not when
-            # the queue overflows a datagram (a storm of joins): early rounds would
-            # only split the same news over more packets.
+            # the queue overflows a datagram: early rounds would only split the
+            # same news over more packets.
             await trio.sleep(interval / 4)
             await self._gossip_when(fresh=True, deadline=started + interval)
+            early = trio.current_time() < started + interval
 
     async def _gossip_when(self, *, fresh: bool, deadline: float) -> None:
         self._gossip_wants_fresh = fresh
