@@ -534,8 +534,12 @@ class SwimCore:
 
     def sync_target(self) -> Address | None:
         """A random live member for a periodic push-pull, or None."""
+        peer = self._random_peer()
+        return peer.address if peer is not None else None
+
+    def _random_peer(self) -> Member | None:
         picked = self._peers.sample(self.rng, 1)
-        return self._members[picked[0]].address if picked else None
+        return self._members[picked[0]] if picked else None
 
     def sync_packet(self, *, join: bool) -> bytes:
         """Our full state, to push to a seed or a random member over a stream."""
@@ -705,11 +709,10 @@ class SwimCore:
         self.leaving = True
         me = self.local_member
         self._members[self.name] = replace(me, state=LEFT, state_changed_at=now)
-        self._queue_news(Left(self.name, self.incarnation))
+        left = self._queue_news(Left(self.name, self.incarnation))
         # Gossip alone leaves a member that every round happened to miss waiting for
         # a push-pull; a datagram to each is cheap once, and the gossip, which
         # keeps its full transmit count, covers the ones lost.
-        left = codec.encode_message(Left(self.name, self.incarnation))
         for name in self._peers:
             self._send(self._members[name].address, [left], piggyback=False)
 
@@ -749,8 +752,7 @@ class SwimCore:
         """Run the chores no probe tick took care of in time: an anti-entropy round
         with a random live member, and reaping."""
         if now >= self._state_chore.deadline:
-            picked = self._peers.sample(self.rng, 1)
-            peer = self._members[picked[0]] if picked else None
+            peer = self._random_peer()
             syn = self._state_round(now, peer)
             if peer is not None and syn is not None:
                 self._send(peer.address, [syn])
@@ -887,10 +889,12 @@ class SwimCore:
     def _suspect_message(self, member: Member) -> bytes:
         return codec.encode_message(Suspect(member.name, member.incarnation, self.name))
 
-    def _queue_news(self, news: MembershipNews, spent: int = 0) -> None:
+    def _queue_news(self, news: MembershipNews, spent: int = 0) -> bytes:
+        """Queue `news` for broadcast; returns its encoding."""
         data = codec.encode_message(news)
         self.broadcasts.queue(news.name, data, spent)
         self._remember_news(news.name, data)
+        return data
 
     def _remember_news(self, name: str, data: bytes | None) -> None:
         old = self._news_by_member.pop(name, None)
