@@ -580,7 +580,9 @@ def test_state_round_rides_on_the_ping_when_due() -> None:
     out, _ = a.take_output()
     [(dest, data, reliable)] = [o for o in out if not o[2]]
     assert not reliable
-    assert decode_packet(data) == [Ping(seq, dest[0], "a"), StateSyn("a", a.state.summary)]
+    # With no news in flight the round also carries the membership fingerprint.
+    assert decode_packet(data) == [Ping(seq, dest[0], "a"),
+                                   StateSyn("a", a.state.summary, a.members_fingerprint())]
     assert a.stats["state_rounds"] == rounds + 1
     assert a.timer_changed
     # Nothing is left for the timer: the next round is due on the grid at 7.0.
@@ -608,7 +610,8 @@ def test_chores_run_on_their_own_when_no_probe_comes() -> None:
         out += a.take_output()[0]
         if a.stats["state_rounds"]:
             break
-    # Alone in its datagram but for piggybacked news; no ping came with it.
+    # Alone in its datagram but for piggybacked news; no ping came with it. With
+    # news still in flight, no membership fingerprint: views differ for now.
     [syn] = [decode_packet(d) for dest, d, r in out if dest == b.address and not r]
     assert syn[0] == StateSyn("a", a.state.summary)
     assert not any(isinstance(m, Ping) for m in syn)
@@ -818,3 +821,56 @@ def test_seed_contact_compares_membership_views() -> None:
     net.run(1.1)
     assert {m.name for m in c.members()} == {"a", "b", "c"}
     assert "c" in {m.name for m in a.members()}
+
+
+def _state_round(core: SwimCore) -> None:
+    for _ in range(10):
+        core.run_chores(core.next_chore())
+        if core.stats["state_rounds"]:
+            return
+    raise AssertionError("no state round ran")
+
+
+def test_quiet_state_round_finds_a_member_that_missed_news() -> None:
+    (a, b), net = cluster("ab")
+    feed(a, Alive("m1", addr("m1"), 0), now=0.5)  # b's copy of this news was lost
+    for core in (a, b):
+        drain_broadcasts(core)
+        core.take_output()
+    assert b.member("m1") is None
+    # Both quiet: b's round carries its view's fingerprint, a's view differs, so a
+    # pushes its membership and b, pulling, learns of m1 (and pushes back).
+    _state_round(b)
+    net.run(1.0)
+    assert a.stats["membership_mismatches"] == 1
+    member = b.member("m1")
+    assert member is not None and member.state is ALIVE
+
+
+def test_differing_views_with_news_in_flight_start_no_push_pull() -> None:
+    (a, b), _ = cluster("ab")
+    for core in (a, b):
+        drain_broadcasts(core)
+        core.take_output()
+    feed(a, Alive("m1", addr("m1"), 0), now=0.5)  # queued: a is still spreading it
+    a.take_output()
+    assert a.broadcasts
+    a.handle_packet(b.address, pkt(StateSyn("b", b.state.summary, b.members_fingerprint())),
+                    False, 1.0)
+    assert a.take_output()[0] == []
+    assert a.stats["membership_mismatches"] == 0
+
+
+def test_fingerprint_tracks_live_members_only() -> None:
+    (a, _), _ = cluster("ab")
+    empty = a.members_fingerprint()
+    feed(a, Alive("m1", addr("m1"), 0), now=0.5)
+    with_m1 = a.members_fingerprint()
+    assert with_m1 != empty
+    feed(a, Suspect("m1", 0, "b"), now=0.6)
+    assert a.members_fingerprint() == with_m1  # suspect still counts as live
+    feed(a, Alive("m1", addr("m1"), 1), now=0.7)
+    assert a.members_fingerprint() not in (with_m1, empty)  # a newer incarnation
+    feed(a, Dead("m1", 1, "b"), now=0.8)
+    # Departed records do not count, so when each node forgets them cannot matter.
+    assert a.members_fingerprint() == empty

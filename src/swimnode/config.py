@@ -36,6 +36,9 @@ class Config:
     gossip_nodes: int = 3
     gossip_to_the_dead_time: float = 30.0
     push_pull_interval: float = 30.0
+    join_announce_nodes: int = 16
+    """Members a newcomer tells of itself directly once a seed has answered its join;
+    gossip tells the rest."""
     awareness_max_multiplier: int = 8
     dead_reclaim_time: float = 60.0
 
@@ -91,8 +94,9 @@ class Config:
                 raise ValueError(f"{key} must be > 0")
         if self.probe_timeout > self.probe_interval:
             raise ValueError("probe_timeout must not exceed probe_interval")
-        if self.indirect_checks < 0 or self.gossip_nodes < 0:
-            raise ValueError("indirect_checks and gossip_nodes must be >= 0")
+        if min(self.indirect_checks, self.gossip_nodes, self.join_announce_nodes) < 0:
+            raise ValueError("indirect_checks, gossip_nodes and join_announce_nodes "
+                             "must be >= 0")
         if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
             raise ValueError("suspicion_mult and suspicion_max_timeout_mult must be >= 1")
         if self.retransmit_mult < 1:

@@ -125,6 +125,40 @@ class _NameSet:
         return [p for p in picked if p not in exclude][:k]
 
 
+def _live_hash(member: Member) -> int:
+    """A member's share of the membership fingerprint: a hash of its name and
+    incarnation while it is alive or suspect, else 0 (so records of departed members,
+    which every node forgets at its own time, never make views differ)."""
+    if member.state is not ALIVE and member.state is not SUSPECT:
+        return 0
+    raw = f"{member.name}\0{member.incarnation}".encode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+
+
+class _MemberTable(dict[str, Member]):
+    """The member records, and the XOR of their `_live_hash`es kept up to date on
+    every write, so reading the membership fingerprint costs nothing. Only item
+    assignment and `del` are used on it; other mutators would bypass the fingerprint."""
+
+    __slots__ = ("fingerprint",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fingerprint = 0
+
+    def __setitem__(self, name: str, member: Member) -> None:
+        old = self.get(name)
+        if old is None:
+            self.fingerprint ^= _live_hash(member)
+        elif old.incarnation != member.incarnation or old.state is not member.state:
+            self.fingerprint ^= _live_hash(old) ^ _live_hash(member)
+        super().__setitem__(name, member)
+
+    def __delitem__(self, name: str) -> None:
+        self.fingerprint ^= _live_hash(self[name])
+        super().__delitem__(name)
+
+
 _MAX_RELAY_TIMEOUT = 30.0
 """Cap on the wait a ping-req may ask of a helper, so a forged one holds little."""
 
@@ -168,9 +202,8 @@ class SwimCore:
         self.seeds: list[Address] = list(config.seeds)
         """Where anti-entropy rounds look for seeds; the shell refreshes it."""
 
-        self._members: dict[str, Member] = {
-            self.name: Member(self.name, self.address, incarnation, ALIVE, now)
-        }
+        self._members = _MemberTable()
+        self._members[self.name] = Member(self.name, self.address, incarnation, ALIVE, now)
         self._peers = _NameSet()  # live members other than us
         self._departed: dict[str, float] = {}  # dead/left member -> when
         self._probe_order: list[str] = []
@@ -323,7 +356,10 @@ class SwimCore:
                     digests = StateDigests(self.name, tuple(self.state.digests()))
                     self._send(self._reply_address(sender, source),
                                [codec.encode_message(digests)])
+                # With news in flight, views differ for a while by design; a peer
+                # we do not hold as live, though, may be from another partition.
                 if (members and members != self.members_fingerprint()
+                        and (not self.broadcasts or sender not in self._peers)
                         and self._allow(source, now)):
                     self.stats["membership_mismatches"] += 1
                     self._send(self._reply_address(sender, source),
@@ -360,6 +396,7 @@ class SwimCore:
                 if reply:
                     if join:
                         self.join_replies += 1
+                        self._announce_join(records[0].name if records else "")
                 elif records and self._allow(source, now):
                     # The sender's own record comes first: answer at its address.
                     self._send(records[0].address, [self._sync_message(reply=True, join=join)],
@@ -552,6 +589,20 @@ class SwimCore:
                     for m in self._members.values() if m.name != self.name]
         return codec.encode_message(Sync(reply, join, tuple(records)))
 
+    def _announce_join(self, seed: str) -> None:
+        # Gossip from the seed alone reaches the last member only after log(N)
+        # rounds; telling up to `join_announce_nodes` members at once cuts that by
+        # log(k) rounds and, in a cluster no bigger than k + 1, to one datagram's
+        # latency. The cap keeps a join storm of a large cluster from costing O(N)
+        # datagrams per joiner; the gossip the seed started covers the rest.
+        if self.leaving:
+            return
+        alive = codec.encode_message(Alive(self.name, self.address, self.incarnation))
+        for name in self._peers.sample(self.rng, self.config.join_announce_nodes,
+                                       exclude=(seed,)):
+            self.stats["join_announcements"] += 1
+            self._send(self._members[name].address, [alive], piggyback=False)
+
     def _merge_sync(self, records: tuple[MemberRecord, ...], now: float, *,
                     old_news: bool = False) -> None:
         sender = records[0].name if records else ""
@@ -610,7 +661,12 @@ class SwimCore:
         syn = None
         if peer is not None:
             self.stats["state_rounds"] += 1
-            syn = codec.encode_message(StateSyn(self.name, self.state.summary))
+            # Once our news is all sent, our view should match everyone's: the
+            # fingerprint lets a peer that knows better find a member who missed
+            # some news (gossip reaches everyone only with high probability) long
+            # before the next push-pull.
+            members = 0 if self.broadcasts else self.members_fingerprint()
+            syn = codec.encode_message(StateSyn(self.name, self.state.summary, members))
         live = len(self._peers)
         dead = [n for n in self._departed if self._members[n].state is DEAD]
         if dead and self.rng.random() < len(dead) / (live + 1):
@@ -627,13 +683,9 @@ class SwimCore:
         return syn
 
     def members_fingerprint(self) -> int:
-        """A 64-bit fingerprint of our membership view (every record's name,
-        incarnation and state); never 0. Equal views give equal fingerprints."""
-        fingerprint = 0
-        for m in self._members.values():
-            raw = f"{m.name}\0{m.incarnation}\0{m.state.value}".encode()
-            fingerprint ^= int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
-        return fingerprint or 1
+        """A 64-bit fingerprint of our membership view: the name and incarnation of
+        every alive or suspect member; never 0. Equal views give equal fingerprints."""
+        return self._members.fingerprint or 1
 
     # ----- queries -----------------------------------------------------------------
 

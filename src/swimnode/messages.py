@@ -112,8 +112,9 @@ class StateSyn:
     A receiver whose fingerprint differs answers with `StateDigests`.
 
     `members`, when not 0, is the fingerprint of the sender's membership view (sent to
-    seeds): a receiver whose view differs pushes its full membership to the sender,
-    which pushes back (a push-pull), so logical partitions merge.
+    seeds, and in every round while the sender has no news in flight): a receiver
+    whose view differs pushes its full membership to the sender, which pushes back
+    (a push-pull), so logical partitions merge and members that missed news catch up.
     """
 
     sender: str
