@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from swimnode import rpc
+from swimnode import rpcclient
 from swimnode.keyring import generate_key
 from swimnode.localcluster import AgentProcess, LocalCluster
 
@@ -36,7 +36,7 @@ def rss_kib(pid: int) -> int:
 
 
 def stats(agent: AgentProcess) -> dict[str, int]:
-    return rpc.call(agent.rpc, "stats", timeout=5.0)["stats"]
+    return rpcclient.call(agent.rpc, "stats", timeout=5.0)["stats"]
 
 
 def flood_datagrams(port: int, count: int, seconds: float) -> int:
@@ -121,7 +121,7 @@ def test_garbage_flood_and_half_open_connections(tmp_path: Path) -> None:
             rpc_answers = 0
             while flood.is_alive():
                 # During the flood: the agent answers RPC and nobody is suspected.
-                assert rpc.members(target.rpc, timeout=5.0), "no RPC answer during flood"
+                assert rpcclient.members(target.rpc, timeout=5.0), "no RPC answer during flood"
                 rpc_answers += 1
                 assert nobody_suspected(cluster)
                 time.sleep(0.5)

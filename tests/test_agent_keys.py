@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from swimnode import rpc
+from swimnode import rpc, rpcclient
 from swimnode.agent import Agent
 from swimnode.agentconfig import UsageError, agent_parser, load_settings
 from swimnode.config import Config
@@ -124,7 +124,7 @@ async def test_keys_rpc_on_a_loopback_cluster() -> None:
 
         async def call(args: dict[str, object]) -> dict[str, object]:
             return await trio.to_thread.run_sync(
-                lambda: rpc.call(("127.0.0.1", ports[3]), "keys", args, timeout=STEP))
+                lambda: rpcclient.call(("127.0.0.1", ports[3]), "keys", args, timeout=STEP))
 
         listing = await call({"action": "list"})
         assert (listing["nodes"], listing["answered"], listing["failed"]) == (3, 3, {})
@@ -135,7 +135,7 @@ async def test_keys_rpc_on_a_loopback_cluster() -> None:
         refused = await call({"action": "remove", "key": old})
         assert set(refused["failed"]) == set(NAMES)
         assert "is the primary key" in next(iter(refused["failed"].values()))
-        with pytest.raises(rpc.RpcError, match="key is not valid base64") as info:
+        with pytest.raises(rpcclient.RpcError, match="key is not valid base64") as info:
             await call({"action": "use", "key": "not-a-key"})
         assert "not-a-key" not in str(info.value)
         stats = agents["n1"].stats()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import trio
 
-from swimnode import rpc
+from swimnode import rpc, rpcclient
 from swimnode.agent import Agent
 from swimnode.appstate import StateStore
 from swimnode.config import Config
@@ -71,14 +71,14 @@ async def serving(nursery: trio.Nursery, agent: FakeAgent) -> Address:
 
 
 def test_frames_round_trip() -> None:
-    frame = rpc.encode_frame({"command": "members", "n": 1})
+    frame = rpcclient.encode_frame({"command": "members", "n": 1})
     (size,) = struct.unpack(">I", frame[:4])
     assert size == len(frame) - 4
-    assert rpc.decode_body(frame[4:]) == {"command": "members", "n": 1}
-    with pytest.raises(rpc.RpcError):
-        rpc.decode_body(b"\xc1")
-    with pytest.raises(rpc.RpcError):
-        rpc.decode_body(rpc.encode_frame([1, 2])[4:])  # type: ignore[arg-type]
+    assert rpcclient.decode_body(frame[4:]) == {"command": "members", "n": 1}
+    with pytest.raises(rpcclient.RpcError):
+        rpcclient.decode_body(b"\xc1")
+    with pytest.raises(rpcclient.RpcError):
+        rpcclient.decode_body(rpcclient.encode_frame([1, 2])[4:])  # type: ignore[arg-type]
 
 
 def test_member_shape() -> None:
@@ -91,7 +91,7 @@ def test_member_shape() -> None:
     assert updated["changed_keys"] == ["raw", "role"]
     assert "changed_keys" not in rpc.event_to_dict(MemberFailed(B))
     # The whole shape survives the msgpack frame, bytes included.
-    assert rpc.decode_body(rpc.encode_frame(updated)[4:]) == updated
+    assert rpcclient.decode_body(rpcclient.encode_frame(updated)[4:]) == updated
 
 
 def test_ring_to_dict() -> None:
@@ -117,14 +117,14 @@ async def test_commands() -> None:
     with trio.fail_after(WAIT):
         async with trio.open_nursery() as nursery:
             address = await serving(nursery, agent)
-            listing = await trio.to_thread.run_sync(rpc.members, address)
+            listing = await trio.to_thread.run_sync(rpcclient.members, address)
             assert [m["name"] for m in listing] == ["a", "b"]
-            reply = await trio.to_thread.run_sync(rpc.call, address, "stats")
+            reply = await trio.to_thread.run_sync(rpcclient.call, address, "stats")
             assert reply["stats"] == {"probes": 7, "transport_send_errors": 1}
-            await trio.to_thread.run_sync(rpc.call, address, "leave")
+            await trio.to_thread.run_sync(rpcclient.call, address, "leave")
             assert (agent.left, agent.exit_requested) == (1, True)
-            with pytest.raises(rpc.RpcError, match="unknown command 'dance'"):
-                await trio.to_thread.run_sync(rpc.call, address, "dance")
+            with pytest.raises(rpcclient.RpcError, match="unknown command 'dance'"):
+                await trio.to_thread.run_sync(rpcclient.call, address, "dance")
             nursery.cancel_scope.cancel()
 
 
@@ -132,7 +132,7 @@ async def test_state_commands() -> None:
     agent = FakeAgent()
 
     async def call(command: str, **args: Any) -> dict[str, Any]:
-        return await trio.to_thread.run_sync(lambda: rpc.call(address, command, args))
+        return await trio.to_thread.run_sync(lambda: rpcclient.call(address, command, args))
 
     with trio.fail_after(WAIT):
         async with trio.open_nursery() as nursery:
@@ -155,15 +155,15 @@ async def test_state_commands() -> None:
             assert (await call("state_delete", key="role"))["deleted"] is False
             assert "role" not in (await call("state_list"))["state"]
             # Refusals come back as one-line errors.
-            with pytest.raises(rpc.RpcError, match="the limit is 4096"):
+            with pytest.raises(rpcclient.RpcError, match="the limit is 4096"):
                 await call("state_set", key="big", value="x" * 5000)
-            with pytest.raises(rpc.RpcError, match="no member named 'zz'"):
+            with pytest.raises(rpcclient.RpcError, match="no member named 'zz'"):
                 await call("state_get", key="role", member="zz")
-            with pytest.raises(rpc.RpcError, match="missing argument 'value'"):
+            with pytest.raises(rpcclient.RpcError, match="missing argument 'value'"):
                 await call("state_set", key="k")
-            with pytest.raises(rpc.RpcError, match="argument 'key' must be str"):
+            with pytest.raises(rpcclient.RpcError, match="argument 'key' must be str"):
                 await call("state_get", key=3)
-            with pytest.raises(rpc.RpcError, match="non-empty"):
+            with pytest.raises(rpcclient.RpcError, match="non-empty"):
                 await call("state_delete", key="")
             nursery.cancel_scope.cancel()
 
@@ -173,19 +173,19 @@ async def test_ring_command() -> None:
     with trio.fail_after(WAIT):
         async with trio.open_nursery() as nursery:
             address = await serving(nursery, agent)
-            reply = await trio.to_thread.run_sync(rpc.call, address, "ring")
+            reply = await trio.to_thread.run_sync(rpcclient.call, address, "ring")
             assert [m["name"] for m in reply["members"]] == ["a", "b"]
             assert sum(m["fraction"] for m in reply["members"]) == pytest.approx(1.0)
             assert {m["tokens"] for m in reply["members"]} == {100}
             agent.set_state("slots", [5])
             reply = await trio.to_thread.run_sync(
-                lambda: rpc.call(address, "ring", {"vnodes": 3, "tokens_key": "slots"}))
+                lambda: rpcclient.call(address, "ring", {"vnodes": 3, "tokens_key": "slots"}))
             rows = {m["name"]: m for m in reply["members"]}
             assert (rows["a"]["source"], rows["a"]["tokens"]) == ("advertised", 1)
             assert rows["b"]["tokens"] == 3
-            with pytest.raises(rpc.RpcError, match=r"vnodes must be 1\.\.4096"):
+            with pytest.raises(rpcclient.RpcError, match=r"vnodes must be 1\.\.4096"):
                 await trio.to_thread.run_sync(
-                    lambda: rpc.call(address, "ring", {"vnodes": 0}))
+                    lambda: rpcclient.call(address, "ring", {"vnodes": 0}))
             nursery.cancel_scope.cancel()
 
 
@@ -202,15 +202,15 @@ async def test_real_agent_serves_state_and_ring() -> None:
             nursery.start_soon(rpc.serve_rpc, listener, agent)
 
             def client() -> None:
-                rpc.call(address, "state_set", {"key": "zone", "value": "eu-1"})
-                assert rpc.call(address, "state_get", {"key": "zone"})["value"] == "eu-1"
-                [me] = rpc.members(address)
+                rpcclient.call(address, "state_set", {"key": "zone", "value": "eu-1"})
+                assert rpcclient.call(address, "state_get", {"key": "zone"})["value"] == "eu-1"
+                [me] = rpcclient.members(address)
                 assert me["app_state"] == {"zone": "eu-1"}
-                ring = rpc.call(address, "ring")
+                ring = rpcclient.call(address, "ring")
                 assert [(m["name"], m["fraction"]) for m in ring["members"]] == [("solo", 1.0)]
-                assert rpc.call(address, "state_delete", {"key": "zone"})["deleted"] is True
-                with pytest.raises(rpc.RpcError, match="longer than 128 bytes"):
-                    rpc.call(address, "state_set", {"key": "k" * 200, "value": 1})
+                assert rpcclient.call(address, "state_delete", {"key": "zone"})["deleted"] is True
+                with pytest.raises(rpcclient.RpcError, match="longer than 128 bytes"):
+                    rpcclient.call(address, "state_set", {"key": "k" * 200, "value": 1})
 
             await trio.to_thread.run_sync(client)
             assert node.local_member.app_state == {}
@@ -218,10 +218,10 @@ async def test_real_agent_serves_state_and_ring() -> None:
 
 
 def test_request_too_large_is_refused_before_sending() -> None:
-    with pytest.raises(rpc.RpcError, match="over the 65536 byte limit"):
-        rpc.call(("127.0.0.1", 1), "state_set", {"key": "k", "value": "x" * 70000})
-    with pytest.raises(rpc.RpcError, match="cannot encode"):
-        rpc.call(("127.0.0.1", 1), "state_set", {"key": "k", "value": object()})
+    with pytest.raises(rpcclient.RpcError, match="over the 65536 byte limit"):
+        rpcclient.call(("127.0.0.1", 1), "state_set", {"key": "k", "value": "x" * 70000})
+    with pytest.raises(rpcclient.RpcError, match="cannot encode"):
+        rpcclient.call(("127.0.0.1", 1), "state_set", {"key": "k", "value": object()})
 
 
 async def test_monitor_streams_snapshot_then_events() -> None:
@@ -232,7 +232,7 @@ async def test_monitor_streams_snapshot_then_events() -> None:
             address = await serving(nursery, agent)
 
             def consume() -> None:
-                for frame in rpc.monitor(address):
+                for frame in rpcclient.monitor(address):
                     frames.append(frame)
                     if frame["event"] == "failed":
                         return
@@ -265,7 +265,7 @@ async def test_bad_request_gets_an_error_reply() -> None:
                     return s.recv(4096)
 
             reply = await trio.to_thread.run_sync(send_oversize)
-            assert rpc.decode_body(reply[4:])["ok"] is False
+            assert rpcclient.decode_body(reply[4:])["ok"] is False
             nursery.cancel_scope.cancel()
 
 
@@ -273,7 +273,7 @@ def test_unreachable_agent_is_one_line() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(rpc.RpcError) as info:
-        rpc.call(("127.0.0.1", port), "members", timeout=2)
+    with pytest.raises(rpcclient.RpcError) as info:
+        rpcclient.call(("127.0.0.1", port), "members", timeout=2)
     assert str(info.value) == (f"cannot reach the agent at 127.0.0.1:{port}: connection "
                                "refused (is `swimnode agent` running?)")

@@ -25,10 +25,9 @@ from swimnode.security import (
     HEADER_PLAINTEXT,
     SecureTransport,
     check_secure_bind,
-    is_loopback,
 )
 from swimnode.sim import Network
-from swimnode.transport import Address, Packet
+from swimnode.transport import Address, Packet, is_loopback
 
 K1 = bytes([1]) * 32
 K2 = bytes([2]) * 32

@@ -14,9 +14,8 @@ from swimnode.seeds import (
     SeedSource,
     SeedSourceError,
     StaticSeeds,
-    parse_address,
 )
-from swimnode.transport import Address
+from swimnode.transport import Address, parse_address
 
 # ----- parse_address ---------------------------------------------------------------------
 

@@ -1,22 +1,32 @@
-"""swimnode: SWIM membership, failure detection and gossip for Trio programs."""
+"""swimnode: SWIM membership, failure detection and gossip for Trio programs.
 
-from .config import Config, Profile
-from .events import (
-    Event,
-    EventsLost,
-    EventStream,
-    MemberAlive,
-    MemberEvent,
-    MemberFailed,
-    MemberJoined,
-    MemberLeft,
-    MemberRejoined,
-    MemberSuspected,
-    MemberUpdated,
-)
-from .member import Member, MemberState
-from .node import JoinError, Node, NodeNotRunning, open_node
-from .transport import Address, Packet, Transport
+The public names below are imported on first use (PEP 562), so importing a part of
+the package that needs no Trio, such as the command line client, does not load it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config, Profile
+    from .events import (
+        Event,
+        EventsLost,
+        EventStream,
+        MemberAlive,
+        MemberEvent,
+        MemberFailed,
+        MemberJoined,
+        MemberLeft,
+        MemberRejoined,
+        MemberSuspected,
+        MemberUpdated,
+    )
+    from .member import Member, MemberState
+    from .node import JoinError, Node, NodeNotRunning, open_node
+    from .transport import Address, Packet, Transport
 
 __all__ = [
     "Address",
@@ -45,3 +55,31 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "config": ("Config", "Profile"),
+    "events": ("Event", "EventStream", "EventsLost", "MemberAlive", "MemberEvent",
+               "MemberFailed", "MemberJoined", "MemberLeft", "MemberRejoined",
+               "MemberSuspected", "MemberUpdated"),
+    "member": ("Member", "MemberState"),
+    "node": ("JoinError", "Node", "NodeNotRunning", "open_node"),
+    "transport": ("Address", "Packet", "Transport"),
+}
+_LAZY = {name: module for module, names in _HOMES.items() for name in names}
+
+
+# Hidden from type checkers: they see the real names above, and a module-level
+# __getattr__ would make them accept any misspelt name as `object`.
+if not TYPE_CHECKING:
+    def __getattr__(name: str) -> object:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        # Kept as a module global, so later look-ups skip this function.
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

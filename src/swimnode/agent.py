@@ -22,7 +22,15 @@ from typing import Any
 import trio
 
 from . import rpc
-from .agentconfig import AgentSettings, UsageError, load_settings
+from .agentconfig import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    AgentSettings,
+    UsageError,
+    load_settings,
+)
 from .events import EventsLost, EventStream, MemberUpdated
 from .keyqueries import KeyQueryError, register_key_handlers, run_key_query
 from .keyring import Keyring, load_key_file, parse_key
@@ -37,15 +45,10 @@ from .seeds import (
     SeedSourceError,
     StaticSeeds,
 )
-from .transport import Address
-from .udp import TransportError, UdpTransport, format_address, open_udp_transport
+from .transport import Address, format_address
+from .udp import TransportError, UdpTransport, open_udp_transport
 
 log = logging.getLogger("swimnode.agent")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 # A leave normally finishes within the node's own leave_timeout; this margin covers
 # the final flush and closing sockets, so a stuck peer cannot hold the exit forever.

@@ -15,19 +15,26 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
-from . import seeds
+from . import transport
 from .appstate import StateLimits, StateStore
 from .config import Config, Profile
 from .keyring import Keyring, parse_key
-from .security import is_loopback
-from .transport import Address
-from .udp import format_address
+from .transport import Address, format_address, is_loopback
 
 DEFAULT_BIND: Address = ("127.0.0.1", 7946)
 DEFAULT_RPC: Address = ("127.0.0.1", 7373)
 PROFILES: tuple[Profile, ...] = ("lan", "wan", "local")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_PREFIX = "SWIMNODE_"
+
+EXIT_OK = 0
+"""Success; for the agent, its graceful leave finished (or timed out)."""
+EXIT_FAILURE = 1
+"""A runtime failure: agent unreachable, port busy, request refused, ..."""
+EXIT_USAGE = 2
+"""Bad flags, environment or configuration file (`UsageError`)."""
+EXIT_INTERRUPTED = 130
+"""Interrupted (Ctrl-C), as shells report SIGINT."""
 
 
 class UsageError(Exception):
@@ -38,7 +45,7 @@ def parse_address(text: str, *, what: str = "address") -> Address:
     """`host:port` (IPv6 as `[::1]:7946`) to `(host, port)`, the port required (0
     allowed, for binding); raises `UsageError`. Same rules as seed addresses."""
     try:
-        return seeds.parse_address(text, None, allow_port_zero=True)
+        return transport.parse_address(text, None, allow_port_zero=True)
     except ValueError as exc:
         raise UsageError(f"bad {what}: {exc}") from None
 
@@ -288,7 +295,7 @@ def merge(flags: Mapping[str, Any], env: Mapping[str, Any], file: Mapping[str, A
 
 def _parse_dns_seed(text: str) -> Address:
     try:
-        return seeds.parse_address(text)
+        return transport.parse_address(text)
     except ValueError as exc:
         raise UsageError(f"bad DNS seed: {exc}") from None
 

@@ -26,14 +26,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from . import agent, keyqueries, rpc
-from .agentconfig import DEFAULT_RPC, ENV_PREFIX, UsageError, parse_address
-from .keyring import generate_key, parse_key
+from . import rpcclient
+from .agentconfig import (
+    DEFAULT_RPC,
+    ENV_PREFIX,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    parse_address,
+)
+from .keyring import KEY_ACTIONS, generate_key, parse_key
 from .ring import TOKEN_SPACE, range_size
-from .transport import Address
-from .udp import format_address
+from .transport import Address, format_address
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = agent.EXIT_OK, agent.EXIT_FAILURE, agent.EXIT_USAGE
 STATUSES = ("alive", "suspect", "dead", "left")
 STATE_ACTIONS = ("get", "set", "delete", "list")
 BYTES_TAG = "$base64"
@@ -77,8 +84,8 @@ def _vnodes(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 1 <= value <= rpc.MAX_VNODES:
-        raise argparse.ArgumentTypeError(f"must be 1..{rpc.MAX_VNODES}, got {value}")
+    if not 1 <= value <= rpcclient.MAX_VNODES:
+        raise argparse.ArgumentTypeError(f"must be 1..{rpcclient.MAX_VNODES}, got {value}")
     return value
 
 
@@ -261,7 +268,7 @@ def render_stats(stats: dict[str, int], as_json: bool) -> str:
 
 
 def render_monitor_frame(frame: dict[str, Any], as_json: bool) -> str:
-    """One `monitor` line for a frame from `rpc.monitor`."""
+    """One `monitor` line for a frame from `rpcclient.monitor`."""
     member = frame.get("member")
     if member is None:
         return json.dumps(frame) if as_json else f"{frame['event']}: {frame.get('count')}"
@@ -328,26 +335,26 @@ def render_ring(ring: Mapping[str, Any], as_json: bool, summary: bool = False) -
 # ----- commands ---------------------------------------------------------------------------
 
 def _members(args: ClientArgs) -> int:
-    print(render_members(rpc.members(args.rpc), args.status, args.json, args.show_state))
+    print(render_members(rpcclient.members(args.rpc), args.status, args.json, args.show_state))
     return EXIT_OK
 
 
 def _state(args: ClientArgs) -> int:
     name = f"swimnode state {args.action}"
     if args.action == "get":
-        reply = rpc.call(args.rpc, "state_get", {"key": args.key, "member": args.member})
+        reply = rpcclient.call(args.rpc, "state_get", {"key": args.key, "member": args.member})
         if not reply["found"]:
             print(f"{name}: key {args.key!r} is not set on member {reply['member']!r}",
                   file=sys.stderr)
             return EXIT_FAILURE
         print(render_state_value(reply["value"], args.json))
     elif args.action == "list":
-        reply = rpc.call(args.rpc, "state_list", {"member": args.member})
+        reply = rpcclient.call(args.rpc, "state_list", {"member": args.member})
         print(render_state_list(reply["state"], args.json))
     elif args.action == "set":
-        rpc.call(args.rpc, "state_set", {"key": args.key, "value": args.value})
+        rpcclient.call(args.rpc, "state_set", {"key": args.key, "value": args.value})
     else:
-        reply = rpc.call(args.rpc, "state_delete", {"key": args.key})
+        reply = rpcclient.call(args.rpc, "state_delete", {"key": args.key})
         if not reply["deleted"]:
             print(f"{name}: key {args.key!r} is not set on member {reply['member']!r}",
                   file=sys.stderr)
@@ -356,27 +363,27 @@ def _state(args: ClientArgs) -> int:
 
 
 def _ring(args: ClientArgs) -> int:
-    reply = rpc.call(args.rpc, "ring", {"vnodes": args.vnodes, "tokens_key": args.tokens_key})
+    reply = rpcclient.call(args.rpc, "ring", {"vnodes": args.vnodes, "tokens_key": args.tokens_key})
     print(render_ring(reply, args.json, args.summary))
     return EXIT_OK
 
 
 def _stats(args: ClientArgs) -> int:
-    print(render_stats(rpc.call(args.rpc, "stats")["stats"], args.json))
+    print(render_stats(rpcclient.call(args.rpc, "stats")["stats"], args.json))
     return EXIT_OK
 
 
 def _leave(args: ClientArgs) -> int:
     # The agent answers once its leave has been disseminated (or timed out), which
     # takes up to its profile's leave timeout.
-    rpc.call(args.rpc, "leave", timeout=60.0)
+    rpcclient.call(args.rpc, "leave", timeout=60.0)
     print(f"agent at {format_address(args.rpc)} left the cluster")
     return EXIT_OK
 
 
 def _monitor(args: ClientArgs) -> int:
     try:
-        for frame in rpc.monitor(args.rpc):
+        for frame in rpcclient.monitor(args.rpc):
             print(render_monitor_frame(frame, args.json), flush=True)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -410,11 +417,11 @@ def _client(command: str, argv: list[str]) -> int:
     label = f"{command} {args.action}" if args.action else command
     try:
         return _CLIENT_COMMANDS[command](args)
-    except rpc.RpcError as exc:
+    except rpcclient.RpcError as exc:
         print(f"swimnode {label}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return agent.EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
 
 
 # ----- keys and keygen ------------------------------------------------------------------
@@ -424,7 +431,7 @@ def keys_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="swimnode keys", description="Manage the encryption keys of the whole "
                 "cluster through the agent: list them, install a new key, make it primary "
                 "(use), remove an old one. Every live member is asked and reported on.")
-    p.add_argument("action", choices=keyqueries.ACTIONS, metavar="ACTION",
+    p.add_argument("action", choices=KEY_ACTIONS, metavar="ACTION",
                    help="list, install KEY, use KEY or remove KEY")
     p.add_argument("key", nargs="?", metavar="KEY",
                    help="base64 key (from `swimnode keygen`); - reads it from stdin")
@@ -441,8 +448,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= rpc.MAX_QUERY_TIMEOUT:
-        raise argparse.ArgumentTypeError(f"must be in (0, {rpc.MAX_QUERY_TIMEOUT:g}]")
+    if not 0 < value <= rpcclient.MAX_QUERY_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be in (0, {rpcclient.MAX_QUERY_TIMEOUT:g}]")
     return value
 
 
@@ -492,15 +499,15 @@ def _keys(argv: list[str]) -> int:
         return int(exc.code or 0)
     # The agent waits up to its own default (or --timeout) for answers; allow that
     # plus a margin before giving up on it.
-    wait = (ns.timeout or rpc.MAX_QUERY_TIMEOUT / 10) + 10.0
+    wait = (ns.timeout or rpcclient.MAX_QUERY_TIMEOUT / 10) + 10.0
     try:
-        report = rpc.call(address, "keys", {"action": ns.action, "key": key,
-                                            "timeout": ns.timeout}, timeout=wait)
-    except rpc.RpcError as exc:
+        report = rpcclient.call(address, "keys", {"action": ns.action, "key": key,
+                                                  "timeout": ns.timeout}, timeout=wait)
+    except rpcclient.RpcError as exc:
         print(f"swimnode keys {ns.action}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        return agent.EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     report["ok"] = not report["failed"]  # was the RPC envelope's flag
     print(render_keys(report, ns.json))
     if report["failed"]:
@@ -531,16 +538,24 @@ def _keygen(argv: list[str]) -> int:
     return EXIT_OK
 
 
+# The agent and the demo are imported on demand: both load Trio (the demo also
+# trio.testing, which imports pytest), and the client commands above start in less
+# than half the time without it (docs/agent.md, "Start-up cost").
+
+def _agent(argv: list[str]) -> int:
+    from . import agent
+
+    return agent.main(argv)
+
+
 def _demo(argv: list[str]) -> int:
-    # Imported on demand: the demo needs trio.testing, which imports pytest, and that
-    # would add half a second to every agent and client start.
     from . import demo
 
     return demo.main(argv)
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "agent": agent.main,
+    "agent": _agent,
     **{name: functools.partial(_client, name) for name in _CLIENT_COMMANDS},
     "keys": _keys,
     "keygen": _keygen,

@@ -22,17 +22,15 @@ as that member's failure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import msgpack
 
-from .keyring import KEY_SIZE, Keyring, fingerprint
+from .keyring import KEY_ACTIONS, KEY_SIZE, KeyAction, Keyring, fingerprint
 from .messages import Query
 from .node import Node
 from .queries import QueryHandler
 
-KeyAction = Literal["list", "install", "use", "remove"]
-ACTIONS: tuple[KeyAction, ...] = ("list", "install", "use", "remove")
 KIND_PREFIX = "keys."
 """Query kinds are ``keys.list``, ``keys.install``, ``keys.use`` and ``keys.remove``."""
 
@@ -175,7 +173,7 @@ def key_query_handler(action: KeyAction, keyring: Keyring | None) -> QueryHandle
 
 def register_key_handlers(node: Node, keyring: Keyring | None) -> None:
     """Make `node` answer every ``keys.*`` query against `keyring`."""
-    for action in ACTIONS:
+    for action in KEY_ACTIONS:
         node.register_query_handler(KIND_PREFIX + action, key_query_handler(action, keyring))
 
 
@@ -188,9 +186,9 @@ async def run_key_query(node: Node, keyring: Keyring | None, action: str,
     Raises `KeyQueryError` (sending nothing) when this node has no keyring, for an
     unknown action, or when `key` is missing or given where it has no place.
     """
-    if action not in ACTIONS:
+    if action not in KEY_ACTIONS:
         raise KeyQueryError(f"unknown key action {action!r} (expected one of: "
-                            f"{', '.join(ACTIONS)})")
+                            f"{', '.join(KEY_ACTIONS)})")
     if keyring is None:
         raise KeyQueryError("this cluster runs without encryption keys; key operations "
                             "need one, so key material never travels in plaintext")

@@ -25,15 +25,17 @@ import hashlib
 import os
 import secrets
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
+    "KEY_ACTIONS",
     "KEY_SIZE",
     "NONCE_SIZE",
     "TAG_SIZE",
+    "KeyAction",
     "Keyring",
     "fingerprint",
     "generate_key",
@@ -52,6 +54,12 @@ TAG_SIZE = 16
 
 KeyLike = bytes | str
 """A key as 32 raw bytes, or as its base64 text (parsed with `parse_key`)."""
+
+KeyAction = Literal["list", "install", "use", "remove"]
+"""What `swimnode keys` does to every member's keyring: list its keys, or apply
+`Keyring.install`, `use` or `remove`."""
+KEY_ACTIONS: tuple[KeyAction, ...] = ("list", "install", "use", "remove")
+"""Every `KeyAction`, in the order the command line lists them."""
 
 
 def generate_key() -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
 
-from . import rpc
+from . import rpcclient
 from .config import Config, Profile
 from .suspicion import suspicion_bounds
 
@@ -53,6 +53,13 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
         for s in held:
             s.close()
     return ports
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time process `pid` has used so far (Linux `/proc`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def detection_bound(config: Config, n: int) -> float:
@@ -111,8 +118,8 @@ class AgentProcess:
     def view(self, timeout: float = 2.0) -> dict[str, str] | None:
         """`{member name: state}` as this agent sees it, or None if it does not answer."""
         try:
-            return {m["name"]: m["state"] for m in rpc.members(self.rpc, timeout=timeout)}
-        except rpc.RpcError:
+            return {m["name"]: m["state"] for m in rpcclient.members(self.rpc, timeout=timeout)}
+        except rpcclient.RpcError:
             return None
 
     def wait_ready(self, timeout: float = 10.0) -> bool:

@@ -1,85 +1,40 @@
-"""The agent's local control endpoint: msgpack maps over TCP, each framed by a 4-byte
-big-endian length.
-
-A client sends one request, ``{"command": NAME, ...arguments}``, and reads one reply,
-``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``:
-
-* ``members`` -> ``{"members": [MEMBER, ...]}``
-* ``stats`` -> ``{"stats": {counter: int}}``
-* ``leave`` -> ``{}`` once the leave has been disseminated (the agent then exits)
-* ``monitor`` -> ``{"members": [...]}``, then one frame per membership change,
-  ``{"event": KIND, "member": MEMBER}`` (``updated`` adds ``"changed_keys": [...]``) or
-  ``{"event": "events_lost", "count": N}``, until either side closes the connection.
-* ``state_get`` ``{key, member?}`` -> ``{"member", "key", "found": bool, "value"}``
-* ``state_list`` ``{member?}`` -> ``{"member", "state": {key: value}}``
-* ``state_set`` ``{key, value}`` -> ``{"member", "key"}``
-* ``state_delete`` ``{key}`` -> ``{"member", "key", "deleted": bool}``
-* ``ring`` ``{vnodes?, tokens_key?}`` -> ``{"vnodes", "tokens_key", "members": [{"name",
-  "fraction", "tokens", "source": "advertised" | "derived", "ranges": [[start, end],
-  ...]}]}`` (see `ring_to_dict`)
-* ``keys`` ``{action: "list" | "install" | "use" | "remove", key?: base64, timeout?:
-  seconds}`` -> a cluster-wide key report (`keyqueries.KeyReport.to_dict`): ``{"action",
-  "key": fingerprint, "nodes", "answered", "failed": {name: reason}, "keys":
-  {fingerprint: count}, "primary": {fingerprint: count}, "members": {name: {"ok",
-  "error", "keys", "primary"}}, "timeout"}``. The key goes to the agent only; it is
-  never echoed back or logged.
-
-``member`` defaults to the agent's own name. ``MEMBER`` is ``{"name", "address":
-"host:port", "state", "incarnation", "app_state": {key: value}}``; values travel as
-msgpack, bytes included. The server runs inside the agent (Trio); the client is plain
-blocking sockets, as fits a short-lived command line tool.
+"""The agent's side of its local control endpoint: a Trio server answering the
+requests `swimnode.rpcclient` describes and sends (the framing and the limits are
+defined there, once, for both sides), plus the reply shapes of members, events and
+the ring.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
-import socket
-import struct
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-import msgpack
 import trio
 
 from .events import Event, EventStream, MemberEvent, MemberUpdated
 from .member import Member
 from .ring import TOKEN_SPACE, HashRing
-from .transport import Address
-from .udp import TransportError, format_address
+from .rpcclient import (
+    FRAME_HEADER,
+    MAX_QUERY_TIMEOUT,
+    MAX_REQUEST,
+    MAX_VNODES,
+    RpcError,
+    check_frame_size,
+    decode_body,
+    encode_frame,
+)
+from .transport import Address, format_address
+from .udp import TransportError
 
-_HEADER = struct.Struct(">I")
-MAX_FRAME = 16 * 1024 * 1024
-"""Largest frame either side accepts; a membership listing of thousands fits."""
-_MAX_REQUEST = 64 * 1024
 _REQUEST_TIMEOUT = 10.0
 _MAX_CLIENTS = 64
 
 
-class RpcError(Exception):
-    """The agent could not be reached or answered with an error; `str()` is one line."""
-
-
-# ----- wire format (pure) -------------------------------------------------------------
-
-def encode_frame(message: dict[str, Any]) -> bytes:
-    """One length-prefixed msgpack frame."""
-    body: bytes = msgpack.packb(message, use_bin_type=True)
-    return _HEADER.pack(len(body)) + body
-
-
-def decode_body(body: bytes) -> dict[str, Any]:
-    """The map inside a frame; raises `RpcError` if it is not one."""
-    try:
-        value = msgpack.unpackb(body, raw=False)
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise RpcError(f"malformed RPC frame: {exc}") from None
-    if not isinstance(value, dict):
-        raise RpcError("malformed RPC frame: not a map")
-    return value
-
+# ----- reply shapes (pure) ------------------------------------------------------------
 
 def member_to_dict(member: Member) -> dict[str, Any]:
     """The RPC shape of a member (`app_state` values as they are, bytes included)."""
@@ -202,12 +157,11 @@ async def serve_rpc(listener: trio.SocketListener, target: Controlled) -> None:
 
 
 async def _read_frame(stream: trio.SocketStream, limit: int) -> dict[str, Any] | None:
-    header = await _read_exactly(stream, _HEADER.size)
+    header = await _read_exactly(stream, FRAME_HEADER.size)
     if header is None:
         return None
-    (size,) = _HEADER.unpack(header)
-    if size > limit:
-        raise RpcError(f"request of {size} bytes is over the {limit} byte limit")
+    (size,) = FRAME_HEADER.unpack(header)
+    check_frame_size(size, limit, "request")
     body = await _read_exactly(stream, size)
     if body is None:
         return None
@@ -227,7 +181,7 @@ async def _read_exactly(stream: trio.SocketStream, size: int) -> bytes | None:
 async def _serve_one(stream: trio.SocketStream, target: Controlled) -> None:
     try:
         with trio.fail_after(_REQUEST_TIMEOUT):
-            request = await _read_frame(stream, _MAX_REQUEST)
+            request = await _read_frame(stream, MAX_REQUEST)
     except (RpcError, trio.TooSlowError) as exc:
         message = str(exc) or "no request within the timeout"
         await stream.send_all(encode_frame({"ok": False, "error": message}))
@@ -280,10 +234,6 @@ def _arg(request: Mapping[str, Any], name: str, kind: type, default: Any = ...) 
     return value
 
 
-MAX_QUERY_TIMEOUT = 600.0
-"""Longest a `keys` request may ask the agent to wait for answers (seconds)."""
-
-
 def _query_timeout(request: Mapping[str, Any]) -> float | None:
     value = request.get("timeout")
     if value is None:
@@ -328,10 +278,6 @@ def _state_delete(request: Mapping[str, Any], target: Controlled) -> dict[str, A
     return {"member": target.name, "key": key, "deleted": target.delete_state(key)}
 
 
-MAX_VNODES = 4096
-"""Most derived tokens per member the `ring` command builds (it runs in the agent)."""
-
-
 def _ring(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
     vnodes = _arg(request, "vnodes", int, 100)
     if not 1 <= vnodes <= MAX_VNODES:
@@ -372,102 +318,3 @@ async def _cancel_when_closed(stream: trio.SocketStream, scope: trio.CancelScope
     while await stream.receive_some(4096):
         pass
     scope.cancel()
-
-
-# ----- client ---------------------------------------------------------------------------
-
-def _connect(address: Address, timeout: float) -> socket.socket:
-    where = format_address(address)
-    try:
-        return socket.create_connection(address, timeout=timeout)
-    except TimeoutError:
-        raise RpcError(f"cannot reach the agent at {where}: timed out") from None
-    except OSError as exc:
-        if exc.errno == errno.ECONNREFUSED:
-            reason = "connection refused (is `swimnode agent` running?)"
-        else:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            reason = reason[:1].lower() + reason[1:]
-        raise RpcError(f"cannot reach the agent at {where}: {reason}") from None
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = sock.recv(size - len(buf))
-        if not chunk:
-            if buf:
-                raise RpcError("the agent closed the connection mid-reply")
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
-def _recv_frame(sock: socket.socket) -> dict[str, Any] | None:
-    header = _recv_exactly(sock, _HEADER.size)
-    if header is None:
-        return None
-    (size,) = _HEADER.unpack(header)
-    if size > MAX_FRAME:
-        raise RpcError(f"reply of {size} bytes is over the {MAX_FRAME} byte limit")
-    body = _recv_exactly(sock, size)
-    if body is None:
-        raise RpcError("the agent closed the connection mid-reply")
-    return decode_body(body)
-
-
-def _checked(reply: dict[str, Any] | None) -> dict[str, Any]:
-    if reply is None:
-        raise RpcError("the agent closed the connection without answering")
-    if not reply.get("ok"):
-        raise RpcError(f"the agent refused: {reply.get('error', 'no reason given')}")
-    return reply
-
-
-def call(address: Address, command: str, args: Mapping[str, Any] | None = None, *,
-         timeout: float = 10.0) -> dict[str, Any]:
-    """Send one command (with its arguments) and return the agent's reply; raises
-    `RpcError`."""
-    request = {**(args or {}), "command": command}
-    try:
-        frame = encode_frame(request)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise RpcError(f"cannot encode the request: {exc}") from None
-    if len(frame) - _HEADER.size > _MAX_REQUEST:
-        raise RpcError(f"request of {len(frame) - _HEADER.size} bytes is over the "
-                       f"{_MAX_REQUEST} byte limit")
-    with _connect(address, timeout) as sock:
-        try:
-            sock.sendall(frame)
-            return _checked(_recv_frame(sock))
-        except TimeoutError:
-            raise RpcError(f"the agent at {format_address(address)} did not answer "
-                           f"within {timeout:g} s") from None
-        except OSError as exc:
-            raise RpcError(f"connection to the agent broke: {exc}") from None
-
-
-def members(address: Address, *, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The agent's member list, as `member_to_dict` shapes."""
-    listing: list[dict[str, Any]] = call(address, "members", timeout=timeout)["members"]
-    return listing
-
-
-def monitor(address: Address, *, timeout: float = 10.0) -> Iterator[dict[str, Any]]:
-    """Yield the current members as ``{"event": "member", "member": ...}``, then every
-    event frame until the agent closes the connection. Raises `RpcError`."""
-    with _connect(address, timeout) as sock:
-        try:
-            sock.sendall(encode_frame({"command": "monitor"}))
-            first = _checked(_recv_frame(sock))
-            for member in first["members"]:
-                yield {"event": "member", "member": member}
-            # Events come whenever the cluster changes; wait for them indefinitely.
-            sock.settimeout(None)
-            while (frame := _recv_frame(sock)) is not None:
-                yield frame
-        except TimeoutError:
-            raise RpcError(f"the agent at {format_address(address)} did not answer "
-                           f"within {timeout:g} s") from None
-        except OSError as exc:
-            raise RpcError(f"connection to the agent broke: {exc}") from None

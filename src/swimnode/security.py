@@ -42,7 +42,6 @@ from __future__ import annotations
 import collections
 import errno
 import heapq
-import ipaddress
 import math
 import os
 import struct
@@ -53,7 +52,7 @@ import trio
 
 from .codec import MAX_PACKET_BYTES
 from .keyring import NONCE_SIZE, TAG_SIZE, Keyring
-from .transport import Address, Packet, Transport
+from .transport import Address, Packet, Transport, is_loopback
 
 __all__ = [
     "DROP_REASONS",
@@ -62,7 +61,6 @@ __all__ = [
     "MAX_LABEL_BYTES",
     "SecureTransport",
     "check_secure_bind",
-    "is_loopback",
 ]
 
 FORMAT_VERSION = 1
@@ -377,25 +375,6 @@ class SecureTransport:
 
 
 # -- binding rules ---------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` certainly names this machine only: a loopback IP literal
-    (``127.0.0.0/8``, ``::1``, IPv4-mapped ``::ffff:127.x.x.x``; brackets and an
-    IPv6 zone are allowed) or ``localhost``. Other names are not resolved and
-    count as not loopback, and so does a wildcard such as ``0.0.0.0``."""
-    text = host.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    if text.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
 
 
 def check_secure_bind(bind_host: str, keyring: Keyring | None,

@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import trio
 
-from swimnode.transport import Address, Packet
+from swimnode.transport import Address, Packet, format_address
 
 __all__ = ["TransportError", "UdpTransport", "open_udp_transport"]
 
@@ -72,12 +72,6 @@ class TransportError(OSError):
 
     def __str__(self) -> str:
         return self.message
-
-
-def format_address(address: Address) -> str:
-    """`host:port`, with IPv6 hosts in brackets (`[::1]:7946`)."""
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @lru_cache(maxsize=4096)

@@ -1,0 +1,185 @@
+"""The agent's local control protocol and its blocking client: msgpack maps over TCP,
+each framed by a 4-byte big-endian length.
+
+A client sends one request, ``{"command": NAME, ...arguments}``, and reads one reply,
+``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``:
+
+* ``members`` -> ``{"members": [MEMBER, ...]}``
+* ``stats`` -> ``{"stats": {counter: int}}``
+* ``leave`` -> ``{}`` once the leave has been disseminated (the agent then exits)
+* ``monitor`` -> ``{"members": [...]}``, then one frame per membership change,
+  ``{"event": KIND, "member": MEMBER}`` (``updated`` adds ``"changed_keys": [...]``) or
+  ``{"event": "events_lost", "count": N}``, until either side closes the connection.
+* ``state_get`` ``{key, member?}`` -> ``{"member", "key", "found": bool, "value"}``
+* ``state_list`` ``{member?}`` -> ``{"member", "state": {key: value}}``
+* ``state_set`` ``{key, value}`` -> ``{"member", "key"}``
+* ``state_delete`` ``{key}`` -> ``{"member", "key", "deleted": bool}``
+* ``ring`` ``{vnodes?, tokens_key?}`` -> ``{"vnodes", "tokens_key", "members": [{"name",
+  "fraction", "tokens", "source": "advertised" | "derived", "ranges": [[start, end],
+  ...]}]}`` (see `swimnode.rpc.ring_to_dict`)
+* ``keys`` ``{action: "list" | "install" | "use" | "remove", key?: base64, timeout?:
+  seconds}`` -> a cluster-wide key report (`keyqueries.KeyReport.to_dict`): ``{"action",
+  "key": fingerprint, "nodes", "answered", "failed": {name: reason}, "keys":
+  {fingerprint: count}, "primary": {fingerprint: count}, "members": {name: {"ok",
+  "error", "keys", "primary"}}, "timeout"}``. The key goes to the agent only; it is
+  never echoed back or logged.
+
+``member`` defaults to the agent's own name. ``MEMBER`` is ``{"name", "address":
+"host:port", "state", "incarnation", "app_state": {key: value}}``; values travel as
+msgpack, bytes included.
+
+The server (`swimnode.rpc`) runs inside the agent on Trio. This module holds what both
+sides share, the framing and the request limits, and the client, which is plain
+blocking sockets: the command line tools are short-lived and should not pay for
+importing Trio.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import msgpack
+
+from .transport import Address, format_address
+
+FRAME_HEADER = struct.Struct(">I")
+"""The length that precedes every frame's msgpack body."""
+MAX_FRAME = 16 * 1024 * 1024
+"""Largest frame either side accepts; a membership listing of thousands fits."""
+MAX_REQUEST = 64 * 1024
+"""Largest request body the agent reads; the client refuses to send a larger one."""
+MAX_VNODES = 4096
+"""Most derived tokens per member the `ring` command builds (it runs in the agent)."""
+MAX_QUERY_TIMEOUT = 600.0
+"""Longest a `keys` request may ask the agent to wait for answers (seconds)."""
+
+
+class RpcError(Exception):
+    """The agent could not be reached or answered with an error; `str()` is one line."""
+
+
+# ----- wire format (pure) -------------------------------------------------------------
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    """One length-prefixed msgpack frame."""
+    body: bytes = msgpack.packb(message, use_bin_type=True)
+    return FRAME_HEADER.pack(len(body)) + body
+
+
+def check_frame_size(size: int, limit: int, what: str) -> None:
+    """Raise `RpcError` if a `what` ("request", "reply") body of `size` bytes is over
+    `limit`."""
+    if size > limit:
+        raise RpcError(f"{what} of {size} bytes is over the {limit} byte limit")
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """The map inside a frame; raises `RpcError` if it is not one."""
+    try:
+        value = msgpack.unpackb(body, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise RpcError(f"malformed RPC frame: {exc}") from None
+    if not isinstance(value, dict):
+        raise RpcError("malformed RPC frame: not a map")
+    return value
+
+
+# ----- client ---------------------------------------------------------------------------
+
+def _connect(address: Address, timeout: float) -> socket.socket:
+    where = format_address(address)
+    try:
+        return socket.create_connection(address, timeout=timeout)
+    except TimeoutError:
+        raise RpcError(f"cannot reach the agent at {where}: timed out") from None
+    except OSError as exc:
+        if exc.errno == errno.ECONNREFUSED:
+            reason = "connection refused (is `swimnode agent` running?)"
+        else:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            reason = reason[:1].lower() + reason[1:]
+        raise RpcError(f"cannot reach the agent at {where}: {reason}") from None
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            if buf:
+                raise RpcError("the agent closed the connection mid-reply")
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _recv_frame(sock: socket.socket) -> dict[str, Any] | None:
+    header = _recv_exactly(sock, FRAME_HEADER.size)
+    if header is None:
+        return None
+    (size,) = FRAME_HEADER.unpack(header)
+    check_frame_size(size, MAX_FRAME, "reply")
+    body = _recv_exactly(sock, size)
+    if body is None:
+        raise RpcError("the agent closed the connection mid-reply")
+    return decode_body(body)
+
+
+def _checked(reply: dict[str, Any] | None) -> dict[str, Any]:
+    if reply is None:
+        raise RpcError("the agent closed the connection without answering")
+    if not reply.get("ok"):
+        raise RpcError(f"the agent refused: {reply.get('error', 'no reason given')}")
+    return reply
+
+
+def call(address: Address, command: str, args: Mapping[str, Any] | None = None, *,
+         timeout: float = 10.0) -> dict[str, Any]:
+    """Send one command (with its arguments) and return the agent's reply; raises
+    `RpcError`."""
+    request = {**(args or {}), "command": command}
+    try:
+        frame = encode_frame(request)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise RpcError(f"cannot encode the request: {exc}") from None
+    check_frame_size(len(frame) - FRAME_HEADER.size, MAX_REQUEST, "request")
+    with _connect(address, timeout) as sock:
+        try:
+            sock.sendall(frame)
+            return _checked(_recv_frame(sock))
+        except TimeoutError:
+            raise RpcError(f"the agent at {format_address(address)} did not answer "
+                           f"within {timeout:g} s") from None
+        except OSError as exc:
+            raise RpcError(f"connection to the agent broke: {exc}") from None
+
+
+def members(address: Address, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The agent's member list, as `swimnode.rpc.member_to_dict` shapes."""
+    listing: list[dict[str, Any]] = call(address, "members", timeout=timeout)["members"]
+    return listing
+
+
+def monitor(address: Address, *, timeout: float = 10.0) -> Iterator[dict[str, Any]]:
+    """Yield the current members as ``{"event": "member", "member": ...}``, then every
+    event frame until the agent closes the connection. Raises `RpcError`."""
+    with _connect(address, timeout) as sock:
+        try:
+            sock.sendall(encode_frame({"command": "monitor"}))
+            first = _checked(_recv_frame(sock))
+            for member in first["members"]:
+                yield {"event": "member", "member": member}
+            # Events come whenever the cluster changes; wait for them indefinitely.
+            sock.settimeout(None)
+            while (frame := _recv_frame(sock)) is not None:
+                yield frame
+        except TimeoutError:
+            raise RpcError(f"the agent at {format_address(address)} did not answer "
+                           f"within {timeout:g} s") from None
+        except OSError as exc:
+            raise RpcError(f"connection to the agent broke: {exc}") from None
