@@ -33,15 +33,20 @@ from pathlib import Path
 from typing import Protocol
 
 from swimnode.config import Config, Profile
-from swimnode.localcluster import LocalCluster, detection_bound, free_ports, wait_for
-from swimnode.rpc import call
+from swimnode.localcluster import (
+    LocalCluster,
+    cpu_seconds,
+    detection_bound,
+    free_ports,
+    wait_for,
+)
+from swimnode.rpcclient import call
 
 METRICS = ("start_s", "join_s", "join_from_spawn_s", "detect_first_s", "detect_all_s",
            "leave_s", "cpu_ms_per_s", "rss_mib")
 FALSE_SUSPICIONS = "false_suspicions"
 """Suspicions raised while every member was alive (joining and idle); reported
 where the implementation counts them (swimnode), summed over agents."""
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class Agent(Protocol):
@@ -179,13 +184,6 @@ class SerfCluster:
 @dataclass
 class Trial:
     values: dict[str, float] = field(default_factory=dict)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # After the command name: state is field 3, utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def rss_mib(pid: int) -> float:
