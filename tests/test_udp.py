@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import socket
@@ -206,6 +207,7 @@ class _StealFirstTcpPort(trio.abc.SocketFactory):
     def __init__(self) -> None:
         self.udp: list[trio.socket.SocketType] = []
         self.blockers: list[socket.socket] = []
+        self.taken: int | None = None
 
     def socket(
         self,
@@ -216,11 +218,20 @@ class _StealFirstTcpPort(trio.abc.SocketFactory):
         sock = trio.socket.from_stdlib_socket(socket.socket(family, type, proto))
         if type == socket.SOCK_DGRAM:
             self.udp.append(sock)
-        elif not self.blockers:
+        elif self.taken is None:
+            self.taken = self.udp[-1].getsockname()[1]
+            # SO_REUSEADDR as the transport uses it, so a connection lingering in
+            # TIME_WAIT on that port does not stop us; only a listener does, and
+            # then another program already holds the port, which is the point.
             blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            blocker.bind(("127.0.0.1", self.udp[-1].getsockname()[1]))
-            blocker.listen(1)
             self.blockers.append(blocker)
+            blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                blocker.bind(("127.0.0.1", self.taken))
+                blocker.listen(1)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
         return sock
 
 
@@ -229,9 +240,8 @@ async def test_port_zero_retries_when_tcp_port_is_taken() -> None:
     trio.socket.set_custom_socket_factory(factory)
     try:
         async with open_udp_transport(LOCAL) as t:
-            taken = factory.blockers[0].getsockname()[1]
             assert len(factory.udp) == 2
-            assert t.local_address[1] != taken
+            assert t.local_address[1] != factory.taken
             async with open_udp_transport(LOCAL) as other:
                 await other.send_reliable(t.local_address, b"tcp on the new port")
             assert (await receive(t)).data == b"tcp on the new port"
