@@ -35,6 +35,7 @@ from typing import Protocol
 from swimnode.config import Config, Profile
 from swimnode.localcluster import (
     LocalCluster,
+    compile_package,
     cpu_seconds,
     detection_bound,
     free_ports,
@@ -337,6 +338,7 @@ def main() -> int:
     parser.add_argument("--vs-serf", action="store_true",
                         help="also run Serf agents (needs `serf` on PATH)")
     args = parser.parse_args()
+    compile_package()
     if args.nodes < 3 or args.trials < 1 or args.idle <= 0:
         parser.error("need --nodes >= 3, --trials >= 1 and --idle > 0")
     with socket.socket() as probe:  # loopback must work before spawning anything

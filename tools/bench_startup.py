@@ -34,7 +34,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from swimnode.localcluster import LocalCluster, cpu_seconds, free_ports, wait_for
+from swimnode.localcluster import (
+    LocalCluster,
+    compile_package,
+    cpu_seconds,
+    free_ports,
+    wait_for,
+)
 from swimnode.rpcclient import RpcError, call
 
 COMMANDS: dict[str, list[str]] = {
@@ -179,6 +185,7 @@ def main() -> int:
                         help="processes spawned at once per burst (default 9)")
     parser.add_argument("--trials", type=int, default=3, help="trials (default 3)")
     args = parser.parse_args()
+    compile_package()
     if args.procs < 1 or args.trials < 1:
         parser.error("need --procs >= 1 and --trials >= 1")
     runs: dict[str, list[Run]] = {name: [] for name in (*COMMANDS, AGENT)}

@@ -593,8 +593,9 @@ class SwimCore:
         # Gossip from the seed alone reaches the last member only after log(N)
         # rounds; telling up to `join_announce_nodes` members at once cuts that by
         # log(k) rounds and, in a cluster no bigger than k + 2 (us, the seed and k
-        # others), to one datagram's latency. The cap keeps a join storm of a large cluster from costing O(N)
-        # datagrams per joiner; the gossip the seed started covers the rest.
+        # others), to one datagram's latency. The cap keeps a join storm of a large
+        # cluster from costing O(N) datagrams per joiner; the gossip the seed
+        # started covers the rest.
         if self.leaving:
             return
         alive = codec.encode_message(Alive(self.name, self.address, self.incarnation))
