@@ -6,7 +6,14 @@ from typing import Any
 import trio
 import trio.testing
 
+from swimnode import MemberState
+from swimnode.codec import decode_packet
+from swimnode.messages import Alive
+from swimnode.sim import Network
 from swimnode.testing import open_sim_cluster
+from swimnode.transport import Address
+
+ALIVE = MemberState.ALIVE
 
 STAGGER = 0.01
 
@@ -51,3 +58,39 @@ async def test_announcement_is_capped(mock_clock: trio.testing.MockClock) -> Non
     took, announced = await _storm(12, seed=4, join_announce_nodes=2)
     assert max(announced.values()) == 2
     assert took < 60
+
+
+async def test_member_that_missed_a_join_catches_up_within_seconds(
+        mock_clock: trio.testing.MockClock) -> None:
+    """n5 loses every datagram that carries news of n30, so gossip never tells it;
+    the membership fingerprint in quiet anti-entropy rounds (docs/protocol.md §6.3)
+    must find it long before its next push-pull (30 s period)."""
+    net = Network(seed=2)
+    async with open_sim_cluster(30, seed=2, network=net, stagger=STAGGER) as cluster:
+        assert await cluster.wait_for(cluster.converged, timeout=60) is not None
+        await trio.sleep(60)  # the founders' join news has run out
+        straggler = cluster.address_of("n5")
+
+        def news_of_n30_to_n5(source: Address, dest: Address, data: bytes) -> bool:
+            return dest == straggler and any(
+                isinstance(m, Alive) and m.name == "n30" for m in decode_packet(data))
+
+        net.drop_datagrams(news_of_n30_to_n5)
+        before = {name: node.stats().get("membership_mismatches", 0)
+                  for name, node in cluster.nodes.items()}
+        started = trio.current_time()
+        await cluster.start("n30")
+        others = [n for n in cluster.nodes if n not in ("n5", "n30")]
+        assert await cluster.wait_for(
+            lambda: all(cluster.view(o).get("n30") is ALIVE for o in others),
+            timeout=10) is not None
+        assert "n30" not in cluster.view("n5")  # gossip alone did not reach it
+        took = await cluster.wait_for(lambda: cluster.view("n5").get("n30") is ALIVE,
+                                      timeout=60, step=0.1)
+        assert took is not None
+        assert trio.current_time() - started < 10
+        assert net.stats.filtered > 0
+        # Found by a quiet round between ordinary members, not by a seed contact
+        # (only n0 is a seed) or a periodic push-pull.
+        assert any(node.stats().get("membership_mismatches", 0) > before.get(name, 0)
+                   for name, node in cluster.nodes.items() if name != "n0")

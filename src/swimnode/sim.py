@@ -29,7 +29,7 @@ import errno
 import heapq
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
 import trio
@@ -51,6 +51,9 @@ REORDER_FACTOR = 10.0
 # through to comparing packets.
 _Entry = tuple[float, Address, int, int, Packet]
 
+DropFilter = Callable[[Address, Address, bytes], bool]
+"""`(source, dest, data) -> drop?`, see `Network.drop_datagrams`."""
+
 
 @dataclass(slots=True)
 class NetworkStats:
@@ -71,11 +74,13 @@ class NetworkStats:
     unreachable: int = 0
     overflow: int = 0
     oversize: int = 0
+    filtered: int = 0
 
     @property
     def dropped(self) -> int:
         """Total packets dropped for any reason."""
-        return self.loss + self.partition + self.unreachable + self.overflow + self.oversize
+        return (self.loss + self.partition + self.unreachable + self.overflow
+                + self.oversize + self.filtered)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (handy for logging and comparisons)."""
@@ -163,6 +168,7 @@ class Network:
         self._transports: dict[Address, SimTransport] = {}
         self._links: dict[tuple[Address, Address], LinkParams] = {}
         self._partitions: list[_Partition] = []
+        self._drop_when: DropFilter | None = None
         self._paused: set[Address] = set()
         self._slow: dict[Address, float] = {}
         # Lists rather than tuples so the hot send path can bump them in place.
@@ -267,6 +273,12 @@ class Network:
         """
         self._partitions.append(_Partition(frozenset(side_a), frozenset(side_b), one_way))
 
+    def drop_datagrams(self, predicate: DropFilter | None) -> None:
+        """Drop every datagram for which `predicate(source, dest, data)` is true
+        (counted as `filtered`), until called again with None. Reliable messages
+        pass: this models a peer that misses particular gossip, not a broken link."""
+        self._drop_when = predicate
+
     def heal(self) -> None:
         """Remove all partitions."""
         self._partitions.clear()
@@ -356,6 +368,9 @@ class Network:
         src_addr = sender._address
         if self._partitions and self.is_blocked(src_addr, dest_addr):
             stats.partition += 1
+            return
+        if self._drop_when is not None and self._drop_when(src_addr, dest_addr, data):
+            stats.filtered += 1
             return
         latency, jitter, loss = self.latency, self.jitter, self.loss
         if self._links:
