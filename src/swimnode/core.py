@@ -16,7 +16,7 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from . import codec
@@ -599,10 +599,9 @@ class SwimCore:
         if self.leaving:
             return
         alive = codec.encode_message(Alive(self.name, self.address, self.incarnation))
-        for name in self._peers.sample(self.rng, self.config.join_announce_nodes,
-                                       exclude=(seed,)):
-            self.stats["join_announcements"] += 1
-            self._send(self._members[name].address, [alive], piggyback=False)
+        names = self._peers.sample(self.rng, self.config.join_announce_nodes, exclude=(seed,))
+        self.stats["join_announcements"] += len(names)
+        self._send_direct(alive, names)
 
     def _merge_sync(self, records: tuple[MemberRecord, ...], now: float, *,
                     old_news: bool = False) -> None:
@@ -666,8 +665,7 @@ class SwimCore:
             # fingerprint lets a peer that knows better find a member who missed
             # some news (gossip reaches everyone only with high probability) long
             # before the next push-pull.
-            members = 0 if self.broadcasts else self.members_fingerprint()
-            syn = codec.encode_message(StateSyn(self.name, self.state.summary, members))
+            syn = self._state_syn(with_members=not self.broadcasts)
         live = len(self._peers)
         dead = [n for n in self._departed if self._members[n].state is DEAD]
         if dead and self.rng.random() < len(dead) / (live + 1):
@@ -679,9 +677,12 @@ class SwimCore:
                 and self.rng.random() < len(others) / (live + len(dead))):
             self.stats["syncs_to_seeds"] += 1
             seed = self.rng.choice(others)
-            self._send(seed, [codec.encode_message(StateSyn(self.name, self.state.summary,
-                                                            self.members_fingerprint()))])
+            self._send(seed, [self._state_syn(with_members=True)])
         return syn
+
+    def _state_syn(self, *, with_members: bool) -> bytes:
+        members = self.members_fingerprint() if with_members else 0
+        return codec.encode_message(StateSyn(self.name, self.state.summary, members))
 
     def members_fingerprint(self) -> int:
         """A 64-bit fingerprint of our membership view: the name and incarnation of
@@ -766,8 +767,7 @@ class SwimCore:
         # Gossip alone leaves a member that every round happened to miss waiting for
         # a push-pull; a datagram to each is cheap once, and the gossip, which
         # keeps its full transmit count, covers the ones lost.
-        for name in self._peers:
-            self._send(self._members[name].address, [left], piggyback=False)
+        self._send_direct(left, self._peers)
 
     def leave_pending(self) -> bool:
         """True while our `Left` broadcast still has transmissions to go."""
@@ -958,6 +958,12 @@ class SwimCore:
             self._known_news.add(data)
 
     # ----- output ------------------------------------------------------------------
+
+    def _send_direct(self, data: bytes, names: Iterable[str]) -> None:
+        """One datagram carrying only `data` to each of `names` (news about us that
+        should not wait for gossip)."""
+        for name in names:
+            self._send(self._members[name].address, [data], piggyback=False)
 
     def _send(self, dest: Address, parts: list[bytes], *, reliable: bool = False,
               piggyback: bool = True) -> None:
