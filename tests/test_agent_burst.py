@@ -92,19 +92,30 @@ def test_garbage_flood_and_half_open_connections(tmp_path: Path) -> None:
     key_file.write_text(generate_key() + "\n")
     key_file.chmod(0o600)
     started = time.monotonic()
-    with LocalCluster(profile="local", log_dir=tmp_path,
-                      extra_args=["--key-file", str(key_file)]) as cluster:
+    with LocalCluster(
+        profile="local", log_dir=tmp_path, extra_args=["--key-file", str(key_file)]
+    ) as cluster:
         cluster.start_joined(NAMES, STEP)
         target = cluster.agents["n1"]
         others = [cluster.agents["n0"], cluster.agents["n2"]]
         # A monitor on a healthy agent sees any suspicion, however brief.
         monitor = subprocess.Popen(
-            [sys.executable, "-m", "swimnode", "monitor", "--json", "--rpc",
-             f"127.0.0.1:{others[0].rpc_port}"], stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+            [
+                sys.executable,
+                "-m",
+                "swimnode",
+                "monitor",
+                "--json",
+                "--rpc",
+                f"127.0.0.1:{others[0].rpc_port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
         lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(monitor.stdout or ()),
-                                  daemon=True)
+        reader = threading.Thread(target=lambda: lines.extend(monitor.stdout or ()), daemon=True)
         reader.start()
         socks: list[socket.socket] = []
         try:
@@ -113,8 +124,11 @@ def test_garbage_flood_and_half_open_connections(tmp_path: Path) -> None:
             rss_before = rss_kib(target.proc.pid)
 
             result: dict[str, int] = {}
-            flood = threading.Thread(target=lambda: result.update(
-                sent=flood_datagrams(target.port, DATAGRAMS, FLOOD_SECONDS)))
+            flood = threading.Thread(
+                target=lambda: result.update(
+                    sent=flood_datagrams(target.port, DATAGRAMS, FLOOD_SECONDS)
+                )
+            )
             flood_start = time.monotonic()
             flood.start()
             socks = open_half_open(target.port, HALF_OPEN)
@@ -143,19 +157,32 @@ def test_garbage_flood_and_half_open_connections(tmp_path: Path) -> None:
         events = [json.loads(line)["event"] for line in lines if line.strip()]
         assert "suspect" not in events and "failed" not in events, events
 
-    dropped = {k: after[k] - before[k] for k in after
-               if k.startswith("security_dropped") and after[k] != before[k]}
-    garbage_seen = sum(dropped.values()) + after["transport_receive_overflow"] \
+    dropped = {
+        k: after[k] - before[k]
+        for k in after
+        if k.startswith("security_dropped") and after[k] != before[k]
+    }
+    garbage_seen = (
+        sum(dropped.values())
+        + after["transport_receive_overflow"]
         - before["transport_receive_overflow"]
-    streams = {k: after[k] - before[k] for k in ("transport_stream_rejected",
-                                                 "transport_stream_timeouts")}
-    print(f"\nflood: {result['sent']} datagrams in {flood_time:.1f} s, {HALF_OPEN} half-open "
-          f"connections, {rpc_answers} RPC answers during the flood")
-    print(f"dropped: {dropped}, receive overflow "
-          f"{after['transport_receive_overflow'] - before['transport_receive_overflow']}, "
-          f"streams {streams}")
-    print(f"RSS before {rss_before / 1024:.1f} MiB, after {rss_after / 1024:.1f} MiB; "
-          f"total {time.monotonic() - started:.1f} s")
+    )
+    streams = {
+        k: after[k] - before[k] for k in ("transport_stream_rejected", "transport_stream_timeouts")
+    }
+    print(
+        f"\nflood: {result['sent']} datagrams in {flood_time:.1f} s, {HALF_OPEN} half-open "
+        f"connections, {rpc_answers} RPC answers during the flood"
+    )
+    print(
+        f"dropped: {dropped}, receive overflow "
+        f"{after['transport_receive_overflow'] - before['transport_receive_overflow']}, "
+        f"streams {streams}"
+    )
+    print(
+        f"RSS before {rss_before / 1024:.1f} MiB, after {rss_after / 1024:.1f} MiB; "
+        f"total {time.monotonic() - started:.1f} s"
+    )
     assert result["sent"] >= DATAGRAMS * 0.99
     assert dropped.get("security_dropped_bad_header", 0) > DATAGRAMS / 10
     assert garbage_seen > DATAGRAMS / 2

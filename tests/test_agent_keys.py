@@ -28,10 +28,18 @@ NAMES = ["n0", "n1", "n2"]
 STEP = 15.0
 
 
-def run_cli(*args: str, timeout: float = 30.0,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False, env=env)
+def run_cli(
+    *args: str, timeout: float = 30.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        env=env,
+    )
 
 
 def fp(key: str) -> str:
@@ -40,47 +48,67 @@ def fp(key: str) -> str:
 
 # ----- settings (pure) -----------------------------------------------------------------
 
+
 def test_security_flags_env_and_file() -> None:
     key1, key2 = generate_key(), generate_key()
-    s = load_settings(["--key-file", "/k", "--label", "blue"], {}, lambda p: "",
-                      default_name="h")
+    s = load_settings(["--key-file", "/k", "--label", "blue"], {}, lambda p: "", default_name="h")
     assert (s.key_file, s.label, s.node_config().label) == ("/k", "blue", "blue")
-    s = load_settings([], {"SWIMNODE_KEYS": f" {key1}, {key2} ", "SWIMNODE_LABEL": "red",
-                           "SWIMNODE_INSECURE_PLAINTEXT": "yes"}, lambda p: "",
-                      default_name="h")
+    s = load_settings(
+        [],
+        {
+            "SWIMNODE_KEYS": f" {key1}, {key2} ",
+            "SWIMNODE_LABEL": "red",
+            "SWIMNODE_INSECURE_PLAINTEXT": "yes",
+        },
+        lambda p: "",
+        default_name="h",
+    )
     assert s.keyring is not None and s.keyring.fingerprints == [fp(key1), fp(key2)]
     assert (s.label, s.insecure_plaintext) == ("red", True)
     assert key1 not in repr(s)  # settings show fingerprints, never keys
-    s = load_settings(["--config", "a.toml"], {}, lambda p: 'label = "green"\n'
-                      'insecure_plaintext = true\nbind = "0.0.0.0:7946"\nkey_file = "/k"\n',
-                      default_name="h")
+    s = load_settings(
+        ["--config", "a.toml"],
+        {},
+        lambda p: (
+            'label = "green"\ninsecure_plaintext = true\nbind = "0.0.0.0:7946"\nkey_file = "/k"\n'
+        ),
+        default_name="h",
+    )
     assert (s.label, s.insecure_plaintext, s.key_file) == ("green", True, "/k")
 
 
 def test_secure_by_default() -> None:
-    with pytest.raises(UsageError, match=r"refusing to bind 0\.0\.0\.0:7946 without an "
-                       "encryption key") as info:
+    with pytest.raises(
+        UsageError,
+        match=r"refusing to bind 0\.0\.0\.0:7946 without an "
+        "encryption key",
+    ) as info:
         load_settings(["--bind", "0.0.0.0:7946"], {}, lambda p: "", default_name="h")
     assert "\n" not in str(info.value)
     for ok in (["--insecure-plaintext"], ["--key-file", "/k"]):
         load_settings(["--bind", "10.0.0.1:7946", *ok], {}, lambda p: "", default_name="h")
-    load_settings(["--bind", "10.0.0.1:7946"], {"SWIMNODE_KEYS": generate_key()},
-                  lambda p: "", default_name="h")
+    load_settings(
+        ["--bind", "10.0.0.1:7946"],
+        {"SWIMNODE_KEYS": generate_key()},
+        lambda p: "",
+        default_name="h",
+    )
     load_settings(["--bind", "[::1]:7946"], {}, lambda p: "", default_name="h")
 
 
 def test_bad_keys_are_one_line_errors_without_the_key() -> None:
     bad = generate_key()[:-4] + "!!!="
     with pytest.raises(UsageError) as info:
-        load_settings([], {"SWIMNODE_KEYS": f"{generate_key()},{bad}"}, lambda p: "",
-                      default_name="h")
+        load_settings(
+            [], {"SWIMNODE_KEYS": f"{generate_key()},{bad}"}, lambda p: "", default_name="h"
+        )
     assert str(info.value) == "SWIMNODE_KEYS: key 2: key is not valid base64"
     with pytest.raises(UsageError, match="both a key file and SWIMNODE_KEYS"):
-        load_settings(["--key-file", "/k"], {"SWIMNODE_KEYS": generate_key()}, lambda p: "",
-                      default_name="h")
+        load_settings(
+            ["--key-file", "/k"], {"SWIMNODE_KEYS": generate_key()}, lambda p: "", default_name="h"
+        )
     with pytest.raises(UsageError, match="insecure_plaintext must be true or false"):
-        load_settings(["--config", "a"], {}, lambda p: "insecure_plaintext = 1",
-                      default_name="h")
+        load_settings(["--config", "a"], {}, lambda p: "insecure_plaintext = 1", default_name="h")
 
 
 def test_help_lists_the_security_flags() -> None:
@@ -89,6 +117,7 @@ def test_help_lists_the_security_flags() -> None:
 
 
 # ----- RPC against in-process nodes -----------------------------------------------------
+
 
 async def test_keys_rpc_on_a_loopback_cluster() -> None:
     old, new = generate_key(), generate_key()
@@ -110,8 +139,10 @@ async def test_keys_rpc_on_a_loopback_cluster() -> None:
                 await trio.sleep_forever()
 
     def converged() -> bool:
-        return all({m.name for m in a.members() if m.state.label == "alive"} == set(NAMES)
-                   for a in agents.values())
+        return all(
+            {m.name for m in a.members() if m.state.label == "alive"} == set(NAMES)
+            for a in agents.values()
+        )
 
     async with trio.open_nursery() as nursery:
         for i in range(3):
@@ -124,7 +155,8 @@ async def test_keys_rpc_on_a_loopback_cluster() -> None:
 
         async def call(args: dict[str, object]) -> dict[str, object]:
             return await trio.to_thread.run_sync(
-                lambda: rpcclient.call(("127.0.0.1", ports[3]), "keys", args, timeout=STEP))
+                lambda: rpcclient.call(("127.0.0.1", ports[3]), "keys", args, timeout=STEP)
+            )
 
         listing = await call({"action": "list"})
         assert (listing["nodes"], listing["answered"], listing["failed"]) == (3, 3, {})
@@ -146,6 +178,7 @@ async def test_keys_rpc_on_a_loopback_cluster() -> None:
 
 # ----- real processes ---------------------------------------------------------------------
 
+
 def test_keygen_prints_a_fresh_key() -> None:
     first, second = run_cli("keygen"), run_cli("keygen")
     assert first.returncode == 0 and first.stderr == ""
@@ -155,20 +188,32 @@ def test_keygen_prints_a_fresh_key() -> None:
 
 def test_agent_refuses_plaintext_beyond_loopback_and_bad_key_files(tmp_path: Path) -> None:
     port, rpc_port = free_ports(2)
-    done = run_cli("agent", "--name", "x", "--bind", f"0.0.0.0:{port}", "--rpc",
-                   f"127.0.0.1:{rpc_port}")
+    done = run_cli(
+        "agent", "--name", "x", "--bind", f"0.0.0.0:{port}", "--rpc", f"127.0.0.1:{rpc_port}"
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         f"swimnode agent: refusing to bind 0.0.0.0:{port} without an encryption key: give "
-        "--key-file or SWIMNODE_KEYS, or --insecure-plaintext to allow unencrypted traffic"]
+        "--key-file or SWIMNODE_KEYS, or --insecure-plaintext to allow unencrypted traffic"
+    ]
     bad = tmp_path / "bad"
     secret = generate_key()
     bad.write_text(secret[:20] + "\n")
-    done = run_cli("agent", "--name", "x", "--bind", f"127.0.0.1:{port}", "--rpc",
-                   f"127.0.0.1:{rpc_port}", "--key-file", str(bad))
+    done = run_cli(
+        "agent",
+        "--name",
+        "x",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--rpc",
+        f"127.0.0.1:{rpc_port}",
+        "--key-file",
+        str(bad),
+    )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"swimnode agent: {bad}:1: key must decode to 32 bytes, got 15"]
+        f"swimnode agent: {bad}:1: key must decode to 32 bytes, got 15"
+    ]
     assert secret[:20] not in done.stderr
 
 
@@ -177,8 +222,9 @@ def test_keys_commands_rotate_a_real_cluster(tmp_path: Path) -> None:
     key_file = tmp_path / "keys"
     key_file.write_text(f"# cluster key\n{old}\n")
     key_file.chmod(0o644)  # readable by others: the agents warn
-    with LocalCluster(profile="local", log_dir=tmp_path,
-                      extra_args=["--key-file", str(key_file)]) as cluster:
+    with LocalCluster(
+        profile="local", log_dir=tmp_path, extra_args=["--key-file", str(key_file)]
+    ) as cluster:
         cluster.start_joined(NAMES, STEP)
         rpc_flag = ["--rpc", f"127.0.0.1:{cluster.agents['n2'].rpc_port}"]
 

@@ -8,8 +8,9 @@ import logging
 from swimnode.agent import JsonFormatter, _not_node_membership_line
 
 
-def record(name: str, level: int, msg: str, fields: dict[str, object] | None = None
-           ) -> logging.LogRecord:
+def record(
+    name: str, level: int, msg: str, fields: dict[str, object] | None = None
+) -> logging.LogRecord:
     rec = logging.LogRecord(name, level, __file__, 1, msg, (), None)
     if fields is not None:
         rec.fields = fields
@@ -17,8 +18,9 @@ def record(name: str, level: int, msg: str, fields: dict[str, object] | None = N
 
 
 def test_json_lines_carry_the_fields() -> None:
-    line = JsonFormatter().format(record("swimnode.agent", logging.INFO, "member b joined",
-                                         {"event": "joined", "name": "b"}))
+    line = JsonFormatter().format(
+        record("swimnode.agent", logging.INFO, "member b joined", {"event": "joined", "name": "b"})
+    )
     data = json.loads(line)
     assert "\n" not in line
     assert data["message"] == "member b joined"

@@ -29,8 +29,14 @@ NAMES = [f"n{i}" for i in range(5)]
 
 
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def members_json(agent: AgentProcess) -> dict[str, dict[str, Any]]:
@@ -66,21 +72,27 @@ def test_kill_restart_leave_and_signal(cluster: LocalCluster) -> None:
         assert view[agent.name]["address"] == agent.address
         assert all(isinstance(m["incarnation"], int) for m in view.values())
 
-    monitor = subprocess.Popen([*CLI, "monitor", "--rpc", f"127.0.0.1:{seed.rpc_port}",
-                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL, text=True)
+    monitor = subprocess.Popen(
+        [*CLI, "monitor", "--rpc", f"127.0.0.1:{seed.rpc_port}", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert monitor.stdout is not None
         initial = [json.loads(monitor.stdout.readline()) for _ in NAMES]
         assert {(e["event"], e["name"], e["state"]) for e in initial} == {
-            ("member", n, "alive") for n in NAMES}
+            ("member", n, "alive") for n in NAMES
+        }
 
         victim = cluster.agents["n4"]
         survivors = [a for a in cluster.agents.values() if a is not victim]
         victim.kill()
         bound = detection_bound(Config.local("n4"), len(NAMES))
-        assert wait_for(lambda: cluster.all_see("n4", "dead", survivors), bound), \
+        assert wait_for(lambda: cluster.all_see("n4", "dead", survivors), bound), (
             f"not every survivor listed n4 dead within {bound:.1f} s"
+        )
         for agent in survivors:
             assert members_json(agent)["n4"]["state"] == "dead"
 
@@ -183,10 +195,14 @@ def test_one_line_errors(tmp_path: Path) -> None:
         # twenty at once on a small loaded machine can take longer than any timeout.
         for start in range(0, len(cases), 4):
             batch = []
-            for args, code in cases[start:start + 4]:
-                proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True,
-                                        stdin=subprocess.DEVNULL)
+            for args, code in cases[start : start + 4]:
+                proc = subprocess.Popen(
+                    [*CLI, *args],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    stdin=subprocess.DEVNULL,
+                )
                 procs.append((args, code, proc))
                 batch.append((args, code, proc))
             for args, code, proc in batch:
@@ -202,8 +218,7 @@ def test_one_line_errors(tmp_path: Path) -> None:
         busy_tcp.close()
 
 
-def test_state_spreads_and_ring_covers_every_member(cluster: LocalCluster,
-                                                     tmp_path: Path) -> None:
+def test_state_spreads_and_ring_covers_every_member(cluster: LocalCluster, tmp_path: Path) -> None:
     # s0 seeds the others through each kind of seed source: a file and a DNS name
     # (a numeric one, so no resolver is needed), and starts with application state.
     seed = cluster.start("s0", args=["--state", "role=seed", "--state-json", "weight=3"])
@@ -255,5 +270,6 @@ def test_state_spreads_and_ring_covers_every_member(cluster: LocalCluster,
 
     done = run_cli("state", "delete", "color", "--rpc", rpc_of(writer))
     assert done.returncode == 0, done.stderr
-    assert wait_for(lambda: "color" not in members_json(reader)["s1"]["app_state"], STEP,
-                    step=0.2), "the deletion did not reach s2"
+    assert wait_for(
+        lambda: "color" not in members_json(reader)["s1"]["app_state"], STEP, step=0.2
+    ), "the deletion did not reach s2"

@@ -22,22 +22,29 @@ def test_static_seeds_alone_need_no_source() -> None:
 async def test_sources_are_combined_in_order(tmp_path: Path) -> None:
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("# the seeds\n127.0.0.1:2\n\n127.0.0.1:1  # again\n[::1]:3\n")
-    settings = AgentSettings(name="a", seeds=(("127.0.0.1", 1),), seed_files=(str(seeds),),
-                             seed_dns=(("127.0.0.1", 4),))
+    settings = AgentSettings(
+        name="a", seeds=(("127.0.0.1", 1),), seed_files=(str(seeds),), seed_dns=(("127.0.0.1", 4),)
+    )
     source = seed_source(settings)
     assert source is not None
-    assert await source.resolve() == [("127.0.0.1", 1), ("127.0.0.1", 2), ("::1", 3),
-                                      ("127.0.0.1", 4)]
+    assert await source.resolve() == [
+        ("127.0.0.1", 1),
+        ("127.0.0.1", 2),
+        ("::1", 3),
+        ("127.0.0.1", 4),
+    ]
     # Re-read on every call: an edit shows at the next refresh.
     seeds.write_text("127.0.0.1:5\n")
     assert await source.resolve() == [("127.0.0.1", 1), ("127.0.0.1", 5), ("127.0.0.1", 4)]
 
 
-async def test_a_failing_source_is_logged_and_skipped(tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_failing_source_is_logged_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     missing = tmp_path / "missing.txt"
-    source = LoggedSeeds(AgentSettings(name="a", seeds=(("127.0.0.1", 1),),
-                                       seed_files=(str(missing),)))
+    source = LoggedSeeds(
+        AgentSettings(name="a", seeds=(("127.0.0.1", 1),), seed_files=(str(missing),))
+    )
     with caplog.at_level(logging.WARNING, logger="swimnode.agent"):
         assert await source.resolve() == [("127.0.0.1", 1)]
     [record] = caplog.records

@@ -9,8 +9,13 @@ from hypothesis import strategies as st
 from swimnode.appstate import Digest, NodeDelta, StateEntry, StateLimits, StateStore
 
 
-def exchange(a: StateStore, b: StateStore, budget: int = 1 << 20, now: float = 0.0,
-             lose: frozenset[int] = frozenset()) -> None:
+def exchange(
+    a: StateStore,
+    b: StateStore,
+    budget: int = 1 << 20,
+    now: float = 0.0,
+    lose: frozenset[int] = frozenset(),
+) -> None:
     """One anti-entropy round a -> b as the core runs it: syn, digests, ack, ack.
     `lose` names the steps (1..3) whose message is lost."""
     if a.summary == b.summary or 1 in lose:
@@ -42,12 +47,15 @@ def test_tuples_read_back_as_lists() -> None:
     assert s.values("a")["t"] == [1, [2, 3]]
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("", 1, "non-empty"),
-    ("k" * 129, 1, "longer than 128"),
-    ("k", object(), "not msgpack"),
-    ("k", "x" * 5000, "limit is 4096"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("", 1, "non-empty"),
+        ("k" * 129, 1, "longer than 128"),
+        ("k", object(), "not msgpack"),
+        ("k", "x" * 5000, "limit is 4096"),
+    ],
+)
 def test_bad_writes_raise_and_change_nothing(key: str, value: object, message: str) -> None:
     s = StateStore("a", 1)
     s.set("keep", 1, 0.0)
@@ -158,12 +166,20 @@ def test_any_interleaving_converges_to_the_latest_values(data: st.DataObject) ->
     names = ["a", "b", "c", "d"]
     stores = {n: StateStore(n, 1) for n in names}
     truth: dict[str, dict[str, int]] = {n: {} for n in names}
-    ops = data.draw(st.lists(st.tuples(
-        st.sampled_from(["set", "delete", "round"]),
-        st.sampled_from(names), st.sampled_from(names),
-        st.sampled_from(["k1", "k2", "k3"]), st.integers(0, 99),
-        st.frozensets(st.integers(1, 3), max_size=2),
-        st.sampled_from([80, 200, 1 << 20])), max_size=60))
+    ops = data.draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["set", "delete", "round"]),
+                st.sampled_from(names),
+                st.sampled_from(names),
+                st.sampled_from(["k1", "k2", "k3"]),
+                st.integers(0, 99),
+                st.frozensets(st.integers(1, 3), max_size=2),
+                st.sampled_from([80, 200, 1 << 20]),
+            ),
+            max_size=60,
+        )
+    )
     for i, (op, x, y, key, value, lose, budget) in enumerate(ops):
         now = float(i)
         if op == "set":

@@ -49,9 +49,15 @@ def test_max_one_always_zero() -> None:
     assert a.scale(2.0) == 2.0
 
 
-@pytest.mark.parametrize(("score", "seconds", "expected"), [
-    (0, 1.0, 1.0), (1, 1.0, 2.0), (3, 0.5, 2.0), (7, 0.2, 1.6),
-])
+@pytest.mark.parametrize(
+    ("score", "seconds", "expected"),
+    [
+        (0, 1.0, 1.0),
+        (1, 1.0, 2.0),
+        (3, 0.5, 2.0),
+        (7, 0.2, 1.6),
+    ],
+)
 def test_scale(score: int, seconds: float, expected: float) -> None:
     a = Awareness(8)
     a.apply(score)

@@ -13,14 +13,17 @@ from swimnode.broadcasts import BroadcastQueue, retransmit_limit
 BIG = 1 << 20
 
 
-@pytest.mark.parametrize(("n", "expected"), [
-    (1, 4),      # ceil(log10(2)) = ceil(0.30) = 1
-    (9, 4),      # ceil(log10(10)) = 1
-    (10, 8),     # ceil(log10(11)) = ceil(1.04) = 2
-    (99, 8),     # ceil(log10(100)) = 2
-    (100, 12),   # ceil(log10(101)) = ceil(2.004) = 3
-    (1000, 16),  # ceil(log10(1001)) = 4
-])
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (1, 4),  # ceil(log10(2)) = ceil(0.30) = 1
+        (9, 4),  # ceil(log10(10)) = 1
+        (10, 8),  # ceil(log10(11)) = ceil(1.04) = 2
+        (99, 8),  # ceil(log10(100)) = 2
+        (100, 12),  # ceil(log10(101)) = ceil(2.004) = 3
+        (1000, 16),  # ceil(log10(1001)) = 4
+    ],
+)
 def test_retransmit_limit(n: int, expected: int) -> None:
     assert retransmit_limit(4, n) == expected
 

@@ -32,21 +32,37 @@ WITH_STATE = [
     {**MEMBERS[1], "app_state": {}},
 ]
 # What the agent's `ring` RPC returns for two members with 2 and 1 tokens.
-RING = {"vnodes": 2, "tokens_key": "tokens", "members": [
-    {"name": "a", "fraction": 0.75, "tokens": 2, "source": "derived",
-     "ranges": [[TOKEN_SPACE - 16, 1 << 62], [1 << 63, TOKEN_SPACE - 16]]},
-    {"name": "b", "fraction": 0.25, "tokens": 1, "source": "advertised",
-     "ranges": [[1 << 62, 1 << 63]]},
-]}
+RING = {
+    "vnodes": 2,
+    "tokens_key": "tokens",
+    "members": [
+        {
+            "name": "a",
+            "fraction": 0.75,
+            "tokens": 2,
+            "source": "derived",
+            "ranges": [[TOKEN_SPACE - 16, 1 << 62], [1 << 63, TOKEN_SPACE - 16]],
+        },
+        {
+            "name": "b",
+            "fraction": 0.25,
+            "tokens": 1,
+            "source": "advertised",
+            "ranges": [[1 << 62, 1 << 63]],
+        },
+    ],
+}
 
 
 def test_parse_client_args() -> None:
     assert parse_client_args("members", [], {}) == ClientArgs("members", DEFAULT_RPC)
     assert parse_client_args("members", ["--json", "--status", "dead"], {}) == ClientArgs(
-        "members", DEFAULT_RPC, json=True, status="dead")
+        "members", DEFAULT_RPC, json=True, status="dead"
+    )
     assert parse_client_args("stats", [], {"SWIMNODE_RPC": "[::1]:9"}).rpc == ("::1", 9)
-    assert parse_client_args("monitor", ["--rpc", "127.0.0.1:1"],
-                             {"SWIMNODE_RPC": "[::1]:9"}).rpc == ("127.0.0.1", 1)
+    assert parse_client_args(
+        "monitor", ["--rpc", "127.0.0.1:1"], {"SWIMNODE_RPC": "[::1]:9"}
+    ).rpc == ("127.0.0.1", 1)
 
 
 def test_parse_state_and_ring_args() -> None:
@@ -54,8 +70,7 @@ def test_parse_state_and_ring_args() -> None:
     assert (get.action, get.key, get.member, get.json) == ("get", "role", "b", True)
     put = parse_client_args("state", ["set", "load", "3"], {"SWIMNODE_RPC": "127.0.0.1:9"})
     assert (put.action, put.key, put.value, put.rpc) == ("set", "load", "3", ("127.0.0.1", 9))
-    typed = parse_client_args("state", ["set", "load", "[1, 2.5, {\"a\": null}]",
-                                        "--json-value"], {})
+    typed = parse_client_args("state", ["set", "load", '[1, 2.5, {"a": null}]', "--json-value"], {})
     assert typed.value == [1, 2.5, {"a": None}]
     raw = parse_client_args("state", ["set", "k", '{"$base64": "aGk="}', "--json-value"], {})
     assert raw.value == b"hi"
@@ -69,23 +84,26 @@ def test_parse_state_and_ring_args() -> None:
     assert parse_client_args("members", ["--state"], {}).show_state is True
 
 
-@pytest.mark.parametrize(("command", "argv"), [
-    ("members", ["--status", "zombie"]),
-    ("members", ["--rpc", "nope"]),
-    ("leave", ["--json"]),
-    ("stats", ["extra"]),
-    ("state", []),
-    ("state", ["frob"]),
-    ("state", ["get"]),
-    ("state", ["set", "k"]),
-    ("state", ["set", "k", "{nope", "--json-value"]),
-    ("state", ["set", "k", '{"$base64": "!!"}', "--json-value"]),
-    ("state", ["delete", "k", "--json"]),
-    ("state", ["list", "--rpc", "nope"]),
-    ("ring", ["--vnodes", "0"]),
-    ("ring", ["--vnodes", "many"]),
-    ("ring", ["--vnodes", "5000"]),
-])
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("members", ["--status", "zombie"]),
+        ("members", ["--rpc", "nope"]),
+        ("leave", ["--json"]),
+        ("stats", ["extra"]),
+        ("state", []),
+        ("state", ["frob"]),
+        ("state", ["get"]),
+        ("state", ["set", "k"]),
+        ("state", ["set", "k", "{nope", "--json-value"]),
+        ("state", ["set", "k", '{"$base64": "!!"}', "--json-value"]),
+        ("state", ["delete", "k", "--json"]),
+        ("state", ["list", "--rpc", "nope"]),
+        ("ring", ["--vnodes", "0"]),
+        ("ring", ["--vnodes", "many"]),
+        ("ring", ["--vnodes", "5000"]),
+    ],
+)
 def test_parse_client_args_errors(command: str, argv: list[str]) -> None:
     with pytest.raises(UsageError):
         parse_client_args(command, argv, {})
@@ -108,8 +126,7 @@ def test_render_members_json_and_filter() -> None:
 
 def test_render_members_with_state() -> None:
     listing = json.loads(render_members(WITH_STATE, None, True))
-    assert listing[0]["app_state"] == {"role": "db", "raw": {"$base64": "aGk="},
-                                       "tokens": [1, 2]}
+    assert listing[0]["app_state"] == {"role": "db", "raw": {"$base64": "aGk="}, "tokens": [1, 2]}
     assert render_members(WITH_STATE, None, False, show_state=True).splitlines() == [
         "NAME  ADDRESS         STATE  INCARNATION  APP_STATE",
         'a     127.0.0.1:7946  alive  0            raw={"$base64":"aGk="} role=db tokens...',
@@ -122,16 +139,21 @@ def test_render_members_with_state() -> None:
 def test_compact_state() -> None:
     assert compact_state({}) == "-"
     assert compact_state({"b": 1, "a": "x"}) == "a=x b=1"
-    assert compact_state({"a": "two words", "b": "", "c": "k=v", "d": None}) == \
-        'a="two words" b="" c="k=v" d=null'
+    assert (
+        compact_state({"a": "two words", "b": "", "c": "k=v", "d": None})
+        == 'a="two words" b="" c="k=v" d=null'
+    )
     assert compact_state({"k": "v" * 100}, width=10) == "k=vvvvv..."
 
 
 def test_json_value_convention() -> None:
     value = {"raw": b"\x00\xff", "nested": [b"", {"x": 1}], "s": "text"}
     encoded = to_json_value(value)
-    assert encoded == {"raw": {"$base64": "AP8="}, "nested": [{"$base64": ""}, {"x": 1}],
-                       "s": "text"}
+    assert encoded == {
+        "raw": {"$base64": "AP8="},
+        "nested": [{"$base64": ""}, {"x": 1}],
+        "s": "text",
+    }
     assert from_json_value(json.loads(json.dumps(encoded))) == value
     # Only an object whose sole key is "$base64" stands for bytes.
     assert from_json_value({"$base64": "AP8=", "other": 1}) == {"$base64": "AP8=", "other": 1}
@@ -146,9 +168,16 @@ def test_render_state() -> None:
     assert render_state_value(b"hi", True) == '{"$base64": "aGk="}'
     state = {"role": "db", "load": 0.5, "raw": b"hi"}
     assert render_state_list(state, False).splitlines() == [
-        "KEY   VALUE", "load  0.5", 'raw   {"$base64":"aGk="}', "role  db"]
+        "KEY   VALUE",
+        "load  0.5",
+        'raw   {"$base64":"aGk="}',
+        "role  db",
+    ]
     assert json.loads(render_state_list(state, True)) == {
-        "load": 0.5, "raw": {"$base64": "aGk="}, "role": "db"}
+        "load": 0.5,
+        "raw": {"$base64": "aGk="},
+        "role": "db",
+    }
     assert render_state_list({}, False) == "KEY  VALUE"
 
 
@@ -156,10 +185,14 @@ def test_render_ring() -> None:
     shaped = json.loads(render_ring(RING, True))
     assert (shaped["vnodes"], shaped["tokens_key"]) == (2, "tokens")
     a, b = shaped["members"]
-    assert a["ranges"][0] == {"start": "0xfffffffffffffff0", "end": "0x4000000000000000",
-                              "fraction": pytest.approx(0.25 + 16 / TOKEN_SPACE)}
-    assert b["ranges"] == [{"start": "0x4000000000000000", "end": "0x8000000000000000",
-                            "fraction": 0.25}]
+    assert a["ranges"][0] == {
+        "start": "0xfffffffffffffff0",
+        "end": "0x4000000000000000",
+        "fraction": pytest.approx(0.25 + 16 / TOKEN_SPACE),
+    }
+    assert b["ranges"] == [
+        {"start": "0x4000000000000000", "end": "0x8000000000000000", "fraction": 0.25}
+    ]
     assert sum(m["fraction"] for m in shaped["members"]) == pytest.approx(1.0)
     assert render_ring(RING, False).splitlines() == [
         "MEMBER  RANGE (START, END]                        SHARE",
@@ -182,15 +215,19 @@ def test_render_stats() -> None:
 
 def test_render_monitor_frames() -> None:
     frame = {"event": "failed", "member": MEMBERS[1]}
-    assert json.loads(render_monitor_frame(frame, True)) == {"event": "failed", **MEMBERS[1],
-                                                             "app_state": {}}
+    assert json.loads(render_monitor_frame(frame, True)) == {
+        "event": "failed",
+        **MEMBERS[1],
+        "app_state": {},
+    }
     assert render_monitor_frame(frame, False) == "failed    bee [::1]:7947 dead (incarnation 12)"
     updated = {"event": "updated", "member": WITH_STATE[0], "changed_keys": ["raw", "role"]}
     line = json.loads(render_monitor_frame(updated, True))
     assert line["changed_keys"] == ["raw", "role"]
     assert line["app_state"]["raw"] == {"$base64": "aGk="}
     assert render_monitor_frame(updated, False) == (
-        "updated   a 127.0.0.1:7946 alive (incarnation 0) keys raw,role")
+        "updated   a 127.0.0.1:7946 alive (incarnation 0) keys raw,role"
+    )
     lost = {"event": "events_lost", "count": 4}
     assert json.loads(render_monitor_frame(lost, True)) == lost
     assert render_monitor_frame(lost, False) == "events_lost: 4"

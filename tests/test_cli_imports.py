@@ -14,8 +14,13 @@ import swimnode
 
 def run_fresh(code: str) -> Any:
     """Run `code` in a new interpreter; it prints one JSON value, returned here."""
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
-                          capture_output=True, text=True, timeout=60, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return json.loads(done.stdout.splitlines()[-1])
 
 
@@ -62,8 +67,7 @@ def test_import_swimnode_is_lazy() -> None:
         print(json.dumps({"before": before, "listed": listed, "after": "trio" in sys.modules,
                           "same": swimnode.Node is Node, "name": Node.__qualname__}))
     """)
-    assert result == {"before": False, "listed": True, "after": True, "same": True,
-                      "name": "Node"}
+    assert result == {"before": False, "listed": True, "after": True, "same": True, "name": "Node"}
 
 
 def test_every_public_name_resolves() -> None:

@@ -34,8 +34,9 @@ async def test_crashed_node_is_declared_dead_by_all(mock_clock: trio.testing.Moc
     async with open_sim_cluster(3, seed=2) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=10) is not None
         cluster.crash("n2")
-        took = await cluster.wait_for(lambda: cluster.all_see("n2", {DEAD}),
-                                      timeout=detection_bound(3))
+        took = await cluster.wait_for(
+            lambda: cluster.all_see("n2", {DEAD}), timeout=detection_bound(3)
+        )
         assert took is not None
         assert cluster.events_of("failed", "n2", "n0")
         assert cluster.events_of("failed", "n2", "n1")
@@ -44,7 +45,8 @@ async def test_crashed_node_is_declared_dead_by_all(mock_clock: trio.testing.Moc
 
 
 async def test_transient_partition_is_suspected_then_refuted(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     async with open_sim_cluster(3, seed=3) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=10) is not None
         isolated = cluster.address_of("n2")
@@ -71,7 +73,9 @@ async def test_fifty_nodes_five_crash_with_loss(mock_clock: trio.testing.MockClo
             cluster.crash(name)
         took = await cluster.wait_for(
             lambda: all(cluster.all_see(c, {DEAD}) for c in crashed),
-            timeout=detection_bound(50), step=0.5)
+            timeout=detection_bound(50),
+            step=0.5,
+        )
         assert took is not None
         survivors = set(cluster.names)
         false_dead = [o for o in cluster.events_of("failed") if o.event.member.name in survivors]
@@ -91,7 +95,8 @@ async def test_leave_is_seen_as_left_not_failed(mock_clock: trio.testing.MockClo
 
 
 async def test_fresh_news_does_not_wait_out_the_gossip_interval(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     """Two leaves 50 ms apart: every node is still in the gossip interval that
     forwarded the first when the second arrives, and the second's news must not wait
     for it to end at each hop (a quarter interval at most)."""
@@ -103,8 +108,12 @@ async def test_fresh_news_does_not_wait_out_the_gossip_interval(
             await trio.sleep(0.05)
             nursery.start_soon(cluster.nodes["n7"].leave)
             took = await cluster.wait_for(
-                lambda: all(cluster.view(o)["n7"] is LEFT for o in cluster.nodes
-                            if o not in ("n3", "n7")), timeout=10, step=0.01)
+                lambda: all(
+                    cluster.view(o)["n7"] is LEFT for o in cluster.nodes if o not in ("n3", "n7")
+                ),
+                timeout=10,
+                step=0.01,
+            )
             assert took is not None
         # A hop or two reach 16 members; waiting out the interval would take 1 s.
         assert took <= 0.5
@@ -114,8 +123,12 @@ async def test_restarted_node_rejoins(mock_clock: trio.testing.MockClock) -> Non
     async with open_sim_cluster(4, seed=5) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=10) is not None
         cluster.crash("n2")
-        assert await cluster.wait_for(lambda: cluster.all_see("n2", {DEAD}),
-                                      timeout=detection_bound(4)) is not None
+        assert (
+            await cluster.wait_for(
+                lambda: cluster.all_see("n2", {DEAD}), timeout=detection_bound(4)
+            )
+            is not None
+        )
         old_incarnation = max(cluster.nodes["n0"].members(), key=lambda m: m.name == "n2")
         await cluster.start("n2")  # same name, fresh process: incarnation starts at 0
         assert await cluster.wait_for(cluster.converged, timeout=20) is not None
@@ -124,7 +137,8 @@ async def test_restarted_node_rejoins(mock_clock: trio.testing.MockClock) -> Non
 
 
 async def test_restart_before_detection_wins_over_old_record(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     async with open_sim_cluster(4, seed=6) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=10) is not None
         cluster.crash("n1")
@@ -135,8 +149,7 @@ async def test_restart_before_detection_wins_over_old_record(
         assert not cluster.events_of("failed", "n1")
 
 
-async def test_every_task_stops_when_the_block_exits(
-        mock_clock: trio.testing.MockClock) -> None:
+async def test_every_task_stops_when_the_block_exits(mock_clock: trio.testing.MockClock) -> None:
     before = trio.lowlevel.current_statistics().tasks_living
     async with open_sim_cluster(3, seed=7) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=10) is not None
@@ -155,8 +168,11 @@ async def test_same_seed_same_run(mock_clock: trio.testing.MockClock) -> None:
             await trio.sleep(5)
             cluster.crash("n5")
             await trio.sleep(40)
-            return [(round(o.time - start, 9), o.observer, o.event.kind, o.event.member.name)
-                    for o in cluster.log if hasattr(o.event, "member")]
+            return [
+                (round(o.time - start, 9), o.observer, o.event.kind, o.event.member.name)
+                for o in cluster.log
+                if hasattr(o.event, "member")
+            ]
 
     first = await trace()
     second = await trace()

@@ -47,17 +47,21 @@ def test_cluster_state_machine() -> None:
 
 
 def test_replay_is_deterministic() -> None:
-    scenario = Scenario(n=5, seed=11, steps=(
-        SetState("n2", "k0", 1, 1.0),
-        Partition(("n0", "n3"), 20.0),
-        Crash("n4", 5.0),
-        RotateKeys("install"),
-        RotateKeys("use", 5.0),
-        Quiet(),
-        Restart("n4", 1.0),
-        RotateKeys("remove", 1.0),
-        Quiet(),
-    ))
+    scenario = Scenario(
+        n=5,
+        seed=11,
+        steps=(
+            SetState("n2", "k0", 1, 1.0),
+            Partition(("n0", "n3"), 20.0),
+            Crash("n4", 5.0),
+            RotateKeys("install"),
+            RotateKeys("use", 5.0),
+            Quiet(),
+            Restart("n4", 1.0),
+            RotateKeys("remove", 1.0),
+            Quiet(),
+        ),
+    )
     first, second = replay(scenario), replay(scenario)
     assert first.violation is None, first.violation
     assert first == second
@@ -68,9 +72,17 @@ def test_checks_catch_a_node_that_cannot_rejoin() -> None:
     # Why the machine never crashes the last running seed: with both seeds down, a
     # node restarted after the others forgot it (dead_reclaim_time, 60 s) has nobody
     # to join through, and nobody probes it. The checks must report that.
-    scenario = Scenario(n=5, seed=4, steps=(
-        Crash("n0"), Crash("n1"), Crash("n4", 100.0), Restart("n4", 1.0), Quiet(),
-    ))
+    scenario = Scenario(
+        n=5,
+        seed=4,
+        steps=(
+            Crash("n0"),
+            Crash("n1"),
+            Crash("n4", 100.0),
+            Restart("n4", 1.0),
+            Quiet(),
+        ),
+    )
     outcome = replay(scenario)
     assert outcome.violation is not None
     assert outcome.violation.step == 4

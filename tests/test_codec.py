@@ -71,8 +71,12 @@ def test_round_trip_each_message(msg: Message) -> None:
 def test_round_trip_sync_with_many_records() -> None:
     states = list(MemberState)
     records = tuple(
-        MemberRecord(f"node-{i}", (f"10.0.{i // 256}.{i % 256}" if i % 3 else f"fd00::{i:x}",
-                                   1024 + i), i * 7, states[i % 4])
+        MemberRecord(
+            f"node-{i}",
+            (f"10.0.{i // 256}.{i % 256}" if i % 3 else f"fd00::{i:x}", 1024 + i),
+            i * 7,
+            states[i % 4],
+        )
         for i in range(2000)
     )
     msg = Sync(False, False, records)
@@ -147,31 +151,72 @@ def test_trailing_bytes_rejected() -> None:
 
 BAD_BODIES: list[Any] = [
     # not a non-empty array of arrays
-    5, "hello", None, True, [5], [None], [[]], [["x"]],
+    5,
+    "hello",
+    None,
+    True,
+    [5],
+    [None],
+    [[]],
+    [["x"]],
     # unknown / mistyped tags
-    [[0, 1, "a"]], [[10, 1, "a"]], [[99, 1, "a"]], [[-1, 1, "a"]], [["1", 1, "a", "b"]],
-    [[True, 1, "a", "b"]], [[1.0, 1, "a", "b"]],
+    [[0, 1, "a"]],
+    [[10, 1, "a"]],
+    [[99, 1, "a"]],
+    [[-1, 1, "a"]],
+    [["1", 1, "a", "b"]],
+    [[True, 1, "a", "b"]],
+    [[1.0, 1, "a", "b"]],
     # wrong arity
-    [[1, 1, "a"]], [[1, 1, "a", "b", "c"]], [[2, 1]], [[2, 1, "a", "b"]], [[5, "a", "h", 1]],
-    [[8, "a"]], [[9, False, True]],
+    [[1, 1, "a"]],
+    [[1, 1, "a", "b", "c"]],
+    [[2, 1]],
+    [[2, 1, "a", "b"]],
+    [[5, "a", "h", 1]],
+    [[8, "a"]],
+    [[9, False, True]],
     # negative integers
-    [[1, -1, "a", "b"]], [[2, -5, "a"]], [[5, "a", "h", 1, -1]], [[5, "a", "h", -1, 0]],
+    [[1, -1, "a", "b"]],
+    [[2, -5, "a"]],
+    [[5, "a", "h", 1, -1]],
+    [[5, "a", "h", -1, 0]],
     [[7, "a", -(2**63), "b"]],
     # out-of-range integers
-    [[5, "a", "h", 65536, 0]], [[5, "a", "h", U64, 0]], [[4, 1, "t", "h", 70000, "a"]],
+    [[5, "a", "h", 65536, 0]],
+    [[5, "a", "h", U64, 0]],
+    [[4, 1, "t", "h", 70000, "a"]],
     # wrong types
-    [[1, 1.5, "a", "b"]], [[1, True, "a", "b"]], [[1, "1", "a", "b"]], [[1, 1, 5, "b"]],
-    [[1, 1, "a", None]], [[2, None, "a"]], [[5, "a", 5, 1, 0]], [[5, "a", "h", "1", 0]],
-    [[5, "a", "h", 1, 0.0]], [[5, "a", "h", True, 0]], [[8, "a", False]],
+    [[1, 1.5, "a", "b"]],
+    [[1, True, "a", "b"]],
+    [[1, "1", "a", "b"]],
+    [[1, 1, 5, "b"]],
+    [[1, 1, "a", None]],
+    [[2, None, "a"]],
+    [[5, "a", 5, 1, 0]],
+    [[5, "a", "h", "1", 0]],
+    [[5, "a", "h", 1, 0.0]],
+    [[5, "a", "h", True, 0]],
+    [[8, "a", False]],
     # empty or oversized names / hosts
-    [[1, 1, "", "b"]], [[2, 1, ""]], [[8, "x" * 256, 1]], [[8, "é" * 128, 1]],
-    [[5, "a", "", 1, 0]], [[5, "a", "h" * 256, 1, 0]],
+    [[1, 1, "", "b"]],
+    [[2, 1, ""]],
+    [[8, "x" * 256, 1]],
+    [[8, "é" * 128, 1]],
+    [[5, "a", "", 1, 0]],
+    [[5, "a", "h" * 256, 1, 0]],
     # sync: bad flags, bad member list, bad records, bad states
-    [[9, 1, True, []]], [[9, False, 0, []]], [[9, False, True, None]], [[9, False, True, 5]],
-    [[9, False, True, [["a", "h", 1, 0]]]], [[9, False, True, [["a", "h", 1, 0, 0, 0]]]],
-    [[9, False, True, [["a", "h", 1, 0, 4]]]], [[9, False, True, [["a", "h", 1, 0, -1]]]],
-    [[9, False, True, [["a", "h", 1, 0, True]]]], [[9, False, True, [["a", "h", 1, -1, 0]]]],
-    [[9, False, True, [["", "h", 1, 0, 0]]]], [[9, False, True, ["a"]]],
+    [[9, 1, True, []]],
+    [[9, False, 0, []]],
+    [[9, False, True, None]],
+    [[9, False, True, 5]],
+    [[9, False, True, [["a", "h", 1, 0]]]],
+    [[9, False, True, [["a", "h", 1, 0, 0, 0]]]],
+    [[9, False, True, [["a", "h", 1, 0, 4]]]],
+    [[9, False, True, [["a", "h", 1, 0, -1]]]],
+    [[9, False, True, [["a", "h", 1, 0, True]]]],
+    [[9, False, True, [["a", "h", 1, -1, 0]]]],
+    [[9, False, True, [["", "h", 1, 0, 0]]]],
+    [[9, False, True, ["a"]]],
     # one good message followed by one bad one rejects the whole packet
     [[2, 1, "a"], [2, -1, "a"]],
 ]
@@ -190,16 +235,19 @@ def test_uint64_limits() -> None:
         decode_packet(raw_packet([[5, "a", "h", U64, 0]]))
 
 
-@pytest.mark.parametrize("raw", [
-    b"\xc1",  # never-used byte
-    b"\x91\xc4\x01x",  # bin payload
-    b"\x91\x81\x01\x02",  # map
-    b"\x91\xd4\x01\x00",  # ext
-    b"\x91\x93\x02\x01\xa3\xff\xfe\xfd",  # invalid UTF-8 string
-    b"\xdd" + struct.pack(">I", 2**32 - 1),  # array header claiming 4 billion items
-    b"\x91" * 5000,  # very deep nesting
-    b"\x91\x93\x02\xcb" + struct.pack(">d", 1.0) + b"\xa1a",  # float seq
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xc1",  # never-used byte
+        b"\x91\xc4\x01x",  # bin payload
+        b"\x91\x81\x01\x02",  # map
+        b"\x91\xd4\x01\x00",  # ext
+        b"\x91\x93\x02\x01\xa3\xff\xfe\xfd",  # invalid UTF-8 string
+        b"\xdd" + struct.pack(">I", 2**32 - 1),  # array header claiming 4 billion items
+        b"\x91" * 5000,  # very deep nesting
+        b"\x91\x93\x02\xcb" + struct.pack(">d", 1.0) + b"\xa1a",  # float seq
+    ],
+)
 def test_hostile_msgpack(raw: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_packet(bytes([PROTOCOL_VERSION]) + raw)
@@ -222,13 +270,13 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Suspect, names, uints, names),
     st.builds(Dead, names, uints, names),
     st.builds(Left, names, uints),
-    st.builds(Sync, st.booleans(), st.booleans(),
-              st.lists(records, max_size=5).map(tuple)),
+    st.builds(Sync, st.booleans(), st.booleans(), st.lists(records, max_size=5).map(tuple)),
 )
 packets = st.lists(messages, min_size=1, max_size=20)
 
-FUZZ = settings(max_examples=60, derandomize=True, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @FUZZ
@@ -272,8 +320,9 @@ def test_truncated_packets_raise_decode_error(msgs: list[Message], data: st.Data
 
 @FUZZ
 @given(packets, st.data())
-def test_bit_flipped_packets_only_raise_decode_error(msgs: list[Message],
-                                                     data: st.DataObject) -> None:
+def test_bit_flipped_packets_only_raise_decode_error(
+    msgs: list[Message], data: st.DataObject
+) -> None:
     full = bytearray(packet(*msgs))
     for _ in range(data.draw(st.integers(1, 4))):
         pos = data.draw(st.integers(0, len(full) - 1))
@@ -282,10 +331,12 @@ def test_bit_flipped_packets_only_raise_decode_error(msgs: list[Message],
 
 
 @FUZZ
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), U64) | st.floats() | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=6),
-    max_leaves=20,
-))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), U64) | st.floats() | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=6),
+        max_leaves=20,
+    )
+)
 def test_arbitrary_msgpack_values_only_raise_decode_error(body: Any) -> None:
     _decode_or_decode_error(raw_packet(body))

@@ -36,8 +36,12 @@ from swimnode.messages import (
 )
 from swimnode.transport import Address
 
-ALIVE, SUSPECT, DEAD, LEFT = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD,
-                              MemberState.LEFT)
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberState.ALIVE,
+    MemberState.SUSPECT,
+    MemberState.DEAD,
+    MemberState.LEFT,
+)
 Send = tuple[Address, Address, bytes, bool]  # (source, dest, data, reliable)
 
 
@@ -54,8 +58,9 @@ def pkt(*msgs: Message) -> bytes:
     return encode_packet([encode_message(m) for m in msgs])
 
 
-def feed(core: SwimCore, *msgs: Message, now: float = 0.0, source: str = "x",
-         reliable: bool = False) -> None:
+def feed(
+    core: SwimCore, *msgs: Message, now: float = 0.0, source: str = "x", reliable: bool = False
+) -> None:
     core.handle_packet(addr(source), pkt(*msgs), reliable, now)
 
 
@@ -77,8 +82,12 @@ class Net:
         self.events[core.name] += events
         return [(core.address, dest, data, rel) for dest, data, rel in out]
 
-    def run(self, now: float, drop: Callable[[Send], bool] = lambda s: False,
-            pending: list[Send] | None = None) -> list[Send]:
+    def run(
+        self,
+        now: float,
+        drop: Callable[[Send], bool] = lambda s: False,
+        pending: list[Send] | None = None,
+    ) -> list[Send]:
         """Deliver everything until quiet; return what was sent (dropped included)."""
         sent: list[Send] = []
         queue = list(pending or [])
@@ -105,7 +114,7 @@ def cluster(names: str, now: float = 0.0, **overrides: Any) -> tuple[list[SwimCo
     cores = [make_core(n, seed=i + 1, now=now, **overrides) for i, n in enumerate(names)]
     net = Net(cores)
     for i, a in enumerate(cores):
-        for b in cores[i + 1:]:
+        for b in cores[i + 1 :]:
             b.handle_packet(a.address, a.sync_packet(join=True), True, now)
             net.run(now)
     for c in cores:
@@ -237,8 +246,7 @@ def test_indirect_probe_relays_ack() -> None:
     assert a.stats["stale_acks"] == 0
 
 
-def _probe_via_single_helper(**overrides: Any) -> tuple[SwimCore, SwimCore, SwimCore, int,
-                                                        Net]:
+def _probe_via_single_helper(**overrides: Any) -> tuple[SwimCore, SwimCore, SwimCore, int, Net]:
     """a probes c, the direct ping is lost, b is asked to help and c is down."""
     cores, net = cluster("abc", **overrides)
     a, b, c = cores
@@ -581,8 +589,10 @@ def test_state_round_rides_on_the_ping_when_due() -> None:
     [(dest, data, reliable)] = [o for o in out if not o[2]]
     assert not reliable
     # With no news in flight the round also carries the membership fingerprint.
-    assert decode_packet(data) == [Ping(seq, dest[0], "a"),
-                                   StateSyn("a", a.state.summary, a.members_fingerprint())]
+    assert decode_packet(data) == [
+        Ping(seq, dest[0], "a"),
+        StateSyn("a", a.state.summary, a.members_fingerprint()),
+    ]
     assert a.stats["state_rounds"] == rounds + 1
     assert a.timer_changed
     # Nothing is left for the timer: the next round is due on the grid at 7.0.
@@ -695,13 +705,16 @@ def test_reap_forgets_dead_members_after_reclaim_time() -> None:
 # ----- robustness and probe order -------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", [
-    b"",
-    b"\xff\x00garbage",
-    b"\x01\x91\xc1",
-    pkt(Alive("m9", addr("m9"), 0)) + b"\x00",  # valid news then trailing junk
-    bytes([1, 0x92]) + encode_message(Alive("m9", addr("m9"), 0)),  # second item missing
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff\x00garbage",
+        b"\x01\x91\xc1",
+        pkt(Alive("m9", addr("m9"), 0)) + b"\x00",  # valid news then trailing junk
+        bytes([1, 0x92]) + encode_message(Alive("m9", addr("m9"), 0)),  # second item missing
+    ],
+)
 def test_garbage_is_counted_and_ignored(data: bytes) -> None:
     a = make_core("a")
     with_fakes(a, 2)
@@ -802,15 +815,17 @@ def test_seed_contact_compares_membership_views() -> None:
     for core in (a, b, c):
         core.take_output()
     # Agreeing views: nothing comes back (equal state summaries, too).
-    a.handle_packet(b.address, pkt(StateSyn("b", b.state.summary, b.members_fingerprint())),
-                    False, 1.0)
+    a.handle_packet(
+        b.address, pkt(StateSyn("b", b.state.summary, b.members_fingerprint())), False, 1.0
+    )
     assert a.take_output()[0] == []
     # A plain state round (no membership fingerprint) never starts a push-pull.
     a.handle_packet(c.address, pkt(StateSyn("c", c.state.summary)), False, 1.0)
     assert a.take_output()[0] == []
     # A member of another cluster: the seed pushes its view, the sender pushes back.
-    a.handle_packet(c.address, pkt(StateSyn("c", c.state.summary, c.members_fingerprint())),
-                    False, 1.0)
+    a.handle_packet(
+        c.address, pkt(StateSyn("c", c.state.summary, c.members_fingerprint())), False, 1.0
+    )
     out, _ = a.take_output()
     assert [(dest, reliable) for dest, _, reliable in out] == [(c.address, True)]
     [sync] = decode_packet(out[0][1])
@@ -855,8 +870,9 @@ def test_differing_views_with_news_in_flight_start_no_push_pull() -> None:
     feed(a, Alive("m1", addr("m1"), 0), now=0.5)  # queued: a is still spreading it
     a.take_output()
     assert a.broadcasts
-    a.handle_packet(b.address, pkt(StateSyn("b", b.state.summary, b.members_fingerprint())),
-                    False, 1.0)
+    a.handle_packet(
+        b.address, pkt(StateSyn("b", b.state.summary, b.members_fingerprint())), False, 1.0
+    )
     assert a.take_output()[0] == []
     assert a.stats["membership_mismatches"] == 0
 

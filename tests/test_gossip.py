@@ -12,22 +12,29 @@ from swimnode.testing import open_sim_cluster
 ALIVE, SUSPECT, DEAD, LEFT = MemberState
 
 
-async def test_state_set_on_one_node_reaches_all_fifty(
-        mock_clock: trio.testing.MockClock) -> None:
+async def test_state_set_on_one_node_reaches_all_fifty(mock_clock: trio.testing.MockClock) -> None:
     async with open_sim_cluster(50, seed=21) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=60, step=0.5) is not None
         cluster.nodes["n7"].set_state("tokens", [1, 2, 3])
         took = await cluster.wait_for(
-            lambda: all(cluster.app_state(o, "n7") == {"tokens": [1, 2, 3]}
-                        for o in cluster.nodes), timeout=30, step=0.25)
+            lambda: all(cluster.app_state(o, "n7") == {"tokens": [1, 2, 3]} for o in cluster.nodes),
+            timeout=30,
+            step=0.25,
+        )
         assert took is not None
-        updates = [o for o in cluster.log if isinstance(o.event, MemberUpdated)
-                   and o.event.member.name == "n7" and "tokens" in o.event.changed_keys]
+        updates = [
+            o
+            for o in cluster.log
+            if isinstance(o.event, MemberUpdated)
+            and o.event.member.name == "n7"
+            and "tokens" in o.event.changed_keys
+        ]
         assert {o.observer for o in updates} == set(cluster.nodes)
 
 
 async def test_state_reaches_all_with_twenty_percent_loss(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     net = Network(seed=22)
     async with open_sim_cluster(50, seed=22, network=net) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=60, step=0.5) is not None
@@ -40,7 +47,8 @@ async def test_state_reaches_all_with_twenty_percent_loss(
 
 
 async def test_delete_propagates_and_tombstones_do_not_resurrect(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     async with open_sim_cluster(10, seed=23, state_tombstone_ttl=30.0) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=20) is not None
         node = cluster.nodes["n3"]
@@ -49,18 +57,22 @@ async def test_delete_propagates_and_tombstones_do_not_resurrect(
         assert await cluster.wait_for(cluster.state_converged, timeout=20) is not None
         assert node.delete_state("role")
         assert not node.delete_state("role")
-        assert await cluster.wait_for(
-            lambda: all(cluster.app_state(o, "n3") == {"zone": "a"} for o in cluster.nodes),
-            timeout=20) is not None
+        assert (
+            await cluster.wait_for(
+                lambda: all(cluster.app_state(o, "n3") == {"zone": "a"} for o in cluster.nodes),
+                timeout=20,
+            )
+            is not None
+        )
         await trio.sleep(120)  # well past the tombstone lifetime and reaper runs
-        collected = sum(n.stats().get("tombstones_collected", 0)
-                        for n in cluster.nodes.values())
+        collected = sum(n.stats().get("tombstones_collected", 0) for n in cluster.nodes.values())
         assert collected >= len(cluster.nodes)
         assert all(cluster.app_state(o, "n3") == {"zone": "a"} for o in cluster.nodes)
 
 
 async def test_restarted_node_state_replaces_its_old_state(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     async with open_sim_cluster(5, seed=24) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=20) is not None
         cluster.nodes["n2"].set_state("v", "old")
@@ -69,13 +81,18 @@ async def test_restarted_node_state_replaces_its_old_state(
         cluster.crash("n2")
         restarted = await cluster.start("n2")
         restarted.set_state("v", "new")
-        assert await cluster.wait_for(
-            lambda: cluster.converged() and cluster.state_converged(), timeout=60) is not None
+        assert (
+            await cluster.wait_for(
+                lambda: cluster.converged() and cluster.state_converged(), timeout=60
+            )
+            is not None
+        )
         assert cluster.app_state("n0", "n2") == {"v": "new"}
 
 
 async def test_logical_partitions_merge_through_a_shared_seed(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     async with open_sim_cluster(0, seed=25) as cluster:
         seed = cluster.address_of("s")
         for side in "ab":
@@ -103,14 +120,18 @@ async def _split_and_heal(seed_on_each_side: bool) -> dict[str, int]:
         cluster.network.partition(side_a, side_b)
         # Longer than the longest suspicion timeout: each side buries the other.
         took = await cluster.wait_for(
-            lambda: cluster.all_see("n25", {DEAD}, [f"n{i}" for i in range(1, 21)])
-            and cluster.all_see("n5", {DEAD}, [f"n{i}" for i in range(21, 41)]),
-            timeout=50, step=0.5)
+            lambda: (
+                cluster.all_see("n25", {DEAD}, [f"n{i}" for i in range(1, 21)])
+                and cluster.all_see("n5", {DEAD}, [f"n{i}" for i in range(21, 41)])
+            ),
+            timeout=50,
+            step=0.5,
+        )
         assert took is not None
         cluster.network.heal()
         took = await cluster.wait_for(
-            lambda: all(cluster.all_see(n, {ALIVE}) for n in cluster.nodes),
-            timeout=90, step=0.5)
+            lambda: all(cluster.all_see(n, {ALIVE}) for n in cluster.nodes), timeout=90, step=0.5
+        )
         assert took is not None, "the cluster did not merge after the partition healed"
         totals: dict[str, int] = {}
         for node in cluster.nodes.values():
@@ -120,12 +141,14 @@ async def _split_and_heal(seed_on_each_side: bool) -> dict[str, int]:
 
 
 async def test_network_partition_heals_with_no_seed_reachable(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     totals = await _split_and_heal(seed_on_each_side=False)
     assert totals["syncs_to_dead"] > 0
 
 
 async def test_network_partition_heals_with_a_seed_on_each_side(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     totals = await _split_and_heal(seed_on_each_side=True)
     assert totals["syncs_to_seeds"] > 0

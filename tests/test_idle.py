@@ -74,7 +74,8 @@ async def test_idle_nodes_wake_once_a_period(mock_clock: trio.testing.MockClock)
 
 
 async def test_a_lone_node_does_not_spin_on_news_nobody_can_hear(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     # Its own `alive` news stays queued while it knows nobody; the gossip task must
     # sleep rather than retry every interval.
     async with open_sim_cluster(1, seed=3) as cluster:

@@ -26,13 +26,13 @@ async def _storm(n: int, seed: int, **overrides: Any) -> tuple[float, dict[str, 
         took = await cluster.wait_for(cluster.converged, timeout=120, step=0.005)
         assert took is not None
         took = trio.current_time() - last_start
-        announced = {name: node.stats().get("join_announcements", 0)
-                     for name, node in cluster.nodes.items()}
+        announced = {
+            name: node.stats().get("join_announcements", 0) for name, node in cluster.nodes.items()
+        }
     return took, announced
 
 
-async def test_join_storm_converges_within_round_trips(
-        mock_clock: trio.testing.MockClock) -> None:
+async def test_join_storm_converges_within_round_trips(mock_clock: trio.testing.MockClock) -> None:
     took, announced = await _storm(10, seed=3)
     # A join round trip and one datagram to each member: a few ms of simulated
     # latency, far below a gossip round (200 ms).
@@ -41,12 +41,17 @@ async def test_join_storm_converges_within_round_trips(
     # the seed joined nobody.
     assert announced["n0"] == 0
     assert sum(announced.values()) > 0
-    assert all(count <= i - 1 for i, count in
-               ((int(name[1:]), count) for name, count in announced.items() if name != "n0"))
+    assert all(
+        count <= i - 1
+        for i, count in (
+            (int(name[1:]), count) for name, count in announced.items() if name != "n0"
+        )
+    )
 
 
 async def test_without_the_announcement_the_storm_waits_for_gossip(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     """The same storm with the announcement off: the mechanism, not luck, made the
     previous test fast."""
     took, announced = await _storm(10, seed=3, join_announce_nodes=0)
@@ -61,7 +66,8 @@ async def test_announcement_is_capped(mock_clock: trio.testing.MockClock) -> Non
 
 
 async def test_member_that_missed_a_join_catches_up_within_seconds(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     """n5 loses every datagram that carries news of n30, so gossip never tells it;
     the membership fingerprint in quiet anti-entropy rounds (docs/protocol.md §6.3)
     must find it long before its next push-pull (30 s period)."""
@@ -73,24 +79,34 @@ async def test_member_that_missed_a_join_catches_up_within_seconds(
 
         def news_of_n30_to_n5(source: Address, dest: Address, data: bytes) -> bool:
             return dest == straggler and any(
-                isinstance(m, Alive) and m.name == "n30" for m in decode_packet(data))
+                isinstance(m, Alive) and m.name == "n30" for m in decode_packet(data)
+            )
 
         net.drop_datagrams(news_of_n30_to_n5)
-        before = {name: node.stats().get("membership_mismatches", 0)
-                  for name, node in cluster.nodes.items()}
+        before = {
+            name: node.stats().get("membership_mismatches", 0)
+            for name, node in cluster.nodes.items()
+        }
         started = trio.current_time()
         await cluster.start("n30")
         others = [n for n in cluster.nodes if n not in ("n5", "n30")]
-        assert await cluster.wait_for(
-            lambda: all(cluster.view(o).get("n30") is ALIVE for o in others),
-            timeout=10) is not None
+        assert (
+            await cluster.wait_for(
+                lambda: all(cluster.view(o).get("n30") is ALIVE for o in others), timeout=10
+            )
+            is not None
+        )
         assert "n30" not in cluster.view("n5")  # gossip alone did not reach it
-        took = await cluster.wait_for(lambda: cluster.view("n5").get("n30") is ALIVE,
-                                      timeout=60, step=0.1)
+        took = await cluster.wait_for(
+            lambda: cluster.view("n5").get("n30") is ALIVE, timeout=60, step=0.1
+        )
         assert took is not None
         assert trio.current_time() - started < 10
         assert net.stats.filtered > 0
         # Found by a quiet round between ordinary members, not by a seed contact
         # (only n0 is a seed) or a periodic push-pull.
-        assert any(node.stats().get("membership_mismatches", 0) > before.get(name, 0)
-                   for name, node in cluster.nodes.items() if name != "n0")
+        assert any(
+            node.stats().get("membership_mismatches", 0) > before.get(name, 0)
+            for name, node in cluster.nodes.items()
+            if name != "n0"
+        )

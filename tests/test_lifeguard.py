@@ -29,8 +29,7 @@ from swimnode.testing import open_sim_cluster
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState
 
-ALL_OFF = dict(lifeguard_awareness=False, lifeguard_dynamic_suspicion=False,
-               lifeguard_buddy=False)
+ALL_OFF = dict(lifeguard_awareness=False, lifeguard_dynamic_suspicion=False, lifeguard_buddy=False)
 
 
 def addr(name: str) -> tuple[str, int]:
@@ -44,18 +43,19 @@ def packet(*msgs: Message) -> bytes:
 def sent_messages(core: SwimCore, dest: str | None = None) -> list[Message]:
     """Decode (and consume) everything `core` queued to send, optionally to one peer."""
     out, _ = core.take_output()
-    return [m for d, data, _ in out if dest is None or d == addr(dest)
-            for m in codec.decode_packet(data)]
+    return [
+        m
+        for d, data, _ in out
+        if dest is None or d == addr(dest)
+        for m in codec.decode_packet(data)
+    ]
 
 
-def make_core(name: str = "me", peers: int = 10, now: float = 0.0,
-              **overrides: Any) -> SwimCore:
+def make_core(name: str = "me", peers: int = 10, now: float = 0.0, **overrides: Any) -> SwimCore:
     """A core that knows `peers` alive members p0..p{peers-1}, incarnation 0."""
-    core = SwimCore(Config.lan(name, bind=addr(name), **overrides), now=now,
-                    rng=random.Random(7))
+    core = SwimCore(Config.lan(name, bind=addr(name), **overrides), now=now, rng=random.Random(7))
     for i in range(peers):
-        core.handle_packet(addr(f"p{i}"), packet(Alive(f"p{i}", addr(f"p{i}"), 0)),
-                           False, now)
+        core.handle_packet(addr(f"p{i}"), packet(Alive(f"p{i}", addr(f"p{i}"), 0)), False, now)
     core.take_output()
     return core
 
@@ -176,11 +176,14 @@ class Puppet:
         await self.transport.send(addr(to), packet(Alive(self.name, addr(self.name), 0)))
 
 
-async def node_with_puppets(nursery: trio.Nursery, net: Network, n: int,
-                            answer: Callable[[], bool] = lambda: True,
-                            **overrides: Any) -> tuple[Node, list[Puppet]]:
-    config = Config.lan("me", bind=addr("me"), seed=3, push_pull_interval=10_000.0,
-                        **overrides)
+async def node_with_puppets(
+    nursery: trio.Nursery,
+    net: Network,
+    n: int,
+    answer: Callable[[], bool] = lambda: True,
+    **overrides: Any,
+) -> tuple[Node, list[Puppet]]:
+    config = Config.lan("me", bind=addr("me"), seed=3, push_pull_interval=10_000.0, **overrides)
     node = Node(config, net.attach(addr("me")))
     await nursery.start(node.run)
     puppets = [Puppet(net, f"p{i}", answer) for i in range(n)]
@@ -198,7 +201,8 @@ def probe_gaps(puppets: list[Puppet]) -> list[float]:
 
 
 async def test_node_suspicion_timer_confirmation_and_refutation(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     net = Network(seed=1, jitter=0.0)
     async with trio.open_nursery() as nursery:
         node, puppets = await node_with_puppets(nursery, net, 5)
@@ -250,8 +254,11 @@ def run_probe(core: SwimCore, now: float, *, ack: bool = False, nacks: int = 0) 
         sent_messages(core)
         core.probe_indirect(seq, now + 0.5)
         out, _ = core.take_output()
-        helpers = [d[0] for d, data, _ in out
-                   if any(isinstance(m, PingReq) for m in codec.decode_packet(data))]
+        helpers = [
+            d[0]
+            for d, data, _ in out
+            if any(isinstance(m, PingReq) for m in codec.decode_packet(data))
+        ]
         assert len(helpers) == 3
         for name in helpers[:nacks]:
             deliver(core, name, Nack(seq, name), now=now + 0.9)
@@ -307,7 +314,8 @@ def test_awareness_off_stays_zero_and_helpers_send_no_nacks() -> None:
 
 @pytest.mark.parametrize("aware", [True, False])
 async def test_awareness_scales_probe_interval_in_a_node(
-        mock_clock: trio.testing.MockClock, aware: bool) -> None:
+    mock_clock: trio.testing.MockClock, aware: bool
+) -> None:
     net = Network(seed=2, jitter=0.0)
     async with trio.open_nursery() as nursery:
         node, puppets = await node_with_puppets(nursery, net, 4, lifeguard_awareness=aware)
@@ -332,7 +340,8 @@ async def test_awareness_scales_probe_interval_in_a_node(
 
 
 async def test_awareness_rises_when_our_acks_and_nacks_are_lost(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     """A node whose incoming traffic is lost sees no acks *and* no nacks: its score
     climbs to the cap and it probes eight times less often; healed, it recovers."""
     # A long suspicion timeout keeps n1 from declaring everyone dead meanwhile.
@@ -349,8 +358,7 @@ async def test_awareness_rises_when_our_acks_and_nacks_are_lost(
         # Periods of 8 s: at most 2 probes began in 16 s (a healthy node makes 16).
         assert me.stats()["probes"] - probes <= 2
         cluster.network.heal()
-        assert await cluster.wait_for(lambda: me.stats()["awareness"] == 0,
-                                      timeout=60) is not None
+        assert await cluster.wait_for(lambda: me.stats()["awareness"] == 0, timeout=60) is not None
 
 
 async def test_nacks_keep_a_healthy_prober_at_zero(mock_clock: trio.testing.MockClock) -> None:
@@ -360,8 +368,10 @@ async def test_nacks_keep_a_healthy_prober_at_zero(mock_clock: trio.testing.Mock
         async with open_sim_cluster(6, seed=12, lifeguard_awareness=aware) as cluster:
             assert await cluster.wait_for(cluster.converged, timeout=10) is not None
             cluster.crash("n5")
-            assert await cluster.wait_for(lambda: cluster.all_see("n5", {DEAD}),
-                                          timeout=60) is not None
+            assert (
+                await cluster.wait_for(lambda: cluster.all_see("n5", {DEAD}), timeout=60)
+                is not None
+            )
             stats = [cluster.nodes[n].stats() for n in cluster.names]
             assert sum(s.get("probe_failures", 0) for s in stats) > 0
             assert all(s["awareness"] == 0 for s in stats)
@@ -454,19 +464,26 @@ def test_relayed_answer_to_a_suspect_carries_the_suspicion(answered: bool) -> No
 
 @pytest.mark.parametrize("buddy", [True, False])
 async def test_suspect_refutes_within_a_probe_round_trip(
-        mock_clock: trio.testing.MockClock, buddy: bool) -> None:
+    mock_clock: trio.testing.MockClock, buddy: bool
+) -> None:
     """n2 is cut off just long enough to be suspected and for the rumour to run out
     of retransmissions. After healing, the buddy system tells it at the next ping."""
-    async with open_sim_cluster(3, seed=5, suspicion_mult=10, push_pull_interval=10_000.0,
-                                lifeguard_buddy=buddy) as cluster:
+    async with open_sim_cluster(
+        3, seed=5, suspicion_mult=10, push_pull_interval=10_000.0, lifeguard_buddy=buddy
+    ) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=10) is not None
         n2 = cluster.address_of("n2")
         others = [cluster.address_of("n0"), cluster.address_of("n1")]
         cluster.network.partition([n2], others)
         took = await cluster.wait_for(
-            lambda: cluster.view("n0")["n2"] is SUSPECT and cluster.view("n1")["n2"] is SUSPECT
-            and not cluster.nodes["n0"].core.broadcasts.pending("n2")
-            and not cluster.nodes["n1"].core.broadcasts.pending("n2"), timeout=8)
+            lambda: (
+                cluster.view("n0")["n2"] is SUSPECT
+                and cluster.view("n1")["n2"] is SUSPECT
+                and not cluster.nodes["n0"].core.broadcasts.pending("n2")
+                and not cluster.nodes["n1"].core.broadcasts.pending("n2")
+            ),
+            timeout=8,
+        )
         assert took is not None
         # Only pings and acks may tell n2: no seed syncs (push-pull is off already).
         for node in cluster.nodes.values():
@@ -483,8 +500,9 @@ async def test_suspect_refutes_within_a_probe_round_trip(
 
         assert not refuted()
         before = exchanges()
-        assert await cluster.wait_for(lambda: exchanges() > before, timeout=5,
-                                      step=0.001) is not None
+        assert (
+            await cluster.wait_for(lambda: exchanges() > before, timeout=5, step=0.001) is not None
+        )
         if buddy:
             # The first ping to n2 carries the suspicion, and so does the first ack
             # to n2's own ping (the reverse buddy): it refutes at once.

@@ -8,8 +8,12 @@ from hypothesis import strategies as st
 
 from swimnode.member import Member, MemberState, supersedes
 
-ALIVE, SUSPECT, DEAD, LEFT = (MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD,
-                              MemberState.LEFT)
+ALIVE, SUSPECT, DEAD, LEFT = (
+    MemberState.ALIVE,
+    MemberState.SUSPECT,
+    MemberState.DEAD,
+    MemberState.LEFT,
+)
 
 
 def rec(state: MemberState, inc: int) -> Member:
@@ -45,8 +49,7 @@ def test_suspect_beats_suspect_iff_higher(i: int, j: int) -> None:
 
 @pytest.mark.parametrize("cur", [ALIVE, SUSPECT])
 @pytest.mark.parametrize(("i", "j"), [(i, j) for i in range(4) for j in range(4)])
-def test_dead_beats_alive_and_suspect_iff_same_or_higher(cur: MemberState, i: int,
-                                                         j: int) -> None:
+def test_dead_beats_alive_and_suspect_iff_same_or_higher(cur: MemberState, i: int, j: int) -> None:
     assert wins(DEAD, i, cur, j) is (i >= j)
 
 
@@ -57,15 +60,15 @@ def test_dead_beats_dead_iff_higher(i: int, j: int) -> None:
 
 @pytest.mark.parametrize("news", [ALIVE, SUSPECT])
 @pytest.mark.parametrize(("i", "j"), [(i, j) for i in range(4) for j in range(4)])
-def test_alive_or_suspect_beats_dead_only_with_higher_incarnation(news: MemberState, i: int,
-                                                                  j: int) -> None:
+def test_alive_or_suspect_beats_dead_only_with_higher_incarnation(
+    news: MemberState, i: int, j: int
+) -> None:
     assert wins(news, i, DEAD, j) is (i > j)
 
 
 @pytest.mark.parametrize("cur", [ALIVE, SUSPECT, DEAD])
 @pytest.mark.parametrize(("i", "j"), [(i, j) for i in range(4) for j in range(4)])
-def test_left_beats_everything_else_iff_same_or_higher(cur: MemberState, i: int,
-                                                       j: int) -> None:
+def test_left_beats_everything_else_iff_same_or_higher(cur: MemberState, i: int, j: int) -> None:
     assert wins(LEFT, i, cur, j) is (i >= j)
 
 

@@ -35,8 +35,10 @@ R = QueryResponse(7, "node-b", b"x" * codec.MAX_QUERY_RESPONSE_PAYLOAD)
 
 # ----- codec ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("msg", [Q, R, Query(0, "a", ("::1", 0), "k", b"", 0),
-                                 QueryResponse(0, "b", b"")])
+
+@pytest.mark.parametrize(
+    "msg", [Q, R, Query(0, "a", ("::1", 0), "k", b"", 0), QueryResponse(0, "b", b"")]
+)
 def test_query_messages_round_trip(msg: Query | QueryResponse) -> None:
     assert decode_packet(encode_packet([encode_message(msg)])) == [msg]
 
@@ -45,35 +47,46 @@ def raw(*fields: Any) -> bytes:
     return bytes([codec.PROTOCOL_VERSION]) + msgpack.packb([list(fields)], use_bin_type=True)
 
 
-@pytest.mark.parametrize("fields", [
-    (13, 1, "a", "h", 1, "k", b"", 0, "extra"),            # wrong arity
-    (13, 1, "a", "h", 1, "", b"", 0),                       # empty kind
-    (13, 1, "a", "h", 1, "k" * 65, b"", 0),                 # kind too long
-    (13, 1, "a", "h", 1, "k", "text", 0),                   # payload not bytes
-    (13, 1, "a", "h", 1, "k", b"x" * 513, 0),               # payload too large
-    (13, 1, "a", "h", 1, "k", b"", codec.MAX_QUERY_TIMEOUT_MS + 1),
-    (13, -1, "a", "h", 1, "k", b"", 0),                     # negative id
-    (13, 1, "", "h", 1, "k", b"", 0),                       # empty origin
-    (13, 1, "a", "h", 70000, "k", b"", 0),                  # bad port
-    (14, 1, "b"),                                           # response: wrong arity
-    (14, 1, "b", "text"),                                   # response payload not bytes
-    (14, 1, "b", b"x" * (codec.MAX_QUERY_RESPONSE_PAYLOAD + 1)),
-    (14, 1, 5, b""),                                        # sender not a name
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (13, 1, "a", "h", 1, "k", b"", 0, "extra"),  # wrong arity
+        (13, 1, "a", "h", 1, "", b"", 0),  # empty kind
+        (13, 1, "a", "h", 1, "k" * 65, b"", 0),  # kind too long
+        (13, 1, "a", "h", 1, "k", "text", 0),  # payload not bytes
+        (13, 1, "a", "h", 1, "k", b"x" * 513, 0),  # payload too large
+        (13, 1, "a", "h", 1, "k", b"", codec.MAX_QUERY_TIMEOUT_MS + 1),
+        (13, -1, "a", "h", 1, "k", b"", 0),  # negative id
+        (13, 1, "", "h", 1, "k", b"", 0),  # empty origin
+        (13, 1, "a", "h", 70000, "k", b"", 0),  # bad port
+        (14, 1, "b"),  # response: wrong arity
+        (14, 1, "b", "text"),  # response payload not bytes
+        (14, 1, "b", b"x" * (codec.MAX_QUERY_RESPONSE_PAYLOAD + 1)),
+        (14, 1, 5, b""),  # sender not a name
+    ],
+)
 def test_bad_query_messages_raise_decode_error(fields: tuple[Any, ...]) -> None:
     with pytest.raises(DecodeError):
         decode_packet(raw(*fields))
 
 
-@given(st.builds(Query, st.integers(0, 2**64 - 1), st.text(min_size=1, max_size=20),
-                 st.tuples(st.text(min_size=1, max_size=20), st.integers(0, 65535)),
-                 st.text(min_size=1, max_size=16), st.binary(max_size=512),
-                 st.integers(0, codec.MAX_QUERY_TIMEOUT_MS)))
+@given(
+    st.builds(
+        Query,
+        st.integers(0, 2**64 - 1),
+        st.text(min_size=1, max_size=20),
+        st.tuples(st.text(min_size=1, max_size=20), st.integers(0, 65535)),
+        st.text(min_size=1, max_size=16),
+        st.binary(max_size=512),
+        st.integers(0, codec.MAX_QUERY_TIMEOUT_MS),
+    )
+)
 def test_arbitrary_queries_round_trip(query: Query) -> None:
     assert decode_packet(encode_packet([encode_message(query)])) == [query]
 
 
 # ----- core ----------------------------------------------------------------------------
+
 
 def core(name: str) -> SwimCore:
     return SwimCore(Config.lan(name, bind=(name, 1)), now=0.0, rng=random.Random(1))
@@ -121,23 +134,26 @@ def test_answers_never_carry_key_material() -> None:
 
 # ----- simulated clusters --------------------------------------------------------------
 
+
 async def test_a_query_reaches_every_node_and_all_answer(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     n = 12
     async with open_sim_cluster(n, seed=41) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=30) is not None
         seen: list[str] = []
         for name, node in cluster.nodes.items():
+
             def handler(query: Query, name: str = name) -> bytes:
                 seen.append(name)
                 return name.upper().encode() + query.payload
+
             node.register_query_handler("echo", handler)
         start = trio.current_time()
         result = await cluster.nodes["n3"].query("echo", b"!")
         took = trio.current_time() - start
         assert sorted(seen) == sorted(cluster.names)  # each node handled it exactly once
-        assert result.responses == {name: name.upper().encode() + b"!"
-                                    for name in cluster.names}
+        assert result.responses == {name: name.upper().encode() + b"!" for name in cluster.names}
         assert result.missing == []
         assert took < result.timeout  # it ended as soon as everyone answered
         # Copies that keep circulating are recognised and not handled again.
@@ -145,8 +161,7 @@ async def test_a_query_reaches_every_node_and_all_answer(
         assert len(seen) == n
 
 
-async def test_a_silent_member_is_reported_missing(
-        mock_clock: trio.testing.MockClock) -> None:
+async def test_a_silent_member_is_reported_missing(mock_clock: trio.testing.MockClock) -> None:
     async with open_sim_cluster(4, seed=42) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=30) is not None
         for name, node in cluster.nodes.items():
@@ -166,7 +181,8 @@ def _rings(n: int, key: str) -> dict[str, Keyring]:
 
 
 async def test_key_rotation_through_queries_keeps_the_cluster_converged(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     old, new = generate_key(), generate_key()
     old_fp, new_fp = fingerprint(parse_key(old)), fingerprint(parse_key(new))
     rings = _rings(6, old)
@@ -179,8 +195,9 @@ async def test_key_rotation_through_queries_keeps_the_cluster_converged(
         listing = await run_key_query(origin, rings["n4"], "list")
         assert listing.ok and listing.key_counts() == {old_fp: 6}
         for action in ("install", "use", "remove"):
-            report = await run_key_query(origin, rings["n4"], action, parse_key(new if
-                                         action != "remove" else old))
+            report = await run_key_query(
+                origin, rings["n4"], action, parse_key(new if action != "remove" else old)
+            )
             assert report.ok, (action, report.failed)
             assert len(report.answers) == 6
             await trio.sleep(2)
@@ -195,27 +212,25 @@ async def test_key_rotation_through_queries_keeps_the_cluster_converged(
         assert cluster.events_of("failed") == []
 
 
-async def test_removing_the_primary_fails_on_every_node(
-        mock_clock: trio.testing.MockClock) -> None:
+async def test_removing_the_primary_fails_on_every_node(mock_clock: trio.testing.MockClock) -> None:
     key = generate_key()
     rings = _rings(4, key)
     async with open_sim_cluster(0, seed=44) as cluster:
         for name, ring in rings.items():
             register_key_handlers(await cluster.start(name, keyring=ring), ring)
         assert await cluster.wait_for(cluster.converged, timeout=30) is not None
-        report = await run_key_query(cluster.nodes["n1"], rings["n1"], "remove",
-                                     parse_key(key))
+        report = await run_key_query(cluster.nodes["n1"], rings["n1"], "remove", parse_key(key))
         assert not report.ok
         assert len(report.answers) == 4 and report.missing == ()
         fp = fingerprint(parse_key(key))
         assert set(report.failed.values()) == {
-            f"key {fp} is the primary key; use another key before removing it"}
+            f"key {fp} is the primary key; use another key before removing it"
+        }
         assert all(ring.fingerprints == [fp] for ring in rings.values())
         assert cluster.converged()
 
 
-async def test_key_queries_are_refused_without_keys(
-        mock_clock: trio.testing.MockClock) -> None:
+async def test_key_queries_are_refused_without_keys(mock_clock: trio.testing.MockClock) -> None:
     async with open_sim_cluster(2, seed=45) as cluster:
         node = cluster.nodes["n0"]
         register_key_handlers(node, None)

@@ -36,8 +36,11 @@ def test_core_rate_limits_expensive_requests_per_host() -> None:
     from swimnode.core import SwimCore
     from swimnode.messages import PingReq
 
-    core = SwimCore(Config.lan("a", bind=("a", 1), request_rate=1.0, request_burst=5),
-                    now=0.0, rng=random.Random(1))
+    core = SwimCore(
+        Config.lan("a", bind=("a", 1), request_rate=1.0, request_burst=5),
+        now=0.0,
+        rng=random.Random(1),
+    )
     core.take_output()
     for seq in range(20):
         req = codec.encode_packet([codec.encode_message(PingReq(seq, "t", ("t", 1), "x"))])

@@ -20,7 +20,8 @@ def packet(*msgs: Message) -> bytes:
 
 
 async def test_pings_are_answered_at_once_while_serving_ping_reqs_for_a_dead_member(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     async with open_sim_cluster(3, seed=11) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=10) is not None
         cluster.crash("n2")
@@ -70,18 +71,25 @@ def test_non_minimal_msgpack_is_handled_not_crashed() -> None:
 
 def _core() -> SwimCore:
     core = SwimCore(Config.lan("a", bind=("a", 1)), now=0.0, rng=random.Random(1))
-    core.handle_packet(("b", 1), codec.encode_packet([codec.encode_message(
-        Alive("b", ("b", 1), 3))]), False, 0.0)
+    core.handle_packet(
+        ("b", 1), codec.encode_packet([codec.encode_message(Alive("b", ("b", 1), 3))]), False, 0.0
+    )
     core.take_output()
     return core
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
-    | st.text(max_size=20) | st.binary(max_size=20),
-    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=5), inner,
-                                                                max_size=4),
-    max_leaves=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -110,8 +118,12 @@ def test_wrong_shapes_never_raise_or_change_membership(items: list[object]) -> N
 @given(st.integers(0, 10_000), st.integers(0, 7))
 def test_bit_flipped_packets_never_raise(position: int, bit: int) -> None:
     core = _core()
-    good = codec.encode_packet([codec.encode_message(m) for m in (
-        Ping(7, "a", "b"), Alive("c", ("c", 1), 2), Suspect("b", 3, "c"))])
+    good = codec.encode_packet(
+        [
+            codec.encode_message(m)
+            for m in (Ping(7, "a", "b"), Alive("c", ("c", 1), 2), Suspect("b", 3, "c"))
+        ]
+    )
     flipped = bytearray(good)
     flipped[position % len(flipped)] ^= 1 << bit
     core.handle_packet(("b", 1), bytes(flipped), False, 1.0)

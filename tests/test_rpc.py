@@ -82,8 +82,13 @@ def test_frames_round_trip() -> None:
 
 
 def test_member_shape() -> None:
-    assert rpc.member_to_dict(B) == {"name": "b", "address": "[::1]:7947", "state": "suspect",
-                                     "incarnation": 3, "app_state": {}}
+    assert rpc.member_to_dict(B) == {
+        "name": "b",
+        "address": "[::1]:7947",
+        "state": "suspect",
+        "incarnation": 3,
+        "app_state": {},
+    }
     assert rpc.event_to_dict(MemberJoined(A))["event"] == "joined"
     with_state = dataclasses.replace(A, app_state={"role": "db", "raw": b"\x00"})
     assert rpc.member_to_dict(with_state)["app_state"] == {"role": "db", "raw": b"\x00"}
@@ -105,8 +110,7 @@ def test_ring_to_dict() -> None:
     assert sum(m["fraction"] for m in ring["members"]) == pytest.approx(1.0)
     assert all(0 <= t < TOKEN_SPACE for m in ring["members"] for r in m["ranges"] for t in r)
     # Another key: a's tokens are not there, so a gets derived ones.
-    assert rpc.ring_to_dict([advertised], tokens_key="other")["members"][0]["source"] == \
-        "derived"
+    assert rpc.ring_to_dict([advertised], tokens_key="other")["members"][0]["source"] == "derived"
     assert rpc.ring_to_dict([C]) == {"vnodes": 100, "tokens_key": "tokens", "members": []}
     with pytest.raises(ValueError):
         rpc.ring_to_dict([A], vnodes=0)
@@ -138,11 +142,17 @@ async def test_state_commands() -> None:
         async with trio.open_nursery() as nursery:
             address = await serving(nursery, agent)
             assert await call("state_set", key="role", value="db") == {
-                "ok": True, "member": "a", "key": "role"}
+                "ok": True,
+                "member": "a",
+                "key": "role",
+            }
             await call("state_set", key="tokens", value=[1, 2**63])
             await call("state_set", key="raw", value=b"\x00\xff")
-            assert agent.store.values("a") == {"role": "db", "tokens": [1, 2**63],
-                                               "raw": b"\x00\xff"}
+            assert agent.store.values("a") == {
+                "role": "db",
+                "tokens": [1, 2**63],
+                "raw": b"\x00\xff",
+            }
             got = await call("state_get", key="tokens")
             assert (got["member"], got["found"], got["value"]) == ("a", True, [1, 2**63])
             assert (await call("state_get", key="raw"))["value"] == b"\x00\xff"
@@ -179,13 +189,15 @@ async def test_ring_command() -> None:
             assert {m["tokens"] for m in reply["members"]} == {100}
             agent.set_state("slots", [5])
             reply = await trio.to_thread.run_sync(
-                lambda: rpcclient.call(address, "ring", {"vnodes": 3, "tokens_key": "slots"}))
+                lambda: rpcclient.call(address, "ring", {"vnodes": 3, "tokens_key": "slots"})
+            )
             rows = {m["name"]: m for m in reply["members"]}
             assert (rows["a"]["source"], rows["a"]["tokens"]) == ("advertised", 1)
             assert rows["b"]["tokens"] == 3
             with pytest.raises(rpcclient.RpcError, match=r"vnodes must be 1\.\.4096"):
                 await trio.to_thread.run_sync(
-                    lambda: rpcclient.call(address, "ring", {"vnodes": 0}))
+                    lambda: rpcclient.call(address, "ring", {"vnodes": 0})
+                )
             nursery.cancel_scope.cancel()
 
 
@@ -250,7 +262,10 @@ async def test_monitor_streams_snapshot_then_events() -> None:
                 await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
     assert [(f["event"], f["member"]["name"]) for f in frames] == [
-        ("member", "a"), ("member", "b"), ("failed", "b")]
+        ("member", "a"),
+        ("member", "b"),
+        ("failed", "b"),
+    ]
 
 
 async def test_bad_request_gets_an_error_reply() -> None:
@@ -275,5 +290,7 @@ def test_unreachable_agent_is_one_line() -> None:
         port = s.getsockname()[1]
     with pytest.raises(rpcclient.RpcError) as info:
         rpcclient.call(("127.0.0.1", port), "members", timeout=2)
-    assert str(info.value) == (f"cannot reach the agent at 127.0.0.1:{port}: connection "
-                               "refused (is `swimnode agent` running?)")
+    assert str(info.value) == (
+        f"cannot reach the agent at 127.0.0.1:{port}: connection "
+        "refused (is `swimnode agent` running?)"
+    )

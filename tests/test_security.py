@@ -48,11 +48,19 @@ class Clock:
         return self.now
 
 
-def make(net: Network, address: Address, keyring: Keyring | None, *, label: str = "",
-         clock: Callable[[], float] | None = None, **kw: Any) -> SecureTransport:
+def make(
+    net: Network,
+    address: Address,
+    keyring: Keyring | None,
+    *,
+    label: str = "",
+    clock: Callable[[], float] | None = None,
+    **kw: Any,
+) -> SecureTransport:
     """A SecureTransport on a fresh sim endpoint (its clock stands at T0 unless given)."""
-    return SecureTransport(net.attach(address), keyring=keyring, label=label,
-                           clock=clock or Clock(), **kw)
+    return SecureTransport(
+        net.attach(address), keyring=keyring, label=label, clock=clock or Clock(), **kw
+    )
 
 
 def drops(t: SecureTransport) -> dict[str, int]:
@@ -76,7 +84,8 @@ async def receives_nothing(t: SecureTransport, wait: float = 1.0) -> bool:
 
 
 async def test_encrypted_round_trip_datagram_and_reliable(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     net = Network(seed=1)
     ring = Keyring(K1)
     a = make(net, A, ring, label="prod")
@@ -173,8 +182,14 @@ async def test_malformed_and_oversize_frames(mock_clock: trio.testing.MockClock)
     plain = make(net, B, None, label="lab", max_packet=100)
     raw = net.attach(EVE)
     bare = codec.encode_packet([])  # a node without the layer: starts with 0x01
-    for junk in [b"", bare, b"\x12", b"\x11short", bytes([HEADER_PLAINTEXT]),
-                 bytes([HEADER_PLAINTEXT, 9]) + b"lab"]:
+    for junk in [
+        b"",
+        bare,
+        b"\x12",
+        b"\x11short",
+        bytes([HEADER_PLAINTEXT]),
+        bytes([HEADER_PLAINTEXT, 9]) + b"lab",
+    ]:
         await raw.send(A, junk)
         await raw.send(B, junk)
     await raw.send(A, make(net, ("big", 1), Keyring(K1)).wrap(b"x" * 101))
@@ -182,10 +197,8 @@ async def test_malformed_and_oversize_frames(mock_clock: trio.testing.MockClock)
     await raw.send(B, bytes([HEADER_PLAINTEXT, 3]) + b"lab" + b"x" * 1000)
     assert await receives_nothing(keyed)
     assert await receives_nothing(plain)
-    assert drops(keyed) == {"dropped_bad_header": 4, "dropped_plaintext": 2,
-                            "dropped_oversize": 1}
-    assert drops(plain) == {"dropped_bad_header": 5, "dropped_encrypted": 1,
-                            "dropped_oversize": 2}
+    assert drops(keyed) == {"dropped_bad_header": 4, "dropped_plaintext": 2, "dropped_oversize": 1}
+    assert drops(plain) == {"dropped_bad_header": 5, "dropped_encrypted": 1, "dropped_oversize": 2}
 
 
 async def test_oversize_sends(mock_clock: trio.testing.MockClock) -> None:
@@ -242,7 +255,8 @@ async def test_exact_replay_is_dropped(mock_clock: trio.testing.MockClock) -> No
 
 
 async def test_network_duplicates_are_dropped_as_replays(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     net = Network(seed=1, duplicate=1.0)
     ring = Keyring(K1)
     a, b = make(net, A, ring), make(net, B, ring)
@@ -271,7 +285,8 @@ async def test_stale_and_future_timestamps(mock_clock: trio.testing.MockClock) -
 
 
 async def test_replay_after_the_window_is_stale_and_cache_is_pruned(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     net = Network(seed=1)
     ring = Keyring(K1)
     clock = Clock()
@@ -294,7 +309,8 @@ async def test_replay_after_the_window_is_stale_and_cache_is_pruned(
 
 
 async def test_full_replay_cache_narrows_the_window_instead_of_forgetting(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     net = Network(seed=1)
     ring = Keyring(K1)
     sender_clock = Clock()
@@ -350,7 +366,8 @@ async def test_rotation_install_use_remove(mock_clock: trio.testing.MockClock) -
 
 
 async def test_switching_primary_before_peers_install_breaks_them(
-        mock_clock: trio.testing.MockClock) -> None:
+    mock_clock: trio.testing.MockClock,
+) -> None:
     # Why the procedure says "install everywhere" first.
     net = Network(seed=1)
     ring_a = Keyring(K1, [K3])
@@ -364,11 +381,11 @@ async def test_switching_primary_before_peers_install_breaks_them(
 # ----- hypothesis: the receive path never raises -------------------------------------------------
 
 
-_KEYED = SecureTransport(Network().attach(A), keyring=Keyring(K1, [K2]), label="prod",
-                         clock=Clock())
+_KEYED = SecureTransport(
+    Network().attach(A), keyring=Keyring(K1, [K2]), label="prod", clock=Clock()
+)
 _PLAIN = SecureTransport(Network().attach(A), keyring=None, label="prod", clock=Clock())
-_SENDER = SecureTransport(Network().attach(B), keyring=Keyring(K2), label="prod",
-                          clock=Clock())
+_SENDER = SecureTransport(Network().attach(B), keyring=Keyring(K2), label="prod", clock=Clock())
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -389,8 +406,9 @@ def test_arbitrary_bytes_are_dropped_and_counted(data: bytes, header: int | None
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(payload=st.binary(max_size=200), bit=st.integers(min_value=0), reliable=st.booleans())
-def test_bit_flipped_frames_are_dropped_and_counted(payload: bytes, bit: int,
-                                                    reliable: bool) -> None:
+def test_bit_flipped_frames_are_dropped_and_counted(
+    payload: bytes, bit: int, reliable: bool
+) -> None:
     frame = bytearray(_SENDER.wrap(payload))
     bit %= len(frame) * 8
     frame[bit // 8] ^= 1 << (bit % 8)
@@ -423,14 +441,36 @@ def test_receive_skips_junk_and_returns_the_next_good_packet(junk: list[bytes]) 
 # ----- binding rules ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "::1%lo",
-                                  "localhost", "LOCALHOST.", "::ffff:127.0.0.1"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.1.2.3",
+        "::1",
+        "[::1]",
+        "::1%lo",
+        "localhost",
+        "LOCALHOST.",
+        "::ffff:127.0.0.1",
+    ],
+)
 def test_is_loopback(host: str) -> None:
     assert is_loopback(host)
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "", "10.0.0.5", "192.168.1.1",
-                                  "example.com", "localhost.example.com", "::ffff:10.0.0.1"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "0.0.0.0",
+        "::",
+        "",
+        "10.0.0.5",
+        "192.168.1.1",
+        "example.com",
+        "localhost.example.com",
+        "::ffff:10.0.0.1",
+    ],
+)
 def test_is_not_loopback(host: str) -> None:
     assert not is_loopback(host)
 
@@ -475,18 +515,25 @@ class SecureCluster:
         self.net = net
         self.nodes: dict[str, Running] = {}
 
-    async def start(self, name: str, keyring: Keyring | None, *, label: str = "prod",
-                    seed: int = 0) -> Running:
-        config = Config.lan(name, bind=address_of(name), seed=seed,
-                            seeds=() if name == "n0" else (address_of("n0"),))
-        transport = SecureTransport(self.net.attach(config.bind), keyring=keyring,
-                                    label=label, clock=trio.current_time)
+    async def start(
+        self, name: str, keyring: Keyring | None, *, label: str = "prod", seed: int = 0
+    ) -> Running:
+        config = Config.lan(
+            name,
+            bind=address_of(name),
+            seed=seed,
+            seeds=() if name == "n0" else (address_of("n0"),),
+        )
+        transport = SecureTransport(
+            self.net.attach(config.bind), keyring=keyring, label=label, clock=trio.current_time
+        )
         running: Running = await self.nursery.start(self._run, config, transport)
         self.nodes[name] = running
         return running
 
-    async def _run(self, config: Config, transport: SecureTransport, *,
-                   task_status: trio.TaskStatus[Running]) -> None:
+    async def _run(
+        self, config: Config, transport: SecureTransport, *, task_status: trio.TaskStatus[Running]
+    ) -> None:
         async with open_node(config, transport=transport) as node:
             running = Running(node, transport)
             events = node.events()
@@ -515,22 +562,28 @@ def forged_accusations(cluster: SecureCluster) -> bytes:
     """A packet claiming n1 is suspect and n2 dead at their current incarnations,
     in n3's name: what an attacker would send to make the cluster evict members."""
     view = {m.name: m for m in cluster.nodes["n0"].node.members()}
-    return codec.encode_packet([
-        codec.encode_message(Suspect("n1", view["n1"].incarnation, "n3")),
-        codec.encode_message(Dead("n2", view["n2"].incarnation, "n3")),
-    ])
+    return codec.encode_packet(
+        [
+            codec.encode_message(Suspect("n1", view["n1"].incarnation, "n3")),
+            codec.encode_message(Dead("n2", view["n2"].incarnation, "n3")),
+        ]
+    )
 
 
 GOOD = ["n0", "n1", "n2", "n3"]
 
 
-@pytest.mark.parametrize(("intruder", "reason"), [
-    ("wrong key", "dropped_auth"),
-    ("other label", "dropped_auth"),
-    ("no key", "dropped_plaintext"),
-])
+@pytest.mark.parametrize(
+    ("intruder", "reason"),
+    [
+        ("wrong key", "dropped_auth"),
+        ("other label", "dropped_auth"),
+        ("no key", "dropped_plaintext"),
+    ],
+)
 async def test_cluster_converges_and_keeps_an_intruder_out(
-        mock_clock: trio.testing.MockClock, intruder: str, reason: str) -> None:
+    mock_clock: trio.testing.MockClock, intruder: str, reason: str
+) -> None:
     net = Network(seed=11)
     async with trio.open_nursery() as nursery:
         cluster = SecureCluster(nursery, net)
@@ -570,8 +623,12 @@ async def test_cluster_converges_and_keeps_an_intruder_out(
 
         # Control: the very same packet under the cluster's key does harm, so the
         # assertions above are meaningful.
-        insider = SecureTransport(net.attach(("mallory", 7946)), keyring=Keyring(K1),
-                                  label="prod", clock=trio.current_time)
+        insider = SecureTransport(
+            net.attach(("mallory", 7946)),
+            keyring=Keyring(K1),
+            label="prod",
+            clock=trio.current_time,
+        )
         await insider.send(address_of("n0"), forged_accusations(cluster))
         await trio.sleep(1)
         assert ("failed", "n2") in cluster.nodes["n0"].seen

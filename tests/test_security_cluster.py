@@ -7,8 +7,7 @@ from swimnode.keyring import Keyring, generate_key
 from swimnode.testing import open_sim_cluster
 
 
-async def test_key_rotation_keeps_the_cluster_converged(
-        mock_clock: trio.testing.MockClock) -> None:
+async def test_key_rotation_keeps_the_cluster_converged(mock_clock: trio.testing.MockClock) -> None:
     old, new = generate_key(), generate_key()
     async with open_sim_cluster(0, seed=31) as cluster:
         rings = {}

@@ -15,14 +15,17 @@ from swimnode.suspicion import (
 )
 
 
-@pytest.mark.parametrize(("n", "lo", "hi"), [
-    (0, 4.0, 24.0),     # log10(max(1, 0)) = 0, raised to 1
-    (1, 4.0, 24.0),     # log10(1) = 0, raised to 1
-    (5, 4.0, 24.0),     # log10(5) = 0.7, raised to 1
-    (10, 4.0, 24.0),    # log10(10) = 1
-    (100, 8.0, 48.0),   # log10(100) = 2
-    (1000, 12.0, 72.0),  # log10(1000) = 3
-])
+@pytest.mark.parametrize(
+    ("n", "lo", "hi"),
+    [
+        (0, 4.0, 24.0),  # log10(max(1, 0)) = 0, raised to 1
+        (1, 4.0, 24.0),  # log10(1) = 0, raised to 1
+        (5, 4.0, 24.0),  # log10(5) = 0.7, raised to 1
+        (10, 4.0, 24.0),  # log10(10) = 1
+        (100, 8.0, 48.0),  # log10(100) = 2
+        (1000, 12.0, 72.0),  # log10(1000) = 3
+    ],
+)
 def test_bounds_by_hand(n: int, lo: float, hi: float) -> None:
     assert suspicion_bounds(4, 6, n, 1.0) == pytest.approx((lo, hi))
 
@@ -35,12 +38,23 @@ def test_bounds_scale_with_interval_and_mults() -> None:
     assert hi == pytest.approx(6 * lo)
 
 
-@pytest.mark.parametrize(("mult", "n", "k"), [
-    (4, 1, 0), (4, 3, 0), (4, 4, 2), (4, 10, 2), (4, 1000, 2),
-    (6, 5, 0), (6, 6, 4), (6, 100, 4),
-    (3, 2, 0), (3, 3, 1),
-    (2, 100, 0), (1, 100, 0),
-])
+@pytest.mark.parametrize(
+    ("mult", "n", "k"),
+    [
+        (4, 1, 0),
+        (4, 3, 0),
+        (4, 4, 2),
+        (4, 10, 2),
+        (4, 1000, 2),
+        (6, 5, 0),
+        (6, 6, 4),
+        (6, 100, 4),
+        (3, 2, 0),
+        (3, 3, 1),
+        (2, 100, 0),
+        (1, 100, 0),
+    ],
+)
 def test_confirmations_needed(mult: int, n: int, k: int) -> None:
     assert confirmations_needed(mult, n) == k
 
@@ -78,7 +92,7 @@ def test_timeout_formula_for_every_c(k: int) -> None:
         values.append(got)
     assert values[0] == pytest.approx(hi)
     assert values[k] == pytest.approx(lo)
-    assert all(a > b for a, b in itertools.pairwise(values[:k + 1]))  # shrinking
+    assert all(a > b for a, b in itertools.pairwise(values[: k + 1]))  # shrinking
     assert all(v == pytest.approx(lo) for v in values[k:])
 
 

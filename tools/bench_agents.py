@@ -43,8 +43,16 @@ from swimnode.localcluster import (
 )
 from swimnode.rpcclient import call
 
-METRICS = ("start_s", "join_s", "join_from_spawn_s", "detect_first_s", "detect_all_s",
-           "leave_s", "cpu_ms_per_s", "rss_mib")
+METRICS = (
+    "start_s",
+    "join_s",
+    "join_from_spawn_s",
+    "detect_first_s",
+    "detect_all_s",
+    "leave_s",
+    "cpu_ms_per_s",
+    "rss_mib",
+)
 FALSE_SUSPICIONS = "false_suspicions"
 """Suspicions raised while every member was alive (joining and idle); reported
 where the implementation counts them (swimnode), summed over agents."""
@@ -79,6 +87,7 @@ class Cluster(Protocol):
 
 
 # ----- swimnode --------------------------------------------------------------------------
+
 
 @dataclass
 class SwimAgent:
@@ -133,8 +142,13 @@ class SerfAgent:
         return self.proc.pid
 
     def _serf(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["serf", *args, f"-rpc-addr=127.0.0.1:{self.rpc_port}"],
-                              capture_output=True, text=True, timeout=10, check=False)
+        return subprocess.run(
+            ["serf", *args, f"-rpc-addr=127.0.0.1:{self.rpc_port}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
 
     def view(self) -> dict[str, str] | None:
         done = self._serf("members", "-format=json")
@@ -157,13 +171,20 @@ class SerfCluster:
 
     def start(self, name: str, seed: Agent | None) -> Agent:
         port, rpc_port = free_ports(2)
-        args = ["serf", "agent", f"-node={name}", f"-bind=127.0.0.1:{port}",
-                f"-rpc-addr=127.0.0.1:{rpc_port}", f"-profile={self.profile}",
-                "-log-level=warn"]
+        args = [
+            "serf",
+            "agent",
+            f"-node={name}",
+            f"-bind=127.0.0.1:{port}",
+            f"-rpc-addr=127.0.0.1:{rpc_port}",
+            f"-profile={self.profile}",
+            "-log-level=warn",
+        ]
         if isinstance(seed, SerfAgent):
             args.append(f"-join=127.0.0.1:{seed.port}")
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         agent = SerfAgent(name, port, rpc_port, proc)
         self.agents.append(agent)
         return agent
@@ -181,6 +202,7 @@ class SerfCluster:
 
 
 # ----- measurements ----------------------------------------------------------------------
+
 
 @dataclass
 class Trial:
@@ -208,8 +230,9 @@ def time_until(check: Callable[[], bool], limit: float) -> float:
     return time.monotonic() - start
 
 
-def run_trial(make: Callable[[], Cluster], nodes: int, profile: Profile, idle: float,
-              pool: ThreadPoolExecutor) -> Trial:
+def run_trial(
+    make: Callable[[], Cluster], nodes: int, profile: Profile, idle: float, pool: ThreadPoolExecutor
+) -> Trial:
     names = [f"b{i}" for i in range(nodes)]
     bound = detection_bound(Config.profile(profile, "x"), nodes) + 10
     cluster = make()
@@ -254,7 +277,8 @@ def run_trial(make: Callable[[], Cluster], nodes: int, profile: Profile, idle: f
         before = {a.name: cpu_seconds(a.pid) for a in agents}
         time.sleep(idle)
         trial.values["cpu_ms_per_s"] = statistics.median(
-            (cpu_seconds(a.pid) - before[a.name]) * 1000 / idle for a in agents)
+            (cpu_seconds(a.pid) - before[a.name]) * 1000 / idle for a in agents
+        )
         trial.values["rss_mib"] = statistics.median(rss_mib(a.pid) for a in agents)
         raised = [a.suspicions() for a in agents]
         if all(r is not None for r in raised):
@@ -265,8 +289,7 @@ def run_trial(make: Callable[[], Cluster], nodes: int, profile: Profile, idle: f
         start = time.monotonic()
         first: float | None = None
         while True:
-            seen = [v is not None and v.get(victim.name) == "dead"
-                    for v in views(pool, survivors)]
+            seen = [v is not None and v.get(victim.name) == "dead" for v in views(pool, survivors)]
             now = time.monotonic() - start
             if first is None and any(seen):
                 first = now
@@ -304,14 +327,17 @@ def print_table(label: str, trials: list[Trial]) -> None:
     if len(trials) > 1:
         print(f"{label:<10} {'med':>5} " + " ".join(f"{m[k]:>15.3f}" for k in METRICS))
     if FALSE_SUSPICIONS in m:
-        print(f"{label:<10} false suspicions while all were alive (all trials): "
-              f"{m[FALSE_SUSPICIONS]:g}")
+        print(
+            f"{label:<10} false suspicions while all were alive (all trials): "
+            f"{m[FALSE_SUSPICIONS]:g}"
+        )
 
 
 def bench(label: str, make: Callable[[], Cluster], args: argparse.Namespace) -> dict[str, float]:
     with ThreadPoolExecutor(max_workers=args.nodes) as pool:
-        trials = [run_trial(make, args.nodes, args.profile, args.idle, pool)
-                  for _ in range(args.trials)]
+        trials = [
+            run_trial(make, args.nodes, args.profile, args.idle, pool) for _ in range(args.trials)
+        ]
     print_table(label, trials)
     return medians(trials)
 
@@ -327,16 +353,23 @@ def _exit_cleanly() -> Iterator[None]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nodes", type=int, default=10, help="agents per trial (default 10)")
     parser.add_argument("--trials", type=int, default=1, help="trials (default 1)")
-    parser.add_argument("--profile", choices=("lan", "wan", "local"), default="lan",
-                        help="timer profile for both implementations (default lan)")
-    parser.add_argument("--idle", type=float, default=20.0,
-                        help="idle CPU window, seconds (default 20)")
-    parser.add_argument("--vs-serf", action="store_true",
-                        help="also run Serf agents (needs `serf` on PATH)")
+    parser.add_argument(
+        "--profile",
+        choices=("lan", "wan", "local"),
+        default="lan",
+        help="timer profile for both implementations (default lan)",
+    )
+    parser.add_argument(
+        "--idle", type=float, default=20.0, help="idle CPU window, seconds (default 20)"
+    )
+    parser.add_argument(
+        "--vs-serf", action="store_true", help="also run Serf agents (needs `serf` on PATH)"
+    )
     args = parser.parse_args()
     compile_package()
     if args.nodes < 3 or args.trials < 1 or args.idle <= 0:
@@ -344,13 +377,19 @@ def main() -> int:
     with socket.socket() as probe:  # loopback must work before spawning anything
         probe.bind(("127.0.0.1", 0))
     with _exit_cleanly():
-        result: dict[str, object] = {"nodes": args.nodes, "profile": args.profile,
-                                     "trials": args.trials}
+        result: dict[str, object] = {
+            "nodes": args.nodes,
+            "profile": args.profile,
+            "trials": args.trials,
+        }
         result.update(bench("swimnode", lambda: SwimCluster(args.profile), args))
         if args.vs_serf:
             if shutil.which("serf") is None:
-                print("--vs-serf: no `serf` binary on PATH (try `apt-get install serf`); "
-                      "skipping the Serf run", file=sys.stderr)
+                print(
+                    "--vs-serf: no `serf` binary on PATH (try `apt-get install serf`); "
+                    "skipping the Serf run",
+                    file=sys.stderr,
+                )
             else:
                 result["serf"] = bench("serf", lambda: SerfCluster(args.profile), args)
     print(json.dumps(result))

@@ -48,8 +48,9 @@ class Trial:
     sim_s: float = 0.0
 
 
-async def run_trial(nodes: int, crash: int, loss: float, seed: int, window: float,
-                    limit: float) -> Trial:
+async def run_trial(
+    nodes: int, crash: int, loss: float, seed: int, window: float, limit: float
+) -> Trial:
     trial = Trial()
     start = trio.current_time()
     net = Network(seed=seed, loss=loss)
@@ -64,8 +65,9 @@ async def run_trial(nodes: int, crash: int, loss: float, seed: int, window: floa
         await trio.sleep(10)
         before = {a: net.sent_by(a) for a in net.addresses}
         await trio.sleep(window)
-        sent = [(net.sent_by(a)[0] - before[a][0], net.sent_by(a)[1] - before[a][1])
-                for a in before]
+        sent = [
+            (net.sent_by(a)[0] - before[a][0], net.sent_by(a)[1] - before[a][1]) for a in before
+        ]
         trial.msgs_per_node_s = sum(m for m, _ in sent) / len(sent) / window
         trial.bytes_per_node_s = sum(b for _, b in sent) / len(sent) / window
 
@@ -113,15 +115,20 @@ def summary(values: list[float]) -> dict[str, float | None]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--crash", type=int, default=1)
     parser.add_argument("--loss", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--window", type=float, default=20.0,
-                        help="simulated seconds of steady state to measure traffic over")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=20.0,
+        help="simulated seconds of steady state to measure traffic over",
+    )
     args = parser.parse_args()
     if args.nodes < 3 or not 1 <= args.crash < args.nodes - 1:
         parser.error("need --nodes >= 3 and 1 <= --crash < nodes - 1")
@@ -135,13 +142,16 @@ def main() -> int:
         seed = args.seed + t
         clock = trio.testing.MockClock(autojump_threshold=0)
         w = time.perf_counter()
-        trial = trio.run(run_trial, args.nodes, args.crash, args.loss, seed, args.window,
-                         timeout, clock=clock)
+        trial = trio.run(
+            run_trial, args.nodes, args.crash, args.loss, seed, args.window, timeout, clock=clock
+        )
         trials.append(trial)
-        print(f"trial {t} seed {seed}: converged at {trial.converge_s:.1f} s sim, "
-              f"all_dead {[round(x, 2) for x in trial.all_dead]}, "
-              f"false_dead {trial.false_dead}, wall {time.perf_counter() - w:.1f} s",
-              file=sys.stderr)
+        print(
+            f"trial {t} seed {seed}: converged at {trial.converge_s:.1f} s sim, "
+            f"all_dead {[round(x, 2) for x in trial.all_dead]}, "
+            f"false_dead {trial.false_dead}, wall {time.perf_counter() - w:.1f} s",
+            file=sys.stderr,
+        )
     wall = time.perf_counter() - wall0
     cpu = time.process_time() - cpu0
     sim = sum(t.sim_s for t in trials)
@@ -150,7 +160,10 @@ def main() -> int:
         return [x for t in trials for x in getattr(t, attr)]
 
     result = {
-        "nodes": args.nodes, "crash": args.crash, "loss": args.loss, "seed": args.seed,
+        "nodes": args.nodes,
+        "crash": args.crash,
+        "loss": args.loss,
+        "seed": args.seed,
         "trials": args.trials,
         "first_suspect_s": summary(gather("first_suspect")),
         "first_dead_s": summary(gather("first_dead")),
@@ -160,7 +173,9 @@ def main() -> int:
         "msgs_per_node_s": round(statistics.mean(t.msgs_per_node_s for t in trials), 3),
         "bytes_per_node_s": round(statistics.mean(t.bytes_per_node_s for t in trials), 1),
         "expected_s": round(expected, 3),
-        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "sim_s": round(sim, 2),
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "sim_s": round(sim, 2),
         "realtime_factor": round(sim / wall, 3),
         "realtime_factor_cpu": round(sim / cpu, 3),
     }
@@ -169,16 +184,22 @@ def main() -> int:
         ("first death (s)", result["first_dead_s"]),
         ("dead everywhere (s)", result["all_dead_s"]),
     ]
-    print(f"{'N=' + str(args.nodes) + ' K=' + str(args.crash) + ' loss=' + str(args.loss):<24}"
-          f"{'median':>10}{'p99':>10}")
+    print(
+        f"{'N=' + str(args.nodes) + ' K=' + str(args.crash) + ' loss=' + str(args.loss):<24}"
+        f"{'median':>10}{'p99':>10}"
+    )
     for label, s in rows:
         print(f"{label:<24}{s['median']!s:>10}{s['p99']!s:>10}")
     print(f"SWIM expectation e/(e-1) periods + min suspicion timeout: {expected:.2f} s")
     print(f"false dead: {result['false_dead']}, undetected: {result['undetected']}")
-    print(f"steady state per node: {result['msgs_per_node_s']} msgs/s, "
-          f"{result['bytes_per_node_s']} bytes/s")
-    print(f"simulated {sim:.0f} s in {wall:.1f} s wall ({cpu:.1f} s CPU on one core): "
-          f"real-time factor {sim / wall:.2f} by wall clock, {sim / cpu:.2f} by CPU time")
+    print(
+        f"steady state per node: {result['msgs_per_node_s']} msgs/s, "
+        f"{result['bytes_per_node_s']} bytes/s"
+    )
+    print(
+        f"simulated {sim:.0f} s in {wall:.1f} s wall ({cpu:.1f} s CPU on one core): "
+        f"real-time factor {sim / wall:.2f} by wall clock, {sim / cpu:.2f} by CPU time"
+    )
     print(json.dumps(result))
     return 0
 

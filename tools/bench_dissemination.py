@@ -30,8 +30,11 @@ STATE_MESSAGES = ("statesyn", "statedigests", "stateack")
 
 
 def antientropy_bytes(cluster: SimCluster) -> int:
-    return sum(node.stats().get(f"sent_bytes_{m}", 0) for node in cluster.nodes.values()
-               for m in STATE_MESSAGES)
+    return sum(
+        node.stats().get(f"sent_bytes_{m}", 0)
+        for node in cluster.nodes.values()
+        for m in STATE_MESSAGES
+    )
 
 
 async def measure(n: int, loss: float, seed: int, updates: int) -> dict[str, object]:
@@ -55,10 +58,14 @@ async def measure(n: int, loss: float, seed: int, updates: int) -> dict[str, obj
         holders = {origin: 0.0}
 
         def spread() -> bool:
-            for obs in cluster.log[spread.seen:]:  # type: ignore[attr-defined]
+            for obs in cluster.log[spread.seen :]:  # type: ignore[attr-defined]
                 ev = obs.event
-                if (isinstance(ev, MemberUpdated) and ev.member.name == origin
-                        and "probe" in ev.changed_keys and obs.observer not in holders):
+                if (
+                    isinstance(ev, MemberUpdated)
+                    and ev.member.name == origin
+                    and "probe" in ev.changed_keys
+                    and obs.observer not in holders
+                ):
                     holders[obs.observer] = obs.time - start
             spread.seen = len(cluster.log)  # type: ignore[attr-defined]
             return len(holders) >= n
@@ -94,9 +101,13 @@ async def measure(n: int, loss: float, seed: int, updates: int) -> dict[str, obj
         burst = await cluster.wait_for(burst_done, timeout=600, step=1.0)
         s100 = at(1.0)
         return {
-            "nodes": n, "loss": loss, "origin": origin,
-            "rounds_50": _rounds(at(0.5), interval), "rounds_99": _rounds(at(0.99), interval),
-            "rounds_100": _rounds(s100, interval), "seconds_100": s100,
+            "nodes": n,
+            "loss": loss,
+            "origin": origin,
+            "rounds_50": _rounds(at(0.5), interval),
+            "rounds_99": _rounds(at(0.99), interval),
+            "rounds_100": _rounds(s100, interval),
+            "seconds_100": s100,
             "expect_push_rounds": round(math.log2(n) + math.log(n), 2),
             "expect_pushpull_rounds": round(math.log(n, 3) + math.log(math.log(n)), 2),
             "antientropy_bytes_per_node_s": round(idle, 1),
@@ -111,14 +122,20 @@ def _rounds(seconds: float | None, interval: float) -> float | None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", default="10,100,1000",
-                        help="comma-separated cluster sizes (default 10,100,1000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--nodes", default="10,100,1000", help="comma-separated cluster sizes (default 10,100,1000)"
+    )
     parser.add_argument("--loss", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--updates", type=int, default=1000,
-                        help="updates in the burst, spread over all nodes (default 1000)")
+    parser.add_argument(
+        "--updates",
+        type=int,
+        default=1000,
+        help="updates in the burst, spread over all nodes (default 1000)",
+    )
     args = parser.parse_args()
     try:
         sizes = [int(x) for x in args.nodes.split(",")]
@@ -134,10 +151,26 @@ def main() -> int:
         result["wall_s"] = round(time.perf_counter() - wall, 1)
         results.append(result)
         print(f"N={n} done in {result['wall_s']} s wall", file=sys.stderr)
-    cols = ["nodes", "rounds_50", "rounds_99", "rounds_100", "expect_push_rounds",
-            "expect_pushpull_rounds", "burst_seconds_100", "antientropy_bytes_per_node_s"]
-    heads = ["N", "r50", "r99", "r100", "push exp", "push-pull exp", "1000 upd (s)",
-             "idle B/node/s"]
+    cols = [
+        "nodes",
+        "rounds_50",
+        "rounds_99",
+        "rounds_100",
+        "expect_push_rounds",
+        "expect_pushpull_rounds",
+        "burst_seconds_100",
+        "antientropy_bytes_per_node_s",
+    ]
+    heads = [
+        "N",
+        "r50",
+        "r99",
+        "r100",
+        "push exp",
+        "push-pull exp",
+        "1000 upd (s)",
+        "idle B/node/s",
+    ]
     print(f"loss {args.loss}, one round = one state_gossip_interval per node")
     print("".join(f"{h:>14}" for h in heads))
     for r in results:

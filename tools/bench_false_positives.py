@@ -66,16 +66,21 @@ from swimnode.suspicion import suspicion_bounds
 from swimnode.testing import SimCluster, open_sim_cluster
 
 CONFIGS: dict[str, dict[str, bool]] = {
-    "plain": dict(lifeguard_awareness=False, lifeguard_dynamic_suspicion=False,
-                  lifeguard_buddy=False),
-    "awareness": dict(lifeguard_awareness=True, lifeguard_dynamic_suspicion=False,
-                      lifeguard_buddy=False),
-    "dynamic_suspicion": dict(lifeguard_awareness=False, lifeguard_dynamic_suspicion=True,
-                              lifeguard_buddy=False),
-    "buddy": dict(lifeguard_awareness=False, lifeguard_dynamic_suspicion=False,
-                  lifeguard_buddy=True),
-    "lifeguard": dict(lifeguard_awareness=True, lifeguard_dynamic_suspicion=True,
-                      lifeguard_buddy=True),
+    "plain": dict(
+        lifeguard_awareness=False, lifeguard_dynamic_suspicion=False, lifeguard_buddy=False
+    ),
+    "awareness": dict(
+        lifeguard_awareness=True, lifeguard_dynamic_suspicion=False, lifeguard_buddy=False
+    ),
+    "dynamic_suspicion": dict(
+        lifeguard_awareness=False, lifeguard_dynamic_suspicion=True, lifeguard_buddy=False
+    ),
+    "buddy": dict(
+        lifeguard_awareness=False, lifeguard_dynamic_suspicion=False, lifeguard_buddy=True
+    ),
+    "lifeguard": dict(
+        lifeguard_awareness=True, lifeguard_dynamic_suspicion=True, lifeguard_buddy=True
+    ),
 }
 
 WARMUP = 20.0
@@ -125,8 +130,9 @@ def make_scenario(args: argparse.Namespace) -> Scenario:
     return sc
 
 
-async def play(cluster: SimCluster, sc: Scenario, t0: float,
-               crash_incarnations: dict[int, int]) -> None:
+async def play(
+    cluster: SimCluster, sc: Scenario, t0: float, crash_incarnations: dict[int, int]
+) -> None:
     """Apply the scenario to the running cluster, starting at simulated time `t0`."""
     actions: list[tuple[float, int, Any]] = []
     for start, end, member, delay in sc.slow:
@@ -172,8 +178,7 @@ def run_config(label: str, args: argparse.Namespace) -> dict[str, Any]:
     async def main() -> None:
         net = Network(seed=args.seed, loss=args.loss)
         crash_inc: dict[int, int] = {}
-        async with open_sim_cluster(args.nodes, seed=args.seed, network=net,
-                                    **switches) as cluster:
+        async with open_sim_cluster(args.nodes, seed=args.seed, network=net, **switches) as cluster:
             await cluster.wait_for(cluster.converged, timeout=120, step=1.0)
             await trio.sleep(WARMUP)
             t0 = trio.current_time()
@@ -181,8 +186,7 @@ def run_config(label: str, args: argparse.Namespace) -> dict[str, Any]:
             stats = [node.stats() for node in cluster.nodes.values()]
             result.update(analyse(cluster, sc, t0, crash_inc, args))
             result["deaths_declared_total"] = sum(s.get("deaths_declared", 0) for s in stats)
-            result["suspicions_refuted_total"] = sum(s.get("suspicions_refuted", 0)
-                                                     for s in stats)
+            result["suspicions_refuted_total"] = sum(s.get("suspicions_refuted", 0) for s in stats)
             result["packets_sent"] = net.stats.sent
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
@@ -190,11 +194,17 @@ def run_config(label: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def analyse(cluster: SimCluster, sc: Scenario, t0: float, crash_inc: dict[int, int],
-            args: argparse.Namespace) -> dict[str, Any]:
+def analyse(
+    cluster: SimCluster,
+    sc: Scenario,
+    t0: float,
+    crash_inc: dict[int, int],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     lan = Config.lan("x")
-    _, hi = suspicion_bounds(lan.suspicion_mult, lan.suspicion_max_timeout_mult, args.nodes,
-                             lan.probe_interval)
+    _, hi = suspicion_bounds(
+        lan.suspicion_mult, lan.suspicion_max_timeout_mult, args.nodes, lan.probe_interval
+    )
     window = hi + args.delay_max + 5.0
     slow_spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for start, end, member, _ in sc.slow:
@@ -245,13 +255,22 @@ def analyse(cluster: SimCluster, sc: Scenario, t0: float, crash_inc: dict[int, i
         if i not in crash_inc:
             continue
         at, restart = t0 + c.at, t0 + c.restart_at
-        observers = [n for n in names if n != c.member and not any(
-            cj.member == n and d0 < restart and at < d1
-            for cj, (d0, d1) in zip(sc.crashes, down, strict=True))]
+        observers = [
+            n
+            for n in names
+            if n != c.member
+            and not any(
+                cj.member == n and d0 < restart and at < d1
+                for cj, (d0, d1) in zip(sc.crashes, down, strict=True)
+            )
+        ]
         last = 0.0
         for o in observers:
-            times = [t for t, inc in first_fail[(o, c.member)]
-                     if at <= t <= restart and inc <= crash_inc[i]]
+            times = [
+                t
+                for t, inc in first_fail[(o, c.member)]
+                if at <= t <= restart and inc <= crash_inc[i]
+            ]
             if not times:
                 last = math.inf
                 break
@@ -278,8 +297,9 @@ def analyse(cluster: SimCluster, sc: Scenario, t0: float, crash_inc: dict[int, i
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--nodes", type=int, default=100)
     p.add_argument("--hours", type=float, default=1.0, help="simulated scenario length")
     p.add_argument("--seed", type=int, default=1)
@@ -289,12 +309,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--delay-max", type=float, default=8.0, help="slow delay upper bound (s)")
     p.add_argument("--episode-min", type=float, default=10.0, help="episode length (s)")
     p.add_argument("--episode-max", type=float, default=60.0, help="episode length (s)")
-    p.add_argument("--crash-every", type=float, default=60.0,
-                   help="seconds between crashes (0: none)")
-    p.add_argument("--restart-after", type=float, default=50.0,
-                   help="a crashed member restarts this long after its crash")
-    p.add_argument("--configs", default=",".join(CONFIGS),
-                   help="comma-separated subset of " + ", ".join(CONFIGS))
+    p.add_argument(
+        "--crash-every", type=float, default=60.0, help="seconds between crashes (0: none)"
+    )
+    p.add_argument(
+        "--restart-after",
+        type=float,
+        default=50.0,
+        help="a crashed member restarts this long after its crash",
+    )
+    p.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help="comma-separated subset of " + ", ".join(CONFIGS),
+    )
     p.add_argument("--jobs", type=int, default=2, help="configurations run in parallel")
     args = p.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -317,11 +345,14 @@ def fmt(v: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
-    print(f"# {args.nodes} nodes, {args.hours:g} simulated h, seed {args.seed}, "
-          f"loss {args.loss:g}, 1..{args.max_slow} slow members "
-          f"({args.delay_min:g}-{args.delay_max:g} s, episodes "
-          f"{args.episode_min:g}-{args.episode_max:g} s), crash every "
-          f"{args.crash_every:g} s", flush=True)
+    print(
+        f"# {args.nodes} nodes, {args.hours:g} simulated h, seed {args.seed}, "
+        f"loss {args.loss:g}, 1..{args.max_slow} slow members "
+        f"({args.delay_min:g}-{args.delay_max:g} s, episodes "
+        f"{args.episode_min:g}-{args.episode_max:g} s), crash every "
+        f"{args.crash_every:g} s",
+        flush=True,
+    )
     results: dict[str, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=min(args.jobs, len(args.configs))) as pool:
         futures = {c: pool.submit(run_config, c, args) for c in args.configs}
@@ -329,11 +360,31 @@ def main(argv: list[str] | None = None) -> int:
             results[label] = fut.result()
             print(f"# {label}: done in {results[label]['wall_s']} s wall", flush=True)
 
-    cols = ["false_failures", "false_failures_slow", "false_failure_events",
-            "false_suspicions", "false_suspicions_slow", "detect_median_s", "detect_p99_s",
-            "undetected", "crashes", "wall_s"]
-    heads = ["config", "FF healthy", "FF slow", "FF events", "FS healthy", "FS slow",
-             "det med s", "det p99 s", "undet", "crashes", "wall s"]
+    cols = [
+        "false_failures",
+        "false_failures_slow",
+        "false_failure_events",
+        "false_suspicions",
+        "false_suspicions_slow",
+        "detect_median_s",
+        "detect_p99_s",
+        "undetected",
+        "crashes",
+        "wall_s",
+    ]
+    heads = [
+        "config",
+        "FF healthy",
+        "FF slow",
+        "FF events",
+        "FS healthy",
+        "FS slow",
+        "det med s",
+        "det p99 s",
+        "undet",
+        "crashes",
+        "wall s",
+    ]
     rows = [[label] + [fmt(results[label][c]) for c in cols] for label in results]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
     print("  ".join(h.rjust(w) for h, w in zip(heads, widths, strict=True)))
@@ -343,13 +394,14 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = dict(results)
     if "plain" in results and "lifeguard" in results:
         plain, lg = results["plain"], results["lifeguard"]
-        summary["reduction"] = round(plain["false_failures"] / max(1, lg["false_failures"]),
-                                     2)
+        summary["reduction"] = round(plain["false_failures"] / max(1, lg["false_failures"]), 2)
         pm, lm = plain["detect_median_s"], lg["detect_median_s"]
         summary["detect_ratio"] = round(lm / pm, 3) if pm and lm is not None else None
-        print(f"# false failures (healthy): plain {plain['false_failures']}, lifeguard "
-              f"{lg['false_failures']} -> {summary['reduction']}x fewer; median detection "
-              f"lifeguard/plain = {summary['detect_ratio']}")
+        print(
+            f"# false failures (healthy): plain {plain['false_failures']}, lifeguard "
+            f"{lg['false_failures']} -> {summary['reduction']}x fewer; median detection "
+            f"lifeguard/plain = {summary['detect_ratio']}"
+        )
     summary["params"] = {k: v for k, v in vars(args).items() if k != "configs"}
     summary["wall_total_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(summary, sort_keys=True))

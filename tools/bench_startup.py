@@ -67,11 +67,11 @@ class Run:
 
 # ----- plain commands ----------------------------------------------------------------------
 
+
 def spawn(args: Sequence[str]) -> int:
     """Start `python ARGS` with its output discarded; returns the PID."""
     devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
-    return os.posix_spawn(sys.executable, [sys.executable, *args], os.environ,
-                          file_actions=devnull)
+    return os.posix_spawn(sys.executable, [sys.executable, *args], os.environ, file_actions=devnull)
 
 
 def reap(pids: list[int]) -> list[resource.struct_rusage]:
@@ -110,11 +110,11 @@ def measure_command(args: Sequence[str], procs: int) -> Run:
     start = time.monotonic()
     burst = reap([spawn(args) for _ in range(procs)])
     burst_wall = time.monotonic() - start
-    return Run(single_wall, cpu_of(alone), burst_wall,
-               statistics.median(cpu_of(u) for u in burst))
+    return Run(single_wall, cpu_of(alone), burst_wall, statistics.median(cpu_of(u) for u in burst))
 
 
 # ----- agents ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class Ready:
@@ -131,8 +131,10 @@ def start_agents(count: int, pool: ThreadPoolExecutor) -> list[Ready]:
     ports = free_ports(2 * count)
     with tempfile.TemporaryDirectory() as logs, LocalCluster(log_dir=Path(logs)) as cluster:
         start = time.monotonic()
-        agents = [cluster.start(f"s{i}", port=ports[2 * i], rpc_port=ports[2 * i + 1])
-                  for i in range(count)]
+        agents = [
+            cluster.start(f"s{i}", port=ports[2 * i], rpc_port=ports[2 * i + 1])
+            for i in range(count)
+        ]
 
         def ready(index: int) -> Ready:
             agent = agents[index]
@@ -158,15 +160,21 @@ def start_agents(count: int, pool: ThreadPoolExecutor) -> list[Ready]:
 def measure_agents(procs: int, pool: ThreadPoolExecutor) -> Run:
     [alone] = start_agents(1, pool)
     burst = start_agents(procs, pool)
-    return Run(alone.wall_s, alone.cpu_s, max(r.wall_s for r in burst),
-               statistics.median(r.cpu_s for r in burst))
+    return Run(
+        alone.wall_s,
+        alone.cpu_s,
+        max(r.wall_s for r in burst),
+        statistics.median(r.cpu_s for r in burst),
+    )
 
 
 # ----- report ------------------------------------------------------------------------------
 
+
 def medians(runs: list[Run]) -> dict[str, float]:
-    return {key: round(statistics.median(getattr(r, key) for r in runs), 3)
-            for key in Run.__slots__}
+    return {
+        key: round(statistics.median(getattr(r, key) for r in runs), 3) for key in Run.__slots__
+    }
 
 
 def print_table(results: dict[str, dict[str, float]], procs: int) -> None:
@@ -174,15 +182,21 @@ def print_table(results: dict[str, dict[str, float]], procs: int) -> None:
     rows = [(case, *(f"{m[k]:.3f}" for k in Run.__slots__)) for case, m in results.items()]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
-        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+        print(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--procs", type=int, default=9,
-                        help="processes spawned at once per burst (default 9)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--procs", type=int, default=9, help="processes spawned at once per burst (default 9)"
+    )
     parser.add_argument("--trials", type=int, default=3, help="trials (default 3)")
     args = parser.parse_args()
     compile_package()
@@ -201,8 +215,11 @@ def main() -> int:
         return 130
     results = {name: medians(r) for name, r in runs.items()}
     print_table(results, args.procs)
-    print(json.dumps({"procs": args.procs, "trials": args.trials, "cpus": os.cpu_count(),
-                      "cases": results}))
+    print(
+        json.dumps(
+            {"procs": args.procs, "trials": args.trials, "cpus": os.cpu_count(), "cases": results}
+        )
+    )
     return 0
 
 

@@ -43,10 +43,12 @@ def in_trio(rate: int, seconds: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=5.0,
-                        help="time spent at each rate (default 5)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="time spent at each rate (default 5)"
+    )
     args = parser.parse_args()
     if args.seconds <= 0:
         parser.error("--seconds must be > 0")

@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=int, default=20, help="scenarios to run")
     parser.add_argument("--steps", type=int, default=15, help="most steps per scenario")
     parser.add_argument("--seed", type=int, default=0, help="Hypothesis seed")
-    parser.add_argument("--no-shrink", action="store_true",
-                        help="report the first failure as found, without shrinking it")
+    parser.add_argument(
+        "--no-shrink",
+        action="store_true",
+        help="report the first failure as found, without shrinking it",
+    )
     parser.add_argument("--verbose", action="store_true", help="one line per example")
     args = parser.parse_args(argv)
     if args.examples < 1 or args.steps < 1:
@@ -54,8 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         deadline=None,
         database=None,
         phases=phases,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                               HealthCheck.filter_too_much],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.filter_too_much,
+        ],
     )
     stats = FuzzMachine.stats = FuzzStats()
     test = hypothesis_seed(args.seed)(get_state_machine_test(FuzzMachine, settings=config))
@@ -72,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         kinds.update(type(s).__name__ for s in scenario.steps)
     if args.verbose:
         for i, scenario in enumerate(stats.scenarios):
-            print(f"example {i}: n={scenario.n} seed={scenario.seed} "
-                  f"steps={len(scenario.steps)}")
+            print(f"example {i}: n={scenario.n} seed={scenario.seed} steps={len(scenario.steps)}")
     print(f"examples run    {stats.examples}")
     print(f"steps           {stats.steps} (+ a final quiet period each)")
     print(f"quiet checks    {stats.checks}")
@@ -81,27 +86,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"simulated time  {stats.sim_time:.0f} s")
     settled = sorted(stats.settled)
     if settled:
-        print(f"quiet periods   properties restored in median {median(settled):.1f} s, "
-              f"max {settled[-1]:.1f} s (bound {quiet_bound(8):.0f} s at 8 nodes)")
+        print(
+            f"quiet periods   properties restored in median {median(settled):.1f} s, "
+            f"max {settled[-1]:.1f} s (bound {quiet_bound(8):.0f} s at 8 nodes)"
+        )
     print(f"wall time       {wall:.1f} s")
     print(f"failures        {stats.failures} (examples that failed, shrinking included)")
     report = stats.last_failure
     if error is not None:
         print("\nminimal failing scenario:" if report else "\nerror:")
         print(report if report else f"{type(error).__name__}: {error}")
-    print(json.dumps({
-        "examples": stats.examples,
-        "steps": stats.steps,
-        "checks": stats.checks,
-        "failures": stats.failures,
-        "failed": error is not None,
-        "sim_s": round(stats.sim_time, 1),
-        "settle_median_s": round(median(settled), 1) if settled else None,
-        "settle_max_s": round(settled[-1], 1) if settled else None,
-        "wall_s": round(wall, 2),
-        "seed": args.seed,
-        "failure": report if error is not None else None,
-    }))
+    print(
+        json.dumps(
+            {
+                "examples": stats.examples,
+                "steps": stats.steps,
+                "checks": stats.checks,
+                "failures": stats.failures,
+                "failed": error is not None,
+                "sim_s": round(stats.sim_time, 1),
+                "settle_median_s": round(median(settled), 1) if settled else None,
+                "settle_max_s": round(settled[-1], 1) if settled else None,
+                "wall_s": round(wall, 2),
+                "seed": args.seed,
+                "failure": report if error is not None else None,
+            }
+        )
+    )
     return 1 if error is not None else 0
 
 

@@ -58,9 +58,19 @@ __version__ = "0.1.0"
 
 _HOMES = {
     "config": ("Config", "Profile"),
-    "events": ("Event", "EventStream", "EventsLost", "MemberAlive", "MemberEvent",
-               "MemberFailed", "MemberJoined", "MemberLeft", "MemberRejoined",
-               "MemberSuspected", "MemberUpdated"),
+    "events": (
+        "Event",
+        "EventStream",
+        "EventsLost",
+        "MemberAlive",
+        "MemberEvent",
+        "MemberFailed",
+        "MemberJoined",
+        "MemberLeft",
+        "MemberRejoined",
+        "MemberSuspected",
+        "MemberUpdated",
+    ),
     "member": ("Member", "MemberState"),
     "node": ("JoinError", "Node", "NodeNotRunning", "open_node"),
     "transport": ("Address", "Packet", "Transport"),
@@ -71,6 +81,7 @@ _LAZY = {name: module for module, names in _HOMES.items() for name in names}
 # Hidden from type checkers: they see the real names above, and a module-level
 # __getattr__ would make them accept any misspelt name as `object`.
 if not TYPE_CHECKING:
+
     def __getattr__(name: str) -> object:
         module = _LAZY.get(name)
         if module is None:

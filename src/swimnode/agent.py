@@ -57,26 +57,49 @@ _LEAVE_MARGIN = 2.0
 # Counters are created on first use; these are always reported, zero if need be, so
 # scripts reading `stats --json` find the same keys on a quiet agent as on a busy one.
 STABLE_COUNTERS = (
-    "packets_sent", "bytes_sent", "packets_received", "bytes_received", "probes",
-    "indirect_probes", "probe_failures", "suspicions_raised", "suspicions_refuted",
-    "deaths_declared", "dropped_malformed", "dropped_oversize", "dropped_misdirected",
-    "dropped_unreliable_sync", "dropped_rate_limited", "transport_receive_overflow",
+    "packets_sent",
+    "bytes_sent",
+    "packets_received",
+    "bytes_received",
+    "probes",
+    "indirect_probes",
+    "probe_failures",
+    "suspicions_raised",
+    "suspicions_refuted",
+    "deaths_declared",
+    "dropped_malformed",
+    "dropped_oversize",
+    "dropped_misdirected",
+    "dropped_unreliable_sync",
+    "dropped_rate_limited",
+    "transport_receive_overflow",
     "transport_receive_errors",
-    "transport_send_errors", "transport_send_buffer_full", "transport_oversize_dropped",
+    "transport_send_errors",
+    "transport_send_buffer_full",
+    "transport_oversize_dropped",
     "transport_stream_rejected",
-    "transport_stream_oversize", "transport_stream_timeouts", "transport_stream_errors",
+    "transport_stream_oversize",
+    "transport_stream_timeouts",
+    "transport_stream_errors",
     "transport_reliable_errors",
-    *(f"security_{reason}" for reason in (*DROP_REASONS, "send_oversize",
-                                          "replay_cache_evictions")),
+    *(
+        f"security_{reason}"
+        for reason in (*DROP_REASONS, "send_oversize", "replay_cache_evictions")
+    ),
 )
 
 
 class Agent:
     """The running agent as the RPC server sees it (`rpc.Controlled`)."""
 
-    def __init__(self, node: Node, transport: UdpTransport, *,
-                 security: SecureTransport | None = None,
-                 keyring: Keyring | None = None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        transport: UdpTransport,
+        *,
+        security: SecureTransport | None = None,
+        keyring: Keyring | None = None,
+    ) -> None:
         self.node = node
         self.transport = transport
         self.security = security
@@ -112,23 +135,32 @@ class Agent:
             out.update({f"security_{key}": value for key, value in self.security.stats.items()})
         return dict(sorted(out.items()))
 
-    async def keys(self, action: str, key: str | None,
-                   timeout: float | None) -> dict[str, Any]:  # noqa: ASYNC109
+    async def keys(self, action: str, key: str | None, timeout: float | None) -> dict[str, Any]:  # noqa: ASYNC109
         """Run a cluster-wide key query (`keyqueries.run_key_query`) and return its
         report as a dict. Raises `ValueError` with a one-line message that never
         contains key text."""
         raw = parse_key(key) if key is not None else None
         try:
-            report = await run_key_query(self.node, self.keyring, action, raw,
-                                         timeout=timeout)
+            report = await run_key_query(self.node, self.keyring, action, raw, timeout=timeout)
         except KeyQueryError as exc:
             raise ValueError(str(exc)) from None
-        fields: dict[str, Any] = {"event": "keys", "action": action, "key": report.key,
-                                  "answered": len(report.answers),
-                                  "nodes": len(report.expected), "failed": report.failed}
-        log.info("keys %s%s: %d of %d members answered, %d failed", action,
-                 f" {report.key}" if report.key else "", len(report.answers),
-                 len(report.expected), len(report.failed), extra={"fields": fields})
+        fields: dict[str, Any] = {
+            "event": "keys",
+            "action": action,
+            "key": report.key,
+            "answered": len(report.answers),
+            "nodes": len(report.expected),
+            "failed": report.failed,
+        }
+        log.info(
+            "keys %s%s: %d of %d members answered, %d failed",
+            action,
+            f" {report.key}" if report.key else "",
+            len(report.answers),
+            len(report.expected),
+            len(report.failed),
+            extra={"fields": fields},
+        )
         return report.to_dict()
 
     def events(self) -> EventStream:
@@ -156,20 +188,34 @@ class Agent:
         """One log line per membership change, until the node stops."""
         async for event in events:
             if isinstance(event, EventsLost):
-                log.warning("missed %d membership events (logging fell behind)", event.count,
-                            extra={"fields": {"event": "events_lost", "count": event.count}})
+                log.warning(
+                    "missed %d membership events (logging fell behind)",
+                    event.count,
+                    extra={"fields": {"event": "events_lost", "count": event.count}},
+                )
                 continue
             m = event.member
             address = format_address(m.address)
             fields: dict[str, Any] = {
-                "event": event.kind, "name": m.name, "address": address,
-                "state": m.state.label, "incarnation": m.incarnation}
+                "event": event.kind,
+                "name": m.name,
+                "address": address,
+                "state": m.state.label,
+                "incarnation": m.incarnation,
+            }
             keys = ""
             if isinstance(event, MemberUpdated) and event.changed_keys:
                 fields["changed_keys"] = sorted(event.changed_keys)
                 keys = f", keys {', '.join(fields['changed_keys'])}"
-            log.info("member %s %s (%s, incarnation %d%s)", m.name, event.kind, address,
-                     m.incarnation, keys, extra={"fields": fields})
+            log.info(
+                "member %s %s (%s, incarnation %d%s)",
+                m.name,
+                event.kind,
+                address,
+                m.incarnation,
+                keys,
+                extra={"fields": fields},
+            )
 
     async def leave_on_signal(self) -> None:
         """Leave and exit on the first SIGINT or SIGTERM."""
@@ -202,11 +248,13 @@ class LoggedSeeds(SeedSource):
         try:
             found = await self.combined.resolve()
         except SeedSourceError:
-            raise SeedSourceError("; ".join(str(e) for _, e in self.combined.last_errors)
-                                  ) from None
+            raise SeedSourceError("; ".join(str(e) for _, e in self.combined.last_errors)) from None
         for _, error in self.combined.last_errors:
-            log.warning("seed source: %s", error,
-                        extra={"fields": {"event": "seed_source_error", "error": str(error)}})
+            log.warning(
+                "seed source: %s",
+                error,
+                extra={"fields": {"event": "seed_source_error", "error": str(error)}},
+            )
         return found
 
     def __repr__(self) -> str:
@@ -242,10 +290,18 @@ def load_keyring(settings: AgentSettings) -> Keyring | None:
     except OSError:
         mode = 0
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("key file %s is accessible by group or others (mode %03o); "
-                    "run chmod 600 on it", settings.key_file, stat.S_IMODE(mode),
-                    extra={"fields": {"event": "key_file_mode", "path": settings.key_file,
-                                      "mode": f"{stat.S_IMODE(mode):03o}"}})
+        log.warning(
+            "key file %s is accessible by group or others (mode %03o); run chmod 600 on it",
+            settings.key_file,
+            stat.S_IMODE(mode),
+            extra={
+                "fields": {
+                    "event": "key_file_mode",
+                    "path": settings.key_file,
+                    "mode": f"{stat.S_IMODE(mode):03o}",
+                }
+            },
+        )
     return keyring
 
 
@@ -274,27 +330,41 @@ async def run_agent(settings: AgentSettings) -> None:
         # Wrapped here rather than inside open_node so `stats` can read its counters.
         transport = secure(udp, config, keyring)
         security = transport if isinstance(transport, SecureTransport) else None
-        async with open_node(config, transport=transport,
-                             seed_source=seed_source(settings)) as node:
-            await _serve(settings, node, Agent(node, udp, security=security,
-                                               keyring=keyring), listener)
+        async with open_node(
+            config, transport=transport, seed_source=seed_source(settings)
+        ) as node:
+            await _serve(
+                settings, node, Agent(node, udp, security=security, keyring=keyring), listener
+            )
     log.info("agent stopped", extra={"fields": {"event": "stopped"}})
 
 
-async def _serve(settings: AgentSettings, node: Node, agent: Agent,
-                 listener: trio.SocketListener) -> None:
+async def _serve(
+    settings: AgentSettings, node: Node, agent: Agent, listener: trio.SocketListener
+) -> None:
     # Subscribe before the first checkpoint so the join's events are all logged.
     events = node.events()
     # load_settings has checked these against the same limits, so none is refused.
     for key, value in settings.state:
         node.set_state(key, value)
     register_key_handlers(node, agent.keyring)
-    log.info("agent %s listening on %s (rpc %s, profile %s, seeds %s, %s)", node.name,
-             format_address(node.address), format_address(settings.rpc), settings.profile,
-             _describe_seeds(settings), _describe_security(agent.keyring, settings.label),
-             extra={"fields": {"event": "started", "name": node.name,
-                               "address": format_address(node.address),
-                               "rpc": format_address(settings.rpc)}})
+    log.info(
+        "agent %s listening on %s (rpc %s, profile %s, seeds %s, %s)",
+        node.name,
+        format_address(node.address),
+        format_address(settings.rpc),
+        settings.profile,
+        _describe_seeds(settings),
+        _describe_security(agent.keyring, settings.label),
+        extra={
+            "fields": {
+                "event": "started",
+                "name": node.name,
+                "address": format_address(node.address),
+                "rpc": format_address(settings.rpc),
+            }
+        },
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(rpc.serve_rpc, listener, agent)
         nursery.start_soon(agent.log_events, events)
@@ -304,6 +374,7 @@ async def _serve(settings: AgentSettings, node: Node, agent: Agent,
 
 
 # ----- logging --------------------------------------------------------------------------
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, plus the record's
@@ -354,11 +425,16 @@ def configure_logging(level: str, as_json: bool) -> None:
 
 # ----- entry point ----------------------------------------------------------------------
 
+
 def main(argv: list[str]) -> int:
     """Entry point of `python -m swimnode agent`; returns the exit code."""
     try:
-        settings = load_settings(argv, os.environ, lambda p: Path(p).read_text("utf-8"),
-                                 default_name=socket.gethostname())
+        settings = load_settings(
+            argv,
+            os.environ,
+            lambda p: Path(p).read_text("utf-8"),
+            default_name=socket.gethostname(),
+        )
     except UsageError as exc:
         print(f"swimnode agent: {exc}", file=sys.stderr)
         return EXIT_USAGE

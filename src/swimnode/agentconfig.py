@@ -81,9 +81,14 @@ class AgentSettings:
     def node_config(self) -> Config:
         """The node configuration these settings describe."""
         try:
-            return Config.profile(self.profile, self.name, bind=self.bind,
-                                  advertise=self.advertise, seeds=self.seeds,
-                                  label=self.label)
+            return Config.profile(
+                self.profile,
+                self.name,
+                bind=self.bind,
+                advertise=self.advertise,
+                seeds=self.seeds,
+                label=self.label,
+            )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
 
@@ -99,46 +104,104 @@ class _Parser(argparse.ArgumentParser):
 def agent_parser() -> argparse.ArgumentParser:
     """The `agent` subcommand's flags. Every default is `None` so that a flag the
     user did not give falls through to the environment, the file and the defaults."""
-    p = _Parser(prog="swimnode agent", description="Run a swimnode cluster member with a "
-                "local RPC endpoint.")
+    p = _Parser(
+        prog="swimnode agent",
+        description="Run a swimnode cluster member with a local RPC endpoint.",
+    )
     p.add_argument("--name", help="member name (default: this host's name)")
-    p.add_argument("--bind", metavar="HOST:PORT",
-                   help=f"UDP+TCP address to listen on (default {format_address(DEFAULT_BIND)})")
-    p.add_argument("--advertise", metavar="HOST:PORT",
-                   help="address peers should use (default: the bound address)")
-    p.add_argument("--seed", dest="seeds", metavar="HOST:PORT", action="append",
-                   help="member to join through; repeat for several")
-    p.add_argument("--seed-file", dest="seed_files", metavar="PATH", action="append",
-                   help="file of seed addresses, one per line, re-read every 30 s; "
-                   "repeatable")
-    p.add_argument("--seed-dns", metavar="NAME[:PORT]", action="append",
-                   help="DNS name whose addresses are seeds (port default 7946), "
-                   "resolved again every 30 s; repeatable")
-    p.add_argument("--state", dest="state", metavar="KEY=VALUE", action="append",
-                   type=_string_state, help="application state to set at start (VALUE is "
-                   "a string); repeatable")
-    p.add_argument("--state-json", dest="state", metavar="KEY=JSON", action="append",
-                   type=_json_state, help="like --state, with VALUE parsed as JSON")
+    p.add_argument(
+        "--bind",
+        metavar="HOST:PORT",
+        help=f"UDP+TCP address to listen on (default {format_address(DEFAULT_BIND)})",
+    )
+    p.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="address peers should use (default: the bound address)",
+    )
+    p.add_argument(
+        "--seed",
+        dest="seeds",
+        metavar="HOST:PORT",
+        action="append",
+        help="member to join through; repeat for several",
+    )
+    p.add_argument(
+        "--seed-file",
+        dest="seed_files",
+        metavar="PATH",
+        action="append",
+        help="file of seed addresses, one per line, re-read every 30 s; repeatable",
+    )
+    p.add_argument(
+        "--seed-dns",
+        metavar="NAME[:PORT]",
+        action="append",
+        help="DNS name whose addresses are seeds (port default 7946), "
+        "resolved again every 30 s; repeatable",
+    )
+    p.add_argument(
+        "--state",
+        dest="state",
+        metavar="KEY=VALUE",
+        action="append",
+        type=_string_state,
+        help="application state to set at start (VALUE is a string); repeatable",
+    )
+    p.add_argument(
+        "--state-json",
+        dest="state",
+        metavar="KEY=JSON",
+        action="append",
+        type=_json_state,
+        help="like --state, with VALUE parsed as JSON",
+    )
     p.add_argument("--profile", choices=PROFILES, help="timer profile (default lan)")
-    p.add_argument("--rpc", metavar="HOST:PORT",
-                   help=f"RPC endpoint to listen on (default {format_address(DEFAULT_RPC)})")
+    p.add_argument(
+        "--rpc",
+        metavar="HOST:PORT",
+        help=f"RPC endpoint to listen on (default {format_address(DEFAULT_RPC)})",
+    )
     p.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="log threshold (default info)")
-    p.add_argument("--log-json", action="store_const", const=True,
-                   help="log one JSON object per line")
+    p.add_argument(
+        "--log-json", action="store_const", const=True, help="log one JSON object per line"
+    )
     # Keys themselves are never flags: command lines are visible to every user.
-    p.add_argument("--key-file", metavar="PATH",
-                   help="file of base64 encryption keys, one per line, the first is "
-                   "primary (or $SWIMNODE_KEYS: comma-separated keys)")
-    p.add_argument("--label", metavar="TEXT",
-                   help="cluster label: members with another label are ignored")
-    p.add_argument("--insecure-plaintext", action="store_const", const=True,
-                   help="allow binding a non-loopback address without encryption keys")
+    p.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="file of base64 encryption keys, one per line, the first is "
+        "primary (or $SWIMNODE_KEYS: comma-separated keys)",
+    )
+    p.add_argument(
+        "--label", metavar="TEXT", help="cluster label: members with another label are ignored"
+    )
+    p.add_argument(
+        "--insecure-plaintext",
+        action="store_const",
+        const=True,
+        help="allow binding a non-loopback address without encryption keys",
+    )
     return p
 
 
-_KEYS = ("name", "bind", "advertise", "seeds", "seed_files", "seed_dns", "state", "profile",
-         "rpc", "log_level", "log_json", "key_file", "label", "insecure_plaintext")
+_KEYS = (
+    "name",
+    "bind",
+    "advertise",
+    "seeds",
+    "seed_files",
+    "seed_dns",
+    "state",
+    "profile",
+    "rpc",
+    "log_level",
+    "log_json",
+    "key_file",
+    "label",
+    "insecure_plaintext",
+)
 _BOOL_KEYS = ("log_json", "insecure_plaintext")
 KEYS_ENV = ENV_PREFIX + "KEYS"
 """Comma-separated base64 keys, first primary: an alternative to a key file."""
@@ -223,8 +286,9 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         raise UsageError(f"{source}: {exc}") from None
     unknown = sorted(set(data) - set(_KEYS))
     if unknown:
-        raise UsageError(f"{source}: unknown key {unknown[0]!r} "
-                         f"(expected one of: {', '.join(_KEYS)})")
+        raise UsageError(
+            f"{source}: unknown key {unknown[0]!r} (expected one of: {', '.join(_KEYS)})"
+        )
     for key, value in data.items():
         if key in _LIST_KEYS:
             if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
@@ -240,8 +304,9 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
     return data
 
 
-def merge(flags: Mapping[str, Any], env: Mapping[str, Any], file: Mapping[str, Any],
-          default_name: str) -> AgentSettings:
+def merge(
+    flags: Mapping[str, Any], env: Mapping[str, Any], file: Mapping[str, Any], default_name: str
+) -> AgentSettings:
     """Combine raw values (flags > env > file > defaults) and validate them."""
     raw: dict[str, Any] = {}
     state: dict[str, Any] = {}
@@ -257,8 +322,9 @@ def merge(flags: Mapping[str, Any], env: Mapping[str, Any], file: Mapping[str, A
         raise UsageError(f"unknown log level {level!r} (expected {', '.join(LOG_LEVELS)})")
     bind = parse_address(raw["bind"], what="bind address") if "bind" in raw else DEFAULT_BIND
     rpc = parse_address(raw["rpc"], what="rpc address") if "rpc" in raw else DEFAULT_RPC
-    advertise = (parse_address(raw["advertise"], what="advertise address")
-                 if "advertise" in raw else None)
+    advertise = (
+        parse_address(raw["advertise"], what="advertise address") if "advertise" in raw else None
+    )
     if advertise is not None and advertise[1] == 0:
         raise UsageError("advertise address needs a real port, not 0")
     seeds = tuple(parse_address(s, what="seed address") for s in raw.get("seeds", ()))
@@ -277,15 +343,26 @@ def merge(flags: Mapping[str, Any], env: Mapping[str, Any], file: Mapping[str, A
     insecure = bool(raw.get("insecure_plaintext", False))
     if key_file is None and keyring is None and not insecure and not is_loopback(bind[0]):
         # Secure by default: plaintext only where no other machine can listen.
-        raise UsageError(f"refusing to bind {format_address(bind)} without an encryption "
-                         f"key: give --key-file or {KEYS_ENV}, or --insecure-plaintext to "
-                         "allow unencrypted traffic")
+        raise UsageError(
+            f"refusing to bind {format_address(bind)} without an encryption "
+            f"key: give --key-file or {KEYS_ENV}, or --insecure-plaintext to "
+            "allow unencrypted traffic"
+        )
     settings = AgentSettings(
-        name=str(raw.get("name") or default_name), bind=bind, advertise=advertise,
-        seeds=seeds, profile=cast(Profile, profile), rpc=rpc, log_level=level,
-        log_json=bool(raw.get("log_json", False)), seed_files=seed_files,
-        seed_dns=seed_dns, state=tuple(state.items()), label=str(raw.get("label", "")),
-        key_file=None if key_file is None else str(key_file), keyring=keyring,
+        name=str(raw.get("name") or default_name),
+        bind=bind,
+        advertise=advertise,
+        seeds=seeds,
+        profile=cast(Profile, profile),
+        rpc=rpc,
+        log_level=level,
+        log_json=bool(raw.get("log_json", False)),
+        seed_files=seed_files,
+        seed_dns=seed_dns,
+        state=tuple(state.items()),
+        label=str(raw.get("label", "")),
+        key_file=None if key_file is None else str(key_file),
+        keyring=keyring,
         insecure_plaintext=insecure,
     )
     config = settings.node_config()  # validates the name and the profile's knobs
@@ -303,10 +380,15 @@ def _parse_dns_seed(text: str) -> Address:
 def check_state(state: Sequence[tuple[str, Any]], config: Config) -> None:
     """Raise `UsageError` if the initial application state breaks a key, value or size
     rule (the node would refuse it at start)."""
-    store = StateStore(config.name, 0, StateLimits(
-        max_key_bytes=config.state_max_key_bytes,
-        max_value_bytes=config.state_max_value_bytes,
-        max_node_bytes=config.state_max_bytes))
+    store = StateStore(
+        config.name,
+        0,
+        StateLimits(
+            max_key_bytes=config.state_max_key_bytes,
+            max_value_bytes=config.state_max_value_bytes,
+            max_node_bytes=config.state_max_bytes,
+        ),
+    )
     for key, value in state:
         try:
             store.set(key, value, 0.0)
@@ -314,8 +396,9 @@ def check_state(state: Sequence[tuple[str, Any]], config: Config) -> None:
             raise UsageError(f"initial state: {exc}") from None
 
 
-def load_settings(argv: Sequence[str], env: Mapping[str, str],
-                  read_text: Callable[[str], str], default_name: str) -> AgentSettings:
+def load_settings(
+    argv: Sequence[str], env: Mapping[str, str], read_text: Callable[[str], str], default_name: str
+) -> AgentSettings:
     """Parse `agent` flags, the environment and the config file they point to.
 
     `read_text(path)` reads the config file (`OSError` becomes a `UsageError`); it is a
@@ -333,7 +416,8 @@ def load_settings(argv: Sequence[str], env: Mapping[str, str],
         try:
             text = read_text(path)
         except OSError as exc:
-            raise UsageError(f"cannot read config file {path}: "
-                             f"{exc.strerror or exc}".rstrip()) from None
+            raise UsageError(
+                f"cannot read config file {path}: {exc.strerror or exc}".rstrip()
+            ) from None
         file_values = parse_toml(text, path)
     return merge(flags, env_values, file_values, default_name)

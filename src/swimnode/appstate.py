@@ -129,19 +129,24 @@ class StateStore:
         try:
             packed = _pack(value)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise ValueError(f"state value for {key!r} is not msgpack-serializable: "
-                             f"{exc}") from None
+            raise ValueError(
+                f"state value for {key!r} is not msgpack-serializable: {exc}"
+            ) from None
         if len(packed) > self.limits.max_value_bytes:
-            raise ValueError(f"state value for {key!r} is {len(packed)} bytes; the limit "
-                             f"is {self.limits.max_value_bytes}")
+            raise ValueError(
+                f"state value for {key!r} is {len(packed)} bytes; the limit "
+                f"is {self.limits.max_value_bytes}"
+            )
         # Read back what peers will see (tuples become lists, and so on).
         value = msgpack.unpackb(packed, raw=False)
         entry = StateEntry(key, self.own.max_version + 1, value)
         old = self.own.entries.get(key)
         new_total = self._own_bytes - (entry_size(old) if old else 0) + entry_size(entry)
         if new_total > self.limits.max_node_bytes:
-            raise ValueError(f"state would be {new_total} bytes; the limit per node is "
-                             f"{self.limits.max_node_bytes}")
+            raise ValueError(
+                f"state would be {new_total} bytes; the limit per node is "
+                f"{self.limits.max_node_bytes}"
+            )
         self._write_own(entry, now)
         return entry
 
@@ -159,8 +164,9 @@ class StateStore:
         if not isinstance(key, str) or not key:
             raise ValueError("state keys must be non-empty strings")
         if len(key.encode()) > self.limits.max_key_bytes:
-            raise ValueError(f"state key {key[:40]!r}... is longer than "
-                             f"{self.limits.max_key_bytes} bytes")
+            raise ValueError(
+                f"state key {key[:40]!r}... is longer than {self.limits.max_key_bytes} bytes"
+            )
 
     def _write_own(self, entry: StateEntry, now: float) -> None:
         node = self.own
@@ -187,8 +193,11 @@ class StateStore:
         state). Nodes that never wrote anything cost nothing, however many."""
         own = self.own
         out = [Digest(self.owner, own.generation, own.max_version)]
-        out += [Digest(n, s.generation, s.max_version) for n, s in self._nodes.items()
-                if s.max_version and n != self.owner]
+        out += [
+            Digest(n, s.generation, s.max_version)
+            for n, s in self._nodes.items()
+            if s.max_version and n != self.owner
+        ]
         return out
 
     @property
@@ -203,8 +212,9 @@ class StateStore:
 
     # ----- reconciliation ---------------------------------------------------------------
 
-    def compare(self, theirs: Iterable[Digest], accept: Mapping[str, object] | None = None
-                ) -> tuple[list[Digest], list[Digest]]:
+    def compare(
+        self, theirs: Iterable[Digest], accept: Mapping[str, object] | None = None
+    ) -> tuple[list[Digest], list[Digest]]:
         """Given a peer's digests, return `(they_lack, we_lack)`: requests the peer
         would make of us (what to send it), and requests to make of it. Only nodes in
         `accept` (if given) are considered, so state of forgotten members stays
@@ -218,8 +228,9 @@ class StateStore:
                 continue
             mine = self._nodes.get(d.name)
             if mine is None or d.generation > mine.generation:
-                we_lack.append(Digest(d.name, mine.generation if mine else 0,
-                                      mine.max_version if mine else 0))
+                we_lack.append(
+                    Digest(d.name, mine.generation if mine else 0, mine.max_version if mine else 0)
+                )
             elif d.generation < mine.generation:
                 they_lack.append(Digest(d.name, d.generation, 0))
             elif d.max_version > mine.max_version:
@@ -241,14 +252,14 @@ class StateStore:
             if node is None or req.generation > node.generation:
                 continue
             since = req.max_version if req.generation == node.generation else 0
-            entries = sorted((e for e in node.entries.values() if e.version > since),
-                             key=lambda e: e.version)
+            entries = sorted(
+                (e for e in node.entries.values() if e.version > since), key=lambda e: e.version
+            )
             per_node.append((req.name, node.generation, entries))
         # Merge by version so every node's prefix is taken in order, and the budget is
         # shared oldest-first (Scuttlebutt's precise reconciliation).
         picked: dict[str, list[StateEntry]] = {name: [] for name, _, _ in per_node}
-        heap = [(entries[0].version, i, 0) for i, (_, _, entries) in enumerate(per_node)
-                if entries]
+        heap = [(entries[0].version, i, 0) for i, (_, _, entries) in enumerate(per_node) if entries]
         heapq.heapify(heap)
         left = budget
         while heap:

@@ -71,8 +71,9 @@ class BroadcastQueue:
         if not level:
             del self._levels[item.transmits]
 
-    def take(self, budget: int, n_members: int, per_item_overhead: int = 0,
-             max_items: int = 1 << 30) -> list[bytes]:
+    def take(
+        self, budget: int, n_members: int, per_item_overhead: int = 0, max_items: int = 1 << 30
+    ) -> list[bytes]:
         """Pick at most `max_items` broadcasts whose sizes (plus `per_item_overhead`
         each) fit in `budget` bytes, least-sent first, and count one transmission for
         each picked item."""

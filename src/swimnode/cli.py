@@ -74,9 +74,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_rpc(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rpc", metavar="HOST:PORT",
-                   help=f"agent RPC address (default ${ENV_PREFIX}RPC or "
-                   f"{format_address(DEFAULT_RPC)})")
+    p.add_argument(
+        "--rpc",
+        metavar="HOST:PORT",
+        help=f"agent RPC address (default ${ENV_PREFIX}RPC or {format_address(DEFAULT_RPC)})",
+    )
 
 
 def _vnodes(text: str) -> int:
@@ -108,50 +110,72 @@ def client_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
     if command == "members":
         p.add_argument("--status", choices=STATUSES, help="only members in this state")
-        p.add_argument("--state", dest="show_state", action="store_true",
-                       help="add an APP_STATE column (the table only; --json always "
-                       "has app_state)")
+        p.add_argument(
+            "--state",
+            dest="show_state",
+            action="store_true",
+            help="add an APP_STATE column (the table only; --json always has app_state)",
+        )
     if command == "ring":
-        p.add_argument("--vnodes", type=_vnodes, default=100,
-                       help="tokens derived per member without advertised tokens "
-                       "(default 100)")
-        p.add_argument("--tokens-key", default="tokens", metavar="KEY",
-                       help="application-state key holding advertised tokens "
-                       "(default tokens)")
-        p.add_argument("--summary", action="store_true",
-                       help="only the per-member summary, not every range")
+        p.add_argument(
+            "--vnodes",
+            type=_vnodes,
+            default=100,
+            help="tokens derived per member without advertised tokens (default 100)",
+        )
+        p.add_argument(
+            "--tokens-key",
+            default="tokens",
+            metavar="KEY",
+            help="application-state key holding advertised tokens (default tokens)",
+        )
+        p.add_argument(
+            "--summary", action="store_true", help="only the per-member summary, not every range"
+        )
     return p
 
 
 def _state_parsers(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION",
-                           parser_class=_Parser)
-    get = sub.add_parser("get", help="print one key's value",
-                         description="Print one key of a member's application state.")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    get = sub.add_parser(
+        "get",
+        help="print one key's value",
+        description="Print one key of a member's application state.",
+    )
     get.add_argument("key", metavar="KEY")
     get.add_argument("--member", metavar="NAME", help="whose state (default: the agent's)")
     get.add_argument("--json", action="store_true", help="print the value as JSON")
-    put = sub.add_parser("set", help="set one of the agent's keys",
-                         description="Set one key of the agent's own application state.")
+    put = sub.add_parser(
+        "set",
+        help="set one of the agent's keys",
+        description="Set one key of the agent's own application state.",
+    )
     put.add_argument("key", metavar="KEY")
     put.add_argument("value", metavar="VALUE")
-    put.add_argument("--json-value", action="store_true",
-                     help="parse VALUE as JSON (numbers, lists, maps, true/false/null; "
-                     f'{{"{BYTES_TAG}": "..."}} for bytes); default: VALUE is a string')
-    delete = sub.add_parser("delete", help="delete one of the agent's keys",
-                            description="Delete one key of the agent's own application "
-                            "state.")
+    put.add_argument(
+        "--json-value",
+        action="store_true",
+        help="parse VALUE as JSON (numbers, lists, maps, true/false/null; "
+        f'{{"{BYTES_TAG}": "..."}} for bytes); default: VALUE is a string',
+    )
+    delete = sub.add_parser(
+        "delete",
+        help="delete one of the agent's keys",
+        description="Delete one key of the agent's own application state.",
+    )
     delete.add_argument("key", metavar="KEY")
-    listing = sub.add_parser("list", help="print every key",
-                             description="Print every key of a member's application state.")
+    listing = sub.add_parser(
+        "list",
+        help="print every key",
+        description="Print every key of a member's application state.",
+    )
     listing.add_argument("--member", metavar="NAME", help="whose state (default: the agent's)")
     listing.add_argument("--json", action="store_true", help="one JSON object")
     for q in (get, put, delete, listing):
         _add_rpc(q)
 
 
-def parse_client_args(command: str, argv: Sequence[str],
-                      env: Mapping[str, str]) -> ClientArgs:
+def parse_client_args(command: str, argv: Sequence[str], env: Mapping[str, str]) -> ClientArgs:
     """Parse a client command's flags (pure); raises `UsageError`."""
     ns = client_parser(command).parse_args(list(argv))
     rpc_text = ns.rpc or env.get(ENV_PREFIX + "RPC") or None
@@ -162,17 +186,24 @@ def parse_client_args(command: str, argv: Sequence[str],
             value = from_json_value(json.loads(value))
         except ValueError as exc:
             raise UsageError(f"VALUE is not valid JSON: {exc}") from None
-    return ClientArgs(command=command, rpc=address, json=getattr(ns, "json", False),
-                      status=getattr(ns, "status", None),
-                      show_state=getattr(ns, "show_state", False),
-                      action=getattr(ns, "action", None), key=getattr(ns, "key", None),
-                      value=value, member=getattr(ns, "member", None),
-                      vnodes=getattr(ns, "vnodes", 100),
-                      tokens_key=getattr(ns, "tokens_key", "tokens"),
-                      summary=getattr(ns, "summary", False))
+    return ClientArgs(
+        command=command,
+        rpc=address,
+        json=getattr(ns, "json", False),
+        status=getattr(ns, "status", None),
+        show_state=getattr(ns, "show_state", False),
+        action=getattr(ns, "action", None),
+        key=getattr(ns, "key", None),
+        value=value,
+        member=getattr(ns, "member", None),
+        vnodes=getattr(ns, "vnodes", 100),
+        tokens_key=getattr(ns, "tokens_key", "tokens"),
+        summary=getattr(ns, "summary", False),
+    )
 
 
 # ----- JSON convention for application-state values (pure) ----------------------------
+
 
 def to_json_value(value: Any) -> Any:
     """An application-state value as JSON can hold it: bytes become
@@ -224,7 +255,7 @@ def compact_state(state: Mapping[str, Any], width: int = STATE_CELL_WIDTH) -> st
             text = _compact_json(value)
         parts.append(f"{key}={text}")
     cell = " ".join(parts)
-    return cell if len(cell) <= width else cell[:width - 3] + "..."
+    return cell if len(cell) <= width else cell[: width - 3] + "..."
 
 
 def member_json(member: Mapping[str, Any]) -> dict[str, Any]:
@@ -236,15 +267,19 @@ def member_json(member: Mapping[str, Any]) -> dict[str, Any]:
 
 # ----- rendering (pure) -------------------------------------------------------------------
 
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     table = [tuple(header)] + [tuple(r) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                     .rstrip() for row in table)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in table
+    )
 
 
-def render_members(members: list[dict[str, Any]], status: str | None, as_json: bool,
-                   show_state: bool = False) -> str:
+def render_members(
+    members: list[dict[str, Any]], status: str | None, as_json: bool, show_state: bool = False
+) -> str:
     """The `members` output: an aligned table (with an `APP_STATE` column if
     `show_state`), or a JSON list whose objects always carry `app_state`."""
     rows = [m for m in members if status is None or m["state"] == status]
@@ -277,8 +312,10 @@ def render_monitor_frame(frame: dict[str, Any], as_json: bool) -> str:
         flat["changed_keys"] = list(frame["changed_keys"])
     if as_json:
         return json.dumps(flat)
-    line = (f"{flat['event']:<9} {flat['name']} {flat['address']} {flat['state']} "
-            f"(incarnation {flat['incarnation']})")
+    line = (
+        f"{flat['event']:<9} {flat['name']} {flat['address']} {flat['state']} "
+        f"(incarnation {flat['incarnation']})"
+    )
     if flat.get("changed_keys"):
         line += f" keys {','.join(flat['changed_keys'])}"
     return line
@@ -307,10 +344,23 @@ def ring_json(ring: Mapping[str, Any]) -> dict[str, Any]:
     numbers lose precision above 2**53 in many readers), a fraction per range."""
     members = []
     for m in ring["members"]:
-        ranges = [{"start": hex_token(a), "end": hex_token(b),
-                   "fraction": range_size((a, b)) / TOKEN_SPACE} for a, b in m["ranges"]]
-        members.append({"name": m["name"], "fraction": m["fraction"], "tokens": m["tokens"],
-                        "source": m["source"], "ranges": ranges})
+        ranges = [
+            {
+                "start": hex_token(a),
+                "end": hex_token(b),
+                "fraction": range_size((a, b)) / TOKEN_SPACE,
+            }
+            for a, b in m["ranges"]
+        ]
+        members.append(
+            {
+                "name": m["name"],
+                "fraction": m["fraction"],
+                "tokens": m["tokens"],
+                "source": m["source"],
+                "ranges": ranges,
+            }
+        )
     return {"vnodes": ring["vnodes"], "tokens_key": ring["tokens_key"], "members": members}
 
 
@@ -322,17 +372,37 @@ def render_ring(ring: Mapping[str, Any], as_json: bool, summary: bool = False) -
         return json.dumps(shaped, indent=2)
     parts = []
     if not summary:
-        parts.append(_table(("MEMBER", "RANGE (START, END]", "SHARE"), [
-            (m["name"], f"({r['start']}, {r['end']}]", f"{r['fraction'] * 100:.3f}%")
-            for m in shaped["members"] for r in m["ranges"]]))
+        parts.append(
+            _table(
+                ("MEMBER", "RANGE (START, END]", "SHARE"),
+                [
+                    (m["name"], f"({r['start']}, {r['end']}]", f"{r['fraction'] * 100:.3f}%")
+                    for m in shaped["members"]
+                    for r in m["ranges"]
+                ],
+            )
+        )
         parts.append("")
-    parts.append(_table(("MEMBER", "TOKENS", "SOURCE", "RANGES", "OWNS"), [
-        (m["name"], str(m["tokens"]), m["source"], str(len(m["ranges"])),
-         f"{m['fraction'] * 100:.2f}%") for m in shaped["members"]]))
+    parts.append(
+        _table(
+            ("MEMBER", "TOKENS", "SOURCE", "RANGES", "OWNS"),
+            [
+                (
+                    m["name"],
+                    str(m["tokens"]),
+                    m["source"],
+                    str(len(m["ranges"])),
+                    f"{m['fraction'] * 100:.2f}%",
+                )
+                for m in shaped["members"]
+            ],
+        )
+    )
     return "\n".join(parts)
 
 
 # ----- commands ---------------------------------------------------------------------------
+
 
 def _members(args: ClientArgs) -> int:
     print(render_members(rpcclient.members(args.rpc), args.status, args.json, args.show_state))
@@ -344,8 +414,10 @@ def _state(args: ClientArgs) -> int:
     if args.action == "get":
         reply = rpcclient.call(args.rpc, "state_get", {"key": args.key, "member": args.member})
         if not reply["found"]:
-            print(f"{name}: key {args.key!r} is not set on member {reply['member']!r}",
-                  file=sys.stderr)
+            print(
+                f"{name}: key {args.key!r} is not set on member {reply['member']!r}",
+                file=sys.stderr,
+            )
             return EXIT_FAILURE
         print(render_state_value(reply["value"], args.json))
     elif args.action == "list":
@@ -356,8 +428,10 @@ def _state(args: ClientArgs) -> int:
     else:
         reply = rpcclient.call(args.rpc, "state_delete", {"key": args.key})
         if not reply["deleted"]:
-            print(f"{name}: key {args.key!r} is not set on member {reply['member']!r}",
-                  file=sys.stderr)
+            print(
+                f"{name}: key {args.key!r} is not set on member {reply['member']!r}",
+                file=sys.stderr,
+            )
             return EXIT_FAILURE
     return EXIT_OK
 
@@ -426,19 +500,35 @@ def _client(command: str, argv: list[str]) -> int:
 
 # ----- keys and keygen ------------------------------------------------------------------
 
+
 def keys_parser() -> argparse.ArgumentParser:
     """The flags of `keys`."""
-    p = _Parser(prog="swimnode keys", description="Manage the encryption keys of the whole "
-                "cluster through the agent: list them, install a new key, make it primary "
-                "(use), remove an old one. Every live member is asked and reported on.")
-    p.add_argument("action", choices=KEY_ACTIONS, metavar="ACTION",
-                   help="list, install KEY, use KEY or remove KEY")
-    p.add_argument("key", nargs="?", metavar="KEY",
-                   help="base64 key (from `swimnode keygen`); - reads it from stdin")
+    p = _Parser(
+        prog="swimnode keys",
+        description="Manage the encryption keys of the whole "
+        "cluster through the agent: list them, install a new key, make it primary "
+        "(use), remove an old one. Every live member is asked and reported on.",
+    )
+    p.add_argument(
+        "action",
+        choices=KEY_ACTIONS,
+        metavar="ACTION",
+        help="list, install KEY, use KEY or remove KEY",
+    )
+    p.add_argument(
+        "key",
+        nargs="?",
+        metavar="KEY",
+        help="base64 key (from `swimnode keygen`); - reads it from stdin",
+    )
     _add_rpc(p)
-    p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
-                   help="how long to wait for answers (default: a few dozen gossip "
-                   "rounds; it ends sooner once every member answered)")
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how long to wait for answers (default: a few dozen gossip "
+        "rounds; it ends sooner once every member answered)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
@@ -464,9 +554,15 @@ def render_keys(report: Mapping[str, Any], as_json: bool) -> str:
     if report["action"] == "list":
         lines.append(f"{answered} of {nodes} members answered")
         primary: Mapping[str, int] = report["primary"]
-        lines.append(_table(("KEY", "MEMBERS", "PRIMARY ON"), [
-            (fp, f"{count}/{nodes}", str(primary.get(fp, 0)))
-            for fp, count in report["keys"].items()]))
+        lines.append(
+            _table(
+                ("KEY", "MEMBERS", "PRIMARY ON"),
+                [
+                    (fp, f"{count}/{nodes}", str(primary.get(fp, 0)))
+                    for fp, count in report["keys"].items()
+                ],
+            )
+        )
     else:
         ok = sum(1 for m in report["members"].values() if m["ok"])
         lines.append(f"{report['action']} key {report['key']}: {ok} of {nodes} members ok")
@@ -501,8 +597,9 @@ def _keys(argv: list[str]) -> int:
     # plus a margin before giving up on it.
     wait = (ns.timeout or rpcclient.MAX_QUERY_TIMEOUT / 10) + 10.0
     try:
-        report = rpcclient.call(address, "keys", {"action": ns.action, "key": key,
-                                                  "timeout": ns.timeout}, timeout=wait)
+        report = rpcclient.call(
+            address, "keys", {"action": ns.action, "key": key, "timeout": ns.timeout}, timeout=wait
+        )
     except rpcclient.RpcError as exc:
         print(f"swimnode keys {ns.action}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -511,8 +608,11 @@ def _keys(argv: list[str]) -> int:
     report["ok"] = not report["failed"]  # was the RPC envelope's flag
     print(render_keys(report, ns.json))
     if report["failed"]:
-        print(f"swimnode keys {ns.action}: {len(report['failed'])} of {report['nodes']} "
-              "members failed", file=sys.stderr)
+        print(
+            f"swimnode keys {ns.action}: {len(report['failed'])} of {report['nodes']} "
+            "members failed",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -525,8 +625,11 @@ def base64_key(text: str) -> str:
 
 
 def _keygen(argv: list[str]) -> int:
-    p = _Parser(prog="swimnode keygen", description="Print a new random encryption key "
-                "(32 bytes, base64) for a key file or `swimnode keys install`.")
+    p = _Parser(
+        prog="swimnode keygen",
+        description="Print a new random encryption key "
+        "(32 bytes, base64) for a key file or `swimnode keys install`.",
+    )
     try:
         p.parse_args(argv)
     except UsageError as exc:
@@ -541,6 +644,7 @@ def _keygen(argv: list[str]) -> int:
 # The agent and the demo are imported on demand: both load Trio (the demo also
 # trio.testing, which imports pytest), and the client commands above start in less
 # than half the time without it (docs/agent.md, "Start-up cost").
+
 
 def _agent(argv: list[str]) -> int:
     from . import agent
@@ -572,7 +676,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK if args else EXIT_USAGE
     command = COMMANDS.get(args[0])
     if command is None:
-        print(f"swimnode: unknown command {args[0]!r} (expected one of: {', '.join(COMMANDS)})",
-              file=sys.stderr)
+        print(
+            f"swimnode: unknown command {args[0]!r} (expected one of: {', '.join(COMMANDS)})",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     return command(args[1:])

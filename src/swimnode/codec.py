@@ -56,12 +56,38 @@ MAX_QUERY_TIMEOUT_MS = 10 * 60 * 1000
 _U64 = (1 << 64) - 1
 _VERSION = bytes([PROTOCOL_VERSION])
 
-(_PING, _ACK, _NACK, _PING_REQ, _ALIVE, _SUSPECT, _DEAD, _LEFT, _SYNC, _STATE_SYN,
- _STATE_DIGESTS, _STATE_ACK, _QUERY, _QUERY_RESPONSE) = range(1, 15)
-MESSAGE_NAMES = {_PING: "ping", _ACK: "ack", _NACK: "nack", _PING_REQ: "pingreq",
-                 _ALIVE: "alive", _SUSPECT: "suspect", _DEAD: "dead", _LEFT: "left",
-                 _SYNC: "sync", _STATE_SYN: "statesyn", _STATE_DIGESTS: "statedigests",
-                 _STATE_ACK: "stateack", _QUERY: "query", _QUERY_RESPONSE: "queryresponse"}
+(
+    _PING,
+    _ACK,
+    _NACK,
+    _PING_REQ,
+    _ALIVE,
+    _SUSPECT,
+    _DEAD,
+    _LEFT,
+    _SYNC,
+    _STATE_SYN,
+    _STATE_DIGESTS,
+    _STATE_ACK,
+    _QUERY,
+    _QUERY_RESPONSE,
+) = range(1, 15)
+MESSAGE_NAMES = {
+    _PING: "ping",
+    _ACK: "ack",
+    _NACK: "nack",
+    _PING_REQ: "pingreq",
+    _ALIVE: "alive",
+    _SUSPECT: "suspect",
+    _DEAD: "dead",
+    _LEFT: "left",
+    _SYNC: "sync",
+    _STATE_SYN: "statesyn",
+    _STATE_DIGESTS: "statedigests",
+    _STATE_ACK: "stateack",
+    _QUERY: "query",
+    _QUERY_RESPONSE: "queryresponse",
+}
 """Type tag -> name, for counters."""
 SENT_KEYS = {tag: (f"sent_{name}", f"sent_bytes_{name}") for tag, name in MESSAGE_NAMES.items()}
 RECEIVED_KEYS = {tag: f"received_{name}" for tag, name in MESSAGE_NAMES.items()}
@@ -75,6 +101,8 @@ def received_key(msg: Message) -> str:
     if key is None:
         key = _RECEIVED_BY_TYPE[cls] = "received_" + cls.__name__.lower()
     return key
+
+
 """Counter names per tag, built once: packets carry dozens of messages."""
 
 
@@ -195,17 +223,27 @@ def _to_wire(msg: Message) -> list[Any]:
         case StateDigests(sender, digests):
             return [_STATE_DIGESTS, sender, [_digest_to_wire(d) for d in digests]]
         case StateAck(sender, deltas, requests):
-            return [_STATE_ACK, sender,
-                    [[d.name, d.generation, [[e.key, e.version, e.value, e.deleted]
-                                             for e in d.entries]] for d in deltas],
-                    [_digest_to_wire(d) for d in requests]]
+            return [
+                _STATE_ACK,
+                sender,
+                [
+                    [
+                        d.name,
+                        d.generation,
+                        [[e.key, e.version, e.value, e.deleted] for e in d.entries],
+                    ]
+                    for d in deltas
+                ],
+                [_digest_to_wire(d) for d in requests],
+            ]
         case Query(qid, origin, (host, port), kind, payload, timeout_ms):
             return [_QUERY, qid, origin, host, port, kind, payload, timeout_ms]
         case QueryResponse(qid, sender, payload):
             return [_QUERY_RESPONSE, qid, sender, payload]
         case Sync(reply, join, members):
-            records = [[m.name, m.address[0], m.address[1], m.incarnation, int(m.state)]
-                       for m in members]
+            records = [
+                [m.name, m.address[0], m.address[1], m.incarnation, int(m.state)] for m in members
+            ]
             return [_SYNC, reply, join, records]
     raise TypeError(f"not a message: {msg!r}")
 
@@ -249,9 +287,22 @@ def _state(v: object) -> MemberState:
     return _STATES[v]
 
 
-_ARITY = {_PING: 4, _ACK: 3, _NACK: 3, _PING_REQ: 7, _ALIVE: 5, _SUSPECT: 4, _DEAD: 4, _LEFT: 3,
-          _SYNC: 4, _STATE_SYN: 4, _STATE_DIGESTS: 3, _STATE_ACK: 4, _QUERY: 8,
-          _QUERY_RESPONSE: 4}
+_ARITY = {
+    _PING: 4,
+    _ACK: 3,
+    _NACK: 3,
+    _PING_REQ: 7,
+    _ALIVE: 5,
+    _SUSPECT: 4,
+    _DEAD: 4,
+    _LEFT: 3,
+    _SYNC: 4,
+    _STATE_SYN: 4,
+    _STATE_DIGESTS: 3,
+    _STATE_ACK: 4,
+    _QUERY: 8,
+    _QUERY_RESPONSE: 4,
+}
 
 
 def _query_kind(v: object) -> str:
@@ -322,8 +373,13 @@ def _from_wire(item: object) -> Message:
     if tag == _NACK:
         return Nack(_uint(item[1]), _name(item[2]))
     if tag == _PING_REQ:
-        return PingReq(_uint(item[1]), _name(item[2]), (_host(item[3]), _port(item[4])),
-                       _name(item[5]), _uint(item[6]))
+        return PingReq(
+            _uint(item[1]),
+            _name(item[2]),
+            (_host(item[3]), _port(item[4])),
+            _name(item[5]),
+            _uint(item[6]),
+        )
     if tag == _ALIVE:
         return Alive(_name(item[1]), (_host(item[2]), _port(item[3])), _uint(item[4]))
     if tag == _SUSPECT:
@@ -337,17 +393,27 @@ def _from_wire(item: object) -> Message:
     if tag == _STATE_DIGESTS:
         return StateDigests(_name(item[1]), tuple(_digest(d) for d in _list(item[2])))
     if tag == _STATE_ACK:
-        return StateAck(_name(item[1]), tuple(_delta(d) for d in _list(item[2])),
-                        tuple(_digest(d) for d in _list(item[3])))
+        return StateAck(
+            _name(item[1]),
+            tuple(_delta(d) for d in _list(item[2])),
+            tuple(_digest(d) for d in _list(item[3])),
+        )
     if tag == _QUERY:
         timeout_ms = _uint(item[7])
         if timeout_ms > MAX_QUERY_TIMEOUT_MS:
             raise DecodeError("query timeout too long")
-        return Query(_uint(item[1]), _name(item[2]), (_host(item[3]), _port(item[4])),
-                     _query_kind(item[5]), _payload(item[6], MAX_QUERY_PAYLOAD), timeout_ms)
+        return Query(
+            _uint(item[1]),
+            _name(item[2]),
+            (_host(item[3]), _port(item[4])),
+            _query_kind(item[5]),
+            _payload(item[6], MAX_QUERY_PAYLOAD),
+            timeout_ms,
+        )
     if tag == _QUERY_RESPONSE:
-        return QueryResponse(_uint(item[1]), _name(item[2]),
-                             _payload(item[3], MAX_QUERY_RESPONSE_PAYLOAD))
+        return QueryResponse(
+            _uint(item[1]), _name(item[2]), _payload(item[3], MAX_QUERY_RESPONSE_PAYLOAD)
+        )
     members = item[3]
     if type(members) is not list or len(members) > MAX_SYNC_MEMBERS:
         raise DecodeError("bad member list")
@@ -355,6 +421,9 @@ def _from_wire(item: object) -> Message:
     for rec in members:
         if type(rec) is not list or len(rec) != 5:
             raise DecodeError("bad member record")
-        records.append(MemberRecord(_name(rec[0]), (_host(rec[1]), _port(rec[2])),
-                                    _uint(rec[3]), _state(rec[4])))
+        records.append(
+            MemberRecord(
+                _name(rec[0]), (_host(rec[1]), _port(rec[2])), _uint(rec[3]), _state(rec[4])
+            )
+        )
     return Sync(_bool(item[1]), _bool(item[2]), tuple(records))

@@ -88,15 +88,21 @@ class Config:
         """Raise `ValueError` naming the first bad field."""
         if not self.name or len(self.name.encode()) > 255:
             raise ValueError("name must be 1..255 bytes of UTF-8")
-        for key in ("probe_interval", "probe_timeout", "gossip_interval", "push_pull_interval",
-                    "state_gossip_interval", "seed_refresh_interval", "state_tombstone_ttl"):
+        for key in (
+            "probe_interval",
+            "probe_timeout",
+            "gossip_interval",
+            "push_pull_interval",
+            "state_gossip_interval",
+            "seed_refresh_interval",
+            "state_tombstone_ttl",
+        ):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0")
         if self.probe_timeout > self.probe_interval:
             raise ValueError("probe_timeout must not exceed probe_interval")
         if min(self.indirect_checks, self.gossip_nodes, self.join_announce_nodes) < 0:
-            raise ValueError("indirect_checks, gossip_nodes and join_announce_nodes "
-                             "must be >= 0")
+            raise ValueError("indirect_checks, gossip_nodes and join_announce_nodes must be >= 0")
         if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
             raise ValueError("suspicion_mult and suspicion_max_timeout_mult must be >= 1")
         if self.retransmit_mult < 1:

@@ -175,26 +175,39 @@ _TIMER_RELAY = 1
 class SwimCore:
     """One node's view of the cluster and the rules that change it."""
 
-    def __init__(self, config: Config, *, now: float, rng: random.Random,
-                 incarnation: int = 0, generation: int = 0,
-                 framing_overhead: int = 0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        now: float,
+        rng: random.Random,
+        incarnation: int = 0,
+        generation: int = 0,
+        framing_overhead: int = 0,
+    ) -> None:
         self.config = config
         self.name = config.name
         self.address = config.advertise_address
         self.incarnation = incarnation
         self.rng = rng
-        self.awareness = Awareness(config.awareness_max_multiplier,
-                                   enabled=config.lifeguard_awareness)
+        self.awareness = Awareness(
+            config.awareness_max_multiplier, enabled=config.lifeguard_awareness
+        )
         self.broadcasts = BroadcastQueue(config.retransmit_mult)
         self.stats: Counter[str] = Counter()
         self._limiter = RateLimiter(config.request_rate, config.request_burst)
         # A layer below us (encryption) adds this much to every datagram.
         self.payload_budget = config.udp_payload - framing_overhead
-        self.state = StateStore(self.name, generation, StateLimits(
-            max_key_bytes=config.state_max_key_bytes,
-            max_value_bytes=config.state_max_value_bytes,
-            max_node_bytes=config.state_max_bytes,
-            tombstone_ttl=config.state_tombstone_ttl))
+        self.state = StateStore(
+            self.name,
+            generation,
+            StateLimits(
+                max_key_bytes=config.state_max_key_bytes,
+                max_value_bytes=config.state_max_value_bytes,
+                max_node_bytes=config.state_max_bytes,
+                tombstone_ttl=config.state_tombstone_ttl,
+            ),
+        )
         self.leaving = False
         self.join_replies = 0
         self.acks_received = 0
@@ -220,8 +233,7 @@ class SwimCore:
         # together do not all sync at once.
         slack = config.probe_interval / 2
         every = config.state_gossip_interval
-        self._state_chore = Periodic(every, min(slack, every / 2),
-                                     now + rng.uniform(0, every))
+        self._state_chore = Periodic(every, min(slack, every / 2), now + rng.uniform(0, every))
         every = max(1.0, config.dead_reclaim_time / 10)
         self._reap_chore = Periodic(every, min(slack, every / 2), now + every)
 
@@ -347,23 +359,35 @@ class SwimCore:
                 if not self._allow(source, now):
                     return
                 timeout = timeout_ms / 1000 if timeout_ms else self.config.probe_timeout
-                self._relay_probe(source, msg.sender, seq, target, target_address,
-                                  min(timeout, _MAX_RELAY_TIMEOUT), now)
+                self._relay_probe(
+                    source,
+                    msg.sender,
+                    seq,
+                    target,
+                    target_address,
+                    min(timeout, _MAX_RELAY_TIMEOUT),
+                    now,
+                )
             case Alive() | Suspect() | Dead() | Left():
                 self._apply(msg, now)
             case StateSyn(sender, summary, members):
                 if summary != self.state.summary and self._allow(source, now):
                     digests = StateDigests(self.name, tuple(self.state.digests()))
-                    self._send(self._reply_address(sender, source),
-                               [codec.encode_message(digests)])
+                    self._send(self._reply_address(sender, source), [codec.encode_message(digests)])
                 # With news in flight, views differ for a while by design; a peer
                 # we do not hold as live, though, may be from another partition.
-                if (members and members != self.members_fingerprint()
-                        and (not self.broadcasts or sender not in self._peers)
-                        and self._allow(source, now)):
+                if (
+                    members
+                    and members != self.members_fingerprint()
+                    and (not self.broadcasts or sender not in self._peers)
+                    and self._allow(source, now)
+                ):
                     self.stats["membership_mismatches"] += 1
-                    self._send(self._reply_address(sender, source),
-                               [self._sync_message(reply=False, join=False)], reliable=True)
+                    self._send(
+                        self._reply_address(sender, source),
+                        [self._sync_message(reply=False, join=False)],
+                        reliable=True,
+                    )
             case StateDigests(sender, digests):
                 they_lack, we_lack = self.state.compare(digests, accept=self._members)
                 deltas = self.state.deltas(they_lack, self.config.state_delta_budget)
@@ -382,8 +406,7 @@ class SwimCore:
                     answer = self.state.deltas(requests, self.config.state_delta_budget)
                     if answer:
                         ack = StateAck(self.name, tuple(answer), ())
-                        self._send(self._reply_address(sender, source),
-                                   [codec.encode_message(ack)])
+                        self._send(self._reply_address(sender, source), [codec.encode_message(ack)])
             case Query():
                 self._on_query(msg, now)
             case QueryResponse():
@@ -399,8 +422,11 @@ class SwimCore:
                         self._announce_join(records[0].name if records else "")
                 elif records and self._allow(source, now):
                     # The sender's own record comes first: answer at its address.
-                    self._send(records[0].address, [self._sync_message(reply=True, join=join)],
-                               reliable=True)
+                    self._send(
+                        records[0].address,
+                        [self._sync_message(reply=True, join=join)],
+                        reliable=True,
+                    )
 
     def _allow(self, source: Address, now: float) -> bool:
         # Requests that make us send more than we got are rate-limited per source
@@ -435,13 +461,23 @@ class SwimCore:
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:
-            self._send(relay.requester, self._tell_suspect(
-                relay.requester_name, Ack(relay.requester_seq, relay.target)))
+            self._send(
+                relay.requester,
+                self._tell_suspect(relay.requester_name, Ack(relay.requester_seq, relay.target)),
+            )
             return
         self.stats["stale_acks"] += 1
 
-    def _relay_probe(self, requester: Address, requester_name: str, seq: int, target: str,
-                     address: Address, timeout: float, now: float) -> None:
+    def _relay_probe(
+        self,
+        requester: Address,
+        requester_name: str,
+        seq: int,
+        target: str,
+        address: Address,
+        timeout: float,
+        now: float,
+    ) -> None:
         relay_seq = self._next_seq()
         deadline = now + timeout
         self._relays[relay_seq] = _Relay(requester, requester_name, seq, target, deadline)
@@ -466,8 +502,9 @@ class SwimCore:
         if target is None:
             return None
         seq = self._next_seq()
-        self._probes[seq] = _Probe(seq, target.name, target.address, target.incarnation, now,
-                                   now + self.probe_interval())
+        self._probes[seq] = _Probe(
+            seq, target.name, target.address, target.incarnation, now, now + self.probe_interval()
+        )
         parts = [codec.encode_message(Ping(seq, target.name, self.name))]
         if target.state is SUSPECT and self.config.lifeguard_buddy:
             # Lifeguard's buddy system: tell the suspect directly so it refutes now
@@ -490,14 +527,12 @@ class SwimCore:
         probe = self._probes.get(seq)
         if probe is None or probe.acked:
             return
-        helpers = self._peers.sample(self.rng, self.config.indirect_checks,
-                                     exclude=(probe.target,))
+        helpers = self._peers.sample(self.rng, self.config.indirect_checks, exclude=(probe.target,))
         # The helpers' nacks must land before this period ends to count (Lifeguard), so
         # they get most, not all, of the time that is left.
         left = probe.ends_at - now
         timeout_ms = max(1, int(left * 0.8 * 1000))
-        msg = codec.encode_message(PingReq(seq, probe.target, probe.address, self.name,
-                                           timeout_ms))
+        msg = codec.encode_message(PingReq(seq, probe.target, probe.address, self.name, timeout_ms))
         for name in helpers:
             self._send(self._members[name].address, [msg])
         self.stats["indirect_probes"] += len(helpers)
@@ -532,8 +567,9 @@ class SwimCore:
             if self._probe_index >= len(self._probe_order):
                 # SWIM §4.3: a fresh random order each pass bounds the time until
                 # every member is probed.
-                self._probe_order = [n for n in self._members
-                                     if n != self.name and n in self._peers]
+                self._probe_order = [
+                    n for n in self._members if n != self.name and n in self._peers
+                ]
                 self._probe_set = set(self._probe_order)
                 self.rng.shuffle(self._probe_order)
                 self._probe_index = 0
@@ -557,11 +593,11 @@ class SwimCore:
         a recently dead one, so a healed partition hears about us)."""
         if not self.broadcasts:
             return
-        targets = [self._members[n] for n in
-                   self._peers.sample(self.rng, self.config.gossip_nodes)]
+        targets = [self._members[n] for n in self._peers.sample(self.rng, self.config.gossip_nodes)]
         horizon = now - self.config.gossip_to_the_dead_time
-        recent_dead = [n for n, t in self._departed.items()
-                       if t >= horizon and self._members[n].state is DEAD]
+        recent_dead = [
+            n for n, t in self._departed.items() if t >= horizon and self._members[n].state is DEAD
+        ]
         if recent_dead and self.rng.random() < len(recent_dead) / (len(self._peers) + 1):
             targets.append(self._members[self.rng.choice(recent_dead)])
         for member in targets:
@@ -585,8 +621,11 @@ class SwimCore:
     def _sync_message(self, *, reply: bool, join: bool) -> bytes:
         own = self.local_member
         records = [MemberRecord(own.name, own.address, own.incarnation, own.state)]
-        records += [MemberRecord(m.name, m.address, m.incarnation, m.state)
-                    for m in self._members.values() if m.name != self.name]
+        records += [
+            MemberRecord(m.name, m.address, m.incarnation, m.state)
+            for m in self._members.values()
+            if m.name != self.name
+        ]
         return codec.encode_message(Sync(reply, join, tuple(records)))
 
     def _announce_join(self, seed: str) -> None:
@@ -603,8 +642,9 @@ class SwimCore:
         self.stats["join_announcements"] += len(names)
         self._send_direct(alive, names)
 
-    def _merge_sync(self, records: tuple[MemberRecord, ...], now: float, *,
-                    old_news: bool = False) -> None:
+    def _merge_sync(
+        self, records: tuple[MemberRecord, ...], now: float, *, old_news: bool = False
+    ) -> None:
         sender = records[0].name if records else ""
         spent = 0
         if old_news:
@@ -673,8 +713,12 @@ class SwimCore:
             target = self._members[self.rng.choice(dead)].address
             self._send(target, [self._sync_message(reply=False, join=False)], reliable=True)
         others = [s for s in self.seeds if s != self.address]
-        if (others and peer is not None and peer.address not in others
-                and self.rng.random() < len(others) / (live + len(dead))):
+        if (
+            others
+            and peer is not None
+            and peer.address not in others
+            and self.rng.random() < len(others) / (live + len(dead))
+        ):
             self.stats["syncs_to_seeds"] += 1
             seed = self.rng.choice(others)
             self._send(seed, [self._state_syn(with_members=True)])
@@ -700,8 +744,7 @@ class SwimCore:
         if len(payload) > codec.MAX_QUERY_PAYLOAD:
             raise ValueError(f"query payload over {codec.MAX_QUERY_PAYLOAD} bytes")
         timeout_ms = min(codec.MAX_QUERY_TIMEOUT_MS, max(1, round(timeout * 1000)))
-        query = Query(self.rng.getrandbits(63), self.name, self.address, kind, payload,
-                      timeout_ms)
+        query = Query(self.rng.getrandbits(63), self.name, self.address, kind, payload, timeout_ms)
         self.stats["queries_started"] += 1
         self._on_query(query, now)
         return query
@@ -712,8 +755,10 @@ class SwimCore:
         if len(payload) > codec.MAX_QUERY_RESPONSE_PAYLOAD:
             raise ValueError(f"query response over {codec.MAX_QUERY_RESPONSE_PAYLOAD} bytes")
         self.stats["query_responses_sent"] += 1
-        self._send(query.origin_address,
-                   [codec.encode_message(QueryResponse(query.id, self.name, payload))])
+        self._send(
+            query.origin_address,
+            [codec.encode_message(QueryResponse(query.id, self.name, payload))],
+        )
 
     def resend_query(self, query: Query, names: Sequence[str]) -> None:
         """Send our `query` straight to the members `names` (those that have not
@@ -787,8 +832,12 @@ class SwimCore:
             if kind == _TIMER_RELAY:
                 relay = self._relays.pop(seq, None)
                 if relay is not None and self.config.lifeguard_awareness:
-                    self._send(relay.requester, self._tell_suspect(
-                        relay.requester_name, Nack(relay.requester_seq, self.name)))
+                    self._send(
+                        relay.requester,
+                        self._tell_suspect(
+                            relay.requester_name, Nack(relay.requester_seq, self.name)
+                        ),
+                    )
                 continue
             susp = self._suspicions.get(name)
             if susp is None or susp.deadline > now:
@@ -850,8 +899,11 @@ class SwimCore:
             # Suspicion or death of an unknown member carries no address: ignore.
             return
         if not supersedes(state, news.incarnation, cur):
-            if isinstance(news, Suspect) and cur.state is SUSPECT \
-                    and news.incarnation == cur.incarnation:
+            if (
+                isinstance(news, Suspect)
+                and cur.state is SUSPECT
+                and news.incarnation == cur.incarnation
+            ):
                 self._confirm(name, news)
             return
         address = news.address if isinstance(news, Alive) else cur.address
@@ -898,13 +950,20 @@ class SwimCore:
 
     def _start_suspicion(self, member: Member, news: MembershipNews, now: float) -> None:
         accuser = news.accuser if isinstance(news, Suspect) else self.name
-        lo, hi = suspicion_bounds(self.config.suspicion_mult,
-                                  self.config.suspicion_max_timeout_mult, self.n_live,
-                                  self.config.probe_interval)
-        k = (confirmations_needed(self.config.suspicion_mult, self.n_live)
-             if self.config.lifeguard_dynamic_suspicion else 0)
-        susp = Suspicion(started_at=now, incarnation=member.incarnation, accuser=accuser,
-                         lo=lo, hi=hi, k=k)
+        lo, hi = suspicion_bounds(
+            self.config.suspicion_mult,
+            self.config.suspicion_max_timeout_mult,
+            self.n_live,
+            self.config.probe_interval,
+        )
+        k = (
+            confirmations_needed(self.config.suspicion_mult, self.n_live)
+            if self.config.lifeguard_dynamic_suspicion
+            else 0
+        )
+        susp = Suspicion(
+            started_at=now, incarnation=member.incarnation, accuser=accuser, lo=lo, hi=hi, k=k
+        )
         self._suspicions[member.name] = susp
         self._push_timer(susp.deadline, _TIMER_SUSPICION, 0, member.name)
 
@@ -965,8 +1024,9 @@ class SwimCore:
         for name in names:
             self._send(self._members[name].address, [data], piggyback=False)
 
-    def _send(self, dest: Address, parts: list[bytes], *, reliable: bool = False,
-              piggyback: bool = True) -> None:
+    def _send(
+        self, dest: Address, parts: list[bytes], *, reliable: bool = False, piggyback: bool = True
+    ) -> None:
         if not reliable:
             used = sum(len(p) for p in parts)
             if used + codec.packet_overhead(len(parts)) > self.payload_budget:

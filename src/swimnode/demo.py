@@ -56,15 +56,21 @@ async def _demo(nodes: int, seed: int, loss: float) -> None:
         victim = f"n{nodes - 1}"
         _line(start, f"--- crashing {victim} (no goodbye: like kill -9)")
         cluster.crash(victim)
-        await phase(f"waiting for the others to declare {victim} dead",
-                    lambda: cluster.all_see(victim, {MemberState.DEAD}), 60)
+        await phase(
+            f"waiting for the others to declare {victim} dead",
+            lambda: cluster.all_see(victim, {MemberState.DEAD}),
+            60,
+        )
         await cluster.start(victim)
         await phase(f"{victim} restarts with the same name and rejoins", cluster.converged, 30)
         leaver = "n1"
         await phase(f"{leaver} leaves gracefully", lambda: True, 0)
         await cluster.leave(leaver)
-        await phase(f"waiting for everyone to see {leaver} as left",
-                    lambda: cluster.all_see(leaver, {MemberState.LEFT}), 15)
+        await phase(
+            f"waiting for everyone to see {leaver} as left",
+            lambda: cluster.all_see(leaver, {MemberState.LEFT}),
+            15,
+        )
         _print_table(start, cluster)
 
 
@@ -101,11 +107,14 @@ def _udp_demo(nodes: int) -> int:
             return 1
         for name in names[1:]:
             cluster.start(name, seeds=[seed])
-        say(f"--- started {nodes} agents on 127.0.0.1, joining through {seed.name} "
-            f"({seed.address})")
+        say(
+            f"--- started {nodes} agents on 127.0.0.1, joining through {seed.name} ({seed.address})"
+        )
         for agent in cluster.agents.values():
-            say(f"{agent.name}: pid {agent.proc.pid}, gossip {agent.address}, "
-                f"rpc 127.0.0.1:{agent.rpc_port}")
+            say(
+                f"{agent.name}: pid {agent.proc.pid}, gossip {agent.address}, "
+                f"rpc 127.0.0.1:{agent.rpc_port}"
+            )
         if not wait_for(lambda: cluster.converged(names), 20.0, step=0.1):
             say("the agents did not all see each other within 20 s; giving up")
             return 1
@@ -115,8 +124,10 @@ def _udp_demo(nodes: int) -> int:
         victim = cluster.agents[names[-1]]
         survivors = [a for a in cluster.agents.values() if a is not victim]
         bound = detection_bound(Config.local(victim.name), nodes)
-        say(f"--- SIGKILL {victim.name} (pid {victim.proc.pid}); the local profile bounds "
-            f"detection by {bound:.0f} s")
+        say(
+            f"--- SIGKILL {victim.name} (pid {victim.proc.pid}); the local profile bounds "
+            f"detection by {bound:.0f} s"
+        )
         victim.kill()
         seen: dict[str, str] = {}
         deadline = time.monotonic() + bound
@@ -140,12 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="swimnode demo", description=__doc__)
     parser.add_argument("--nodes", type=int, default=5, help="cluster size (default 5)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    parser.add_argument("--loss", type=float, default=0.0,
-                        help="packet loss probability, 0..1 (default 0)")
-    parser.add_argument("--speed", type=float, default=4.0,
-                        help="how much faster than real time the clock runs (default 4)")
-    parser.add_argument("--udp", action="store_true",
-                        help="run 3-5 real agent processes on 127.0.0.1 instead")
+    parser.add_argument(
+        "--loss", type=float, default=0.0, help="packet loss probability, 0..1 (default 0)"
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=4.0,
+        help="how much faster than real time the clock runs (default 4)",
+    )
+    parser.add_argument(
+        "--udp", action="store_true", help="run 3-5 real agent processes on 127.0.0.1 instead"
+    )
     args = parser.parse_args(argv)
     if args.udp:
         if not 3 <= args.nodes <= 5:

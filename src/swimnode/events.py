@@ -84,7 +84,12 @@ class EventsLost:
 
 
 MemberEvent = (
-    MemberJoined | MemberSuspected | MemberAlive | MemberFailed | MemberLeft | MemberRejoined
+    MemberJoined
+    | MemberSuspected
+    | MemberAlive
+    | MemberFailed
+    | MemberLeft
+    | MemberRejoined
     | MemberUpdated
 )
 Event = MemberEvent | EventsLost

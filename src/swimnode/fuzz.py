@@ -218,9 +218,10 @@ def quiet_bound(n: int, config: Config | None = None) -> float:
     a full probe round, the longest suspicion timeout, ten anti-entropy rounds for
     the application state and partition merging, and a 10 s margin."""
     cfg = config if config is not None else Config.lan("n0")
-    _, hi = suspicion_bounds(cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, n,
-                             cfg.probe_interval)
-    return (30.0 + n * cfg.probe_interval + hi + 10 * cfg.state_gossip_interval + 10.0)
+    _, hi = suspicion_bounds(
+        cfg.suspicion_mult, cfg.suspicion_max_timeout_mult, n, cfg.probe_interval
+    )
+    return 30.0 + n * cfg.probe_interval + hi + 10 * cfg.state_gossip_interval + 10.0
 
 
 # ----- replay -------------------------------------------------------------------------
@@ -309,13 +310,17 @@ class _Run:
             view = {m.name: m for m in node.members()}
             own = dict(node.local_member.app_state)
             if own != self.expected[observer]:
-                found.append(f"convergence: {observer} holds its own state as {own}, "
-                             f"expected {self.expected[observer]}")
+                found.append(
+                    f"convergence: {observer} holds its own state as {own}, "
+                    f"expected {self.expected[observer]}"
+                )
             for name in sorted(self.crashed):
                 member = view.get(name)
                 if member is not None and member.state is not MemberState.DEAD:
-                    found.append(f"completeness: {observer} holds crashed {name} as "
-                                 f"{member.state.label} (incarnation {member.incarnation})")
+                    found.append(
+                        f"completeness: {observer} holds crashed {name} as "
+                        f"{member.state.label} (incarnation {member.incarnation})"
+                    )
             for name in running:
                 if name == observer:
                     continue
@@ -324,12 +329,16 @@ class _Run:
                     found.append(f"accuracy: {observer} does not know running {name}")
                     continue
                 if member.state is not MemberState.ALIVE:
-                    found.append(f"accuracy: {observer} holds running {name} as "
-                                 f"{member.state.label} (incarnation {member.incarnation})")
+                    found.append(
+                        f"accuracy: {observer} holds running {name} as "
+                        f"{member.state.label} (incarnation {member.incarnation})"
+                    )
                 held = dict(member.app_state)
                 if held != self.expected[name]:
-                    found.append(f"convergence: {observer} holds {name}'s state as {held}, "
-                                 f"expected {self.expected[name]}")
+                    found.append(
+                        f"convergence: {observer} holds {name}'s state as {held}, "
+                        f"expected {self.expected[name]}"
+                    )
         return found
 
     async def quiet(self, index: int, start: float) -> float | Violation:
@@ -337,8 +346,7 @@ class _Run:
         network.heal()
         network.loss = 0.0
         bound = quiet_bound(self.scenario.n)
-        took = await self.cluster.wait_for(lambda: not self.problems(), timeout=bound,
-                                           step=0.5)
+        took = await self.cluster.wait_for(lambda: not self.problems(), timeout=bound, step=0.5)
         if took is not None:
             await trio.sleep(SETTLE)
         found = self.problems()
@@ -368,16 +376,18 @@ async def run_scenario(scenario: Scenario) -> Outcome:
             await run.start(f"n{i}")
             await trio.sleep(0.01)
         if await cluster.wait_for(lambda: not run.problems(), timeout=30.0) is None:
-            violation = Violation(-1, trio.current_time() - start,
-                                  ("the cluster did not form within 30 s", *run.problems()[:12]))
+            violation = Violation(
+                -1,
+                trio.current_time() - start,
+                ("the cluster did not form within 30 s", *run.problems()[:12]),
+            )
             return Outcome(trio.current_time() - start, checks, violation, ())
         for index, step in enumerate(scenario.steps):
             if isinstance(step, Quiet):
                 checks += 1
                 result = await run.quiet(index, start)
                 if isinstance(result, Violation):
-                    return Outcome(trio.current_time() - start, checks, result,
-                                   tuple(settled))
+                    return Outcome(trio.current_time() - start, checks, result, tuple(settled))
                 settled.append(result)
             else:
                 await run.do(step)
@@ -464,8 +474,11 @@ class ClusterMachine(RuleBasedStateMachine):
     @rule(data=st.data(), then=st.sampled_from(WAITS))
     def crash(self, data: st.DataObject, then: float) -> None:
         # Never the last running seed: nothing could (re)join through it.
-        candidates = [n for n in self.running
-                      if n not in SEEDS or any(s in self.running and s != n for s in SEEDS)]
+        candidates = [
+            n
+            for n in self.running
+            if n not in SEEDS or any(s in self.running and s != n for s in SEEDS)
+        ]
         name = _names(data, candidates, "crash")
         self.running.discard(name)
         self.crashed.add(name)
@@ -482,8 +495,10 @@ class ClusterMachine(RuleBasedStateMachine):
     @rule(data=st.data(), then=st.sampled_from(WAITS))
     def partition(self, data: st.DataObject, then: float) -> None:
         names = [f"n{i}" for i in range(self.n)]
-        side = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=self.n - 1,
-                                  unique=True), label="side")
+        side = data.draw(
+            st.lists(st.sampled_from(names), min_size=1, max_size=self.n - 1, unique=True),
+            label="side",
+        )
         self.partitioned = True
         self.steps.append(Partition(tuple(sorted(side)), then))
 
@@ -497,8 +512,12 @@ class ClusterMachine(RuleBasedStateMachine):
     def set_loss(self, loss: float, then: float) -> None:
         self.steps.append(SetLoss(loss, then))
 
-    @rule(data=st.data(), key=st.sampled_from(STATE_KEYS), value=st.integers(0, 999),
-          then=st.sampled_from(WAITS))
+    @rule(
+        data=st.data(),
+        key=st.sampled_from(STATE_KEYS),
+        value=st.integers(0, 999),
+        then=st.sampled_from(WAITS),
+    )
     def set_state(self, data: st.DataObject, key: str, value: int, then: float) -> None:
         name = _names(data, self.running, "set_state on")
         self.steps.append(SetState(name, key, value, then))
@@ -513,7 +532,10 @@ class ClusterMachine(RuleBasedStateMachine):
         phase = self.rotation
         self.steps.append(RotateKeys(phase, then))
         following: dict[str, Literal["install", "use", "remove"]] = {
-            "install": "use", "use": "remove", "remove": "install"}
+            "install": "use",
+            "use": "remove",
+            "remove": "install",
+        }
         self.rotation = following[phase]
 
     @rule()
@@ -544,4 +566,3 @@ class ClusterMachine(RuleBasedStateMachine):
             stats.failures += 1
             stats.last_failure = describe(outcome, scenario)
             raise AssertionError(stats.last_failure)
-

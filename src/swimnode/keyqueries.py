@@ -105,9 +105,10 @@ class KeyReport:
             "failed": self.failed,
             "keys": self.key_counts(),
             "primary": self.primary_counts(),
-            "members": {name: {"ok": a.ok, "error": a.error, "keys": list(a.keys),
-                               "primary": a.primary}
-                        for name, a in sorted(self.answers.items())},
+            "members": {
+                name: {"ok": a.ok, "error": a.error, "keys": list(a.keys), "primary": a.primary}
+                for name, a in sorted(self.answers.items())
+            },
             "timeout": self.timeout,
         }
 
@@ -129,16 +130,16 @@ def _fp(v: object) -> str:
 def decode_answer(payload: bytes) -> KeyAnswer:
     """Parse an answer; never raises: a malformed answer becomes a failed one."""
     try:
-        body = msgpack.unpackb(payload, raw=False, max_array_len=_MAX_FINGERPRINTS,
-                               max_map_len=16)
+        body = msgpack.unpackb(payload, raw=False, max_array_len=_MAX_FINGERPRINTS, max_map_len=16)
         if not isinstance(body, dict) or not isinstance(body.get("ok"), bool):
             raise ValueError
         error = body.get("error", "")
         keys = body.get("keys", [])
         if not isinstance(error, str) or not isinstance(keys, list):
             raise ValueError
-        return KeyAnswer(body["ok"], error[:500], tuple(_fp(k) for k in keys),
-                         _fp(body.get("primary", "")))
+        return KeyAnswer(
+            body["ok"], error[:500], tuple(_fp(k) for k in keys), _fp(body.get("primary", ""))
+        )
     except Exception:  # msgpack raises many types on hostile input
         return KeyAnswer(False, "malformed answer")
 
@@ -162,8 +163,7 @@ def key_query_handler(action: KeyAction, keyring: Keyring | None) -> QueryHandle
             elif not keyring.remove(query.payload):
                 # Removing a key that is not there changes nothing; say so, since
                 # a typo in the key would otherwise look like success.
-                return encode_answer(keyring, f"key {fingerprint(query.payload)} "
-                                              "is not installed")
+                return encode_answer(keyring, f"key {fingerprint(query.payload)} is not installed")
         except ValueError as exc:  # Keyring messages name fingerprints only
             return encode_answer(keyring, str(exc))
         return encode_answer(keyring)
@@ -177,21 +177,28 @@ def register_key_handlers(node: Node, keyring: Keyring | None) -> None:
         node.register_query_handler(KIND_PREFIX + action, key_query_handler(action, keyring))
 
 
-async def run_key_query(node: Node, keyring: Keyring | None, action: str,
-                        key: bytes | None = None, *,
-                        timeout: float | None = None,  # noqa: ASYNC109 (see Node.query)
-                        ) -> KeyReport:
+async def run_key_query(
+    node: Node,
+    keyring: Keyring | None,
+    action: str,
+    key: bytes | None = None,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 (see Node.query)
+) -> KeyReport:
     """Apply `action` on every member (this one included) and report each answer.
 
     Raises `KeyQueryError` (sending nothing) when this node has no keyring, for an
     unknown action, or when `key` is missing or given where it has no place.
     """
     if action not in KEY_ACTIONS:
-        raise KeyQueryError(f"unknown key action {action!r} (expected one of: "
-                            f"{', '.join(KEY_ACTIONS)})")
+        raise KeyQueryError(
+            f"unknown key action {action!r} (expected one of: {', '.join(KEY_ACTIONS)})"
+        )
     if keyring is None:
-        raise KeyQueryError("this cluster runs without encryption keys; key operations "
-                            "need one, so key material never travels in plaintext")
+        raise KeyQueryError(
+            "this cluster runs without encryption keys; key operations "
+            "need one, so key material never travels in plaintext"
+        )
     if action == "list":
         if key is not None:
             raise KeyQueryError("keys list takes no key")
@@ -202,7 +209,11 @@ async def run_key_query(node: Node, keyring: Keyring | None, action: str,
         payload = key
     result = await node.query(KIND_PREFIX + action, payload, timeout=timeout)
     answers = {name: decode_answer(data) for name, data in result.responses.items()}
-    return KeyReport(action, fingerprint(key) if key is not None else "",
-                     tuple(sorted(result.expected)), answers, tuple(result.missing),
-                     result.timeout)
-
+    return KeyReport(
+        action,
+        fingerprint(key) if key is not None else "",
+        tuple(sorted(result.expected)),
+        answers,
+        tuple(result.missing),
+        result.timeout,
+    )

@@ -82,11 +82,14 @@ def detection_bound(config: Config, n: int) -> float:
     maximum Lifeguard timeout; the dead record reaches everyone within about a period
     of gossip. Two seconds cover process scheduling and polling.
     """
-    _, longest = suspicion_bounds(config.suspicion_mult, config.suspicion_max_timeout_mult,
-                                  n, config.probe_interval)
+    _, longest = suspicion_bounds(
+        config.suspicion_mult, config.suspicion_max_timeout_mult, n, config.probe_interval
+    )
     first_probe = (2 * (n - 1) + 1) * config.probe_interval
-    spread = config.probe_interval + config.retransmit_mult * math.ceil(math.log10(n + 1)) \
-        * config.gossip_interval
+    spread = (
+        config.probe_interval
+        + config.retransmit_mult * math.ceil(math.log10(n + 1)) * config.gossip_interval
+    )
     return first_probe + longest + spread + 2.0
 
 
@@ -156,15 +159,35 @@ class LocalCluster:
     extra_args: Sequence[str] = ()
     agents: dict[str, AgentProcess] = field(default_factory=dict)
 
-    def start(self, name: str, seeds: Iterable[AgentProcess] = (), *, port: int | None = None,
-              rpc_port: int | None = None, args: Sequence[str] = ()) -> AgentProcess:
+    def start(
+        self,
+        name: str,
+        seeds: Iterable[AgentProcess] = (),
+        *,
+        port: int | None = None,
+        rpc_port: int | None = None,
+        args: Sequence[str] = (),
+    ) -> AgentProcess:
         """Start agent `name`, joining through `seeds`; fresh free ports unless given.
         `args` are further agent flags for this agent only (after `extra_args`)."""
         if port is None or rpc_port is None:
             port, rpc_port = free_ports(2)
-        argv = [sys.executable, "-m", "swimnode", "agent", "--name", name,
-                "--bind", f"{LOOPBACK}:{port}", "--rpc", f"{LOOPBACK}:{rpc_port}",
-                "--profile", self.profile, *self.extra_args, *args]
+        argv = [
+            sys.executable,
+            "-m",
+            "swimnode",
+            "agent",
+            "--name",
+            name,
+            "--bind",
+            f"{LOOPBACK}:{port}",
+            "--rpc",
+            f"{LOOPBACK}:{rpc_port}",
+            "--profile",
+            self.profile,
+            *self.extra_args,
+            *args,
+        ]
         for seed in seeds:
             argv += ["--seed", seed.address]
         log_path: Path | None = None
@@ -185,8 +208,9 @@ class LocalCluster:
         """The agents whose process is still running."""
         return [a for a in self.agents.values() if a.running]
 
-    def all_see(self, name: str, state: str, observers: Iterable[AgentProcess] | None = None
-                ) -> bool:
+    def all_see(
+        self, name: str, state: str, observers: Iterable[AgentProcess] | None = None
+    ) -> bool:
         """Whether every observer (default: every running agent) lists `name` as `state`."""
         for agent in self.running() if observers is None else observers:
             view = agent.view()

@@ -172,6 +172,20 @@ class QueryResponse:
     payload: bytes
 
 
-Message = (Ping | Ack | Nack | PingReq | Alive | Suspect | Dead | Left | Sync | StateSyn
-           | StateDigests | StateAck | Query | QueryResponse)
+Message = (
+    Ping
+    | Ack
+    | Nack
+    | PingReq
+    | Alive
+    | Suspect
+    | Dead
+    | Left
+    | Sync
+    | StateSyn
+    | StateDigests
+    | StateAck
+    | Query
+    | QueryResponse
+)
 MembershipNews = Alive | Suspect | Dead | Left

@@ -67,8 +67,9 @@ class Node:
     addresses are used beside `config.seeds`.
     """
 
-    def __init__(self, config: Config, transport: Transport, *,
-                 seed_source: SeedSource | None = None) -> None:
+    def __init__(
+        self, config: Config, transport: Transport, *, seed_source: SeedSource | None = None
+    ) -> None:
         self.config = config
         self._transport = transport
         self._seed_source = seed_source
@@ -193,9 +194,13 @@ class Node:
         else:
             self._query_handlers[kind] = handler
 
-    async def query(self, kind: str, payload: bytes = b"", *,
-                    timeout: float | None = None,  # noqa: ASYNC109
-                    ) -> QueryResult:
+    async def query(
+        self,
+        kind: str,
+        payload: bytes = b"",
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> QueryResult:
         """Ask every member (us included) and gather the answers.
 
         Returns once every member that is live now has answered, or after `timeout`
@@ -245,8 +250,7 @@ class Node:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                  ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every task of the node until cancelled or `leave()` completes."""
         if self._core is not None:
             raise RuntimeError("a Node can only be run once")
@@ -255,11 +259,14 @@ class Node:
             config = config.replace(advertise=self._transport.local_address)
         self.config = config
         # Keep framed datagrams within the budget peers expect.
-        overhead = (self._transport.overhead if isinstance(self._transport, SecureTransport)
-                    else 0)
-        self._core = SwimCore(config, now=trio.current_time(),
-                              rng=random.Random(self._rng.getrandbits(64)),
-                              generation=new_generation(), framing_overhead=overhead)
+        overhead = self._transport.overhead if isinstance(self._transport, SecureTransport) else 0
+        self._core = SwimCore(
+            config,
+            now=trio.current_time(),
+            rng=random.Random(self._rng.getrandbits(64)),
+            generation=new_generation(),
+            framing_overhead=overhead,
+        )
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -400,8 +407,7 @@ class Node:
                 await self.join(seeds)
                 backoff = 1.0
             except JoinError as exc:
-                log.warning("%s: join failed: %s; retrying in %g s", self.name, exc,
-                            backoff)
+                log.warning("%s: join failed: %s; retrying in %g s", self.name, exc, backoff)
                 await trio.sleep(backoff)
                 backoff = min(30.0, backoff * 2)
             await trio.sleep(self.config.probe_interval)
@@ -487,8 +493,12 @@ class Node:
             return
         if len(payload) > codec.MAX_QUERY_RESPONSE_PAYLOAD:
             self.core.stats["query_handler_errors"] += 1
-            log.error("%s: handler for %r queries answered %d bytes, over the limit",
-                      self.name, query.kind, len(payload))
+            log.error(
+                "%s: handler for %r queries answered %d bytes, over the limit",
+                self.name,
+                query.kind,
+                len(payload),
+            )
             return
         if query.origin == self.name:
             # Our own query: no need for a round trip through the network.
@@ -506,15 +516,27 @@ class Node:
     def _publish(self, event: MemberEvent) -> None:
         if member_log.isEnabledFor(logging.INFO):
             m = event.member
-            member_log.info("%s: member %s %s (%s:%s, incarnation %d)", self.name, m.name,
-                            event.kind, m.address[0], m.address[1], m.incarnation)
+            member_log.info(
+                "%s: member %s %s (%s:%s, incarnation %d)",
+                self.name,
+                m.name,
+                event.kind,
+                m.address[0],
+                m.address[1],
+                m.incarnation,
+            )
         self._hub.publish(event)
 
 
 @asynccontextmanager
-async def open_node(config: Config, *, transport: Transport | None = None,
-                    keyring: Keyring | None = None, insecure_plaintext: bool = False,
-                    seed_source: SeedSource | None = None) -> AsyncIterator[Node]:
+async def open_node(
+    config: Config,
+    *,
+    transport: Transport | None = None,
+    keyring: Keyring | None = None,
+    insecure_plaintext: bool = False,
+    seed_source: SeedSource | None = None,
+) -> AsyncIterator[Node]:
     """Run a node for the duration of the block; every task stops on exit.
 
     Without `transport`, binds real UDP and TCP sockets at `config.bind`; binding a
@@ -539,19 +561,30 @@ async def open_node(config: Config, *, transport: Transport | None = None,
             yield node
 
 
-def secure(transport: Transport, config: Config, keyring: Keyring | None, *,
-           clock: Callable[[], float] = time.time) -> Transport:
+def secure(
+    transport: Transport,
+    config: Config,
+    keyring: Keyring | None,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Transport:
     """Wrap `transport` in the security layer when keys or a label are configured
     (and it is not wrapped already). `clock` dates packets for replay checks."""
     if isinstance(transport, SecureTransport) or (keyring is None and not config.label):
         return transport
-    return SecureTransport(transport, keyring=keyring, label=config.label,
-                           replay_window=config.replay_window, clock=clock)
+    return SecureTransport(
+        transport,
+        keyring=keyring,
+        label=config.label,
+        replay_window=config.replay_window,
+        clock=clock,
+    )
 
 
 @asynccontextmanager
-async def _running(config: Config, transport: Transport,
-                   seed_source: SeedSource | None) -> AsyncIterator[Node]:
+async def _running(
+    config: Config, transport: Transport, seed_source: SeedSource | None
+) -> AsyncIterator[Node]:
     async with trio.open_nursery() as nursery:
         node = Node(config, transport, seed_source=seed_source)
         await nursery.start(node.run)

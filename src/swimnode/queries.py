@@ -29,8 +29,11 @@ def default_query_timeout(config: Config, n_live: int) -> float:
     """Serf's default: `gossip_interval * query_timeout_mult * ceil(log10(N + 1))`,
     long enough for the query to reach everyone through gossip and the answers to
     come back (dissemination takes O(log N) rounds)."""
-    return config.gossip_interval * config.query_timeout_mult * max(
-        1, math.ceil(math.log10(n_live + 1)))
+    return (
+        config.gossip_interval
+        * config.query_timeout_mult
+        * max(1, math.ceil(math.log10(n_live + 1)))
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,5 +75,6 @@ class QueryCollector:
 
     def result(self, timeout: float) -> QueryResult:
         """The answers gathered so far."""
-        return QueryResult(self.query.id, self.query.kind, self.expected,
-                           dict(self.responses), timeout)
+        return QueryResult(
+            self.query.id, self.query.kind, self.expected, dict(self.responses), timeout
+        )

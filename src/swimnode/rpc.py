@@ -36,6 +36,7 @@ _MAX_CLIENTS = 64
 
 # ----- reply shapes (pure) ------------------------------------------------------------
 
+
 def member_to_dict(member: Member) -> dict[str, Any]:
     """The RPC shape of a member (`app_state` values as they are, bytes included)."""
     return {
@@ -50,8 +51,11 @@ def member_to_dict(member: Member) -> dict[str, Any]:
 def event_to_dict(event: Event) -> dict[str, Any]:
     """The RPC shape of a membership event."""
     if isinstance(event, MemberUpdated):
-        return {"event": event.kind, "member": member_to_dict(event.member),
-                "changed_keys": sorted(event.changed_keys)}
+        return {
+            "event": event.kind,
+            "member": member_to_dict(event.member),
+            "changed_keys": sorted(event.changed_keys),
+        }
     if hasattr(event, "member"):
         return {"event": event.kind, "member": member_to_dict(event.member)}
     return {"event": event.kind, "count": event.count}
@@ -60,13 +64,18 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 def _advertises(member: Member, tokens_key: str) -> bool:
     # The rule HashRing.from_members applies: a non-empty list of ints in [0, 2**64).
     raw = member.app_state.get(tokens_key)
-    return (isinstance(raw, list | tuple) and bool(raw)
-            and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < TOKEN_SPACE
-                    for t in raw))
+    return (
+        isinstance(raw, list | tuple)
+        and bool(raw)
+        and all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < TOKEN_SPACE for t in raw
+        )
+    )
 
 
-def ring_to_dict(members: Iterable[Member], *, vnodes: int = 100,
-                 tokens_key: str = "tokens") -> dict[str, Any]:
+def ring_to_dict(
+    members: Iterable[Member], *, vnodes: int = 100, tokens_key: str = "tokens"
+) -> dict[str, Any]:
     """The ring the live `members` form (`HashRing.from_members`): for each live
     member, sorted by name, its share of the token space (`fraction`, summing to 1),
     how many ring tokens it holds, whether they were `advertised` in its application
@@ -79,17 +88,20 @@ def ring_to_dict(members: Iterable[Member], *, vnodes: int = 100,
     counts = Counter(ring.token_owner(t) for t in ring.tokens)
     rows = []
     for m in sorted(live, key=lambda m: m.name):
-        rows.append({
-            "name": m.name,
-            "fraction": share.get(m.name, 0.0),
-            "tokens": counts.get(m.name, 0),
-            "source": "advertised" if _advertises(m, tokens_key) else "derived",
-            "ranges": [[start, end] for start, end in ring.ranges(m.name)],
-        })
+        rows.append(
+            {
+                "name": m.name,
+                "fraction": share.get(m.name, 0.0),
+                "tokens": counts.get(m.name, 0),
+                "source": "advertised" if _advertises(m, tokens_key) else "derived",
+                "ranges": [[start, end] for start, end in ring.ranges(m.name)],
+            }
+        )
     return {"vnodes": vnodes, "tokens_key": tokens_key, "members": rows}
 
 
 # ----- server ---------------------------------------------------------------------------
+
 
 class Controlled(Protocol):
     """What the RPC server needs from the agent it controls."""
@@ -119,8 +131,7 @@ class Controlled(Protocol):
     def request_exit(self) -> None:
         """Ask the agent to exit (after a leave)."""
 
-    async def keys(self, action: str, key: str | None,
-                   timeout: float | None) -> dict[str, Any]:  # noqa: ASYNC109
+    async def keys(self, action: str, key: str | None, timeout: float | None) -> dict[str, Any]:  # noqa: ASYNC109
         """Run a cluster-wide key query; `ValueError` (one line) if refused."""
 
 
@@ -131,8 +142,11 @@ async def open_rpc_listener(address: Address) -> trio.SocketListener:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise TransportError(f"cannot bind RPC endpoint {format_address(address)}: "
-                             f"{reason[:1].lower() + reason[1:]}", exc.errno) from None
+        raise TransportError(
+            f"cannot bind RPC endpoint {format_address(address)}: "
+            f"{reason[:1].lower() + reason[1:]}",
+            exc.errno,
+        ) from None
     # open_tcp_listeners may return one listener per address family of a name; the
     # agent binds literals, so the first is the one asked for.
     for extra in listeners[1:]:
@@ -202,9 +216,14 @@ async def _serve_one(stream: trio.SocketStream, target: Controlled) -> None:
         await _monitor(stream, target)
     elif command == "keys":
         try:
-            reply = {"ok": True, **await target.keys(
-                _arg(request, "action", str), _arg(request, "key", str, None),
-                _query_timeout(request))}
+            reply = {
+                "ok": True,
+                **await target.keys(
+                    _arg(request, "action", str),
+                    _arg(request, "key", str, None),
+                    _query_timeout(request),
+                ),
+            }
         except (_BadRequest, ValueError) as exc:
             reply = {"ok": False, "error": str(exc)}
         await stream.send_all(encode_frame(reply))
@@ -215,8 +234,7 @@ async def _serve_one(stream: trio.SocketStream, target: Controlled) -> None:
             reply = {"ok": False, "error": str(exc)}
         await stream.send_all(encode_frame(reply))
     else:
-        await stream.send_all(encode_frame({"ok": False,
-                                            "error": f"unknown command {command!r}"}))
+        await stream.send_all(encode_frame({"ok": False, "error": f"unknown command {command!r}"}))
 
 
 class _BadRequest(Exception):
@@ -238,8 +256,11 @@ def _query_timeout(request: Mapping[str, Any]) -> float | None:
     value = request.get("timeout")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not 0 < value <= MAX_QUERY_TIMEOUT:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_QUERY_TIMEOUT
+    ):
         raise _BadRequest(f"timeout must be a number of seconds in (0, {MAX_QUERY_TIMEOUT:g}]")
     return float(value)
 
@@ -256,8 +277,7 @@ def _state_get(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]
     key = _arg(request, "key", str)
     member = _find_member(request, target)
     found = key in member.app_state
-    return {"member": member.name, "key": key, "found": found,
-            "value": member.app_state.get(key)}
+    return {"member": member.name, "key": key, "found": found, "value": member.app_state.get(key)}
 
 
 def _state_list(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
@@ -282,8 +302,9 @@ def _ring(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
     vnodes = _arg(request, "vnodes", int, 100)
     if not 1 <= vnodes <= MAX_VNODES:
         raise _BadRequest(f"vnodes must be 1..{MAX_VNODES}, got {vnodes}")
-    return ring_to_dict(target.members(), vnodes=vnodes,
-                        tokens_key=_arg(request, "tokens_key", str, "tokens"))
+    return ring_to_dict(
+        target.members(), vnodes=vnodes, tokens_key=_arg(request, "tokens_key", str, "tokens")
+    )
 
 
 _STATE_COMMANDS = {

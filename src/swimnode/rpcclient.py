@@ -65,6 +65,7 @@ class RpcError(Exception):
 
 # ----- wire format (pure) -------------------------------------------------------------
 
+
 def encode_frame(message: dict[str, Any]) -> bytes:
     """One length-prefixed msgpack frame."""
     body: bytes = msgpack.packb(message, use_bin_type=True)
@@ -90,6 +91,7 @@ def decode_body(body: bytes) -> dict[str, Any]:
 
 
 # ----- client ---------------------------------------------------------------------------
+
 
 def _connect(address: Address, timeout: float) -> socket.socket:
     where = format_address(address)
@@ -138,8 +140,9 @@ def _checked(reply: dict[str, Any] | None) -> dict[str, Any]:
     return reply
 
 
-def call(address: Address, command: str, args: Mapping[str, Any] | None = None, *,
-         timeout: float = 10.0) -> dict[str, Any]:
+def call(
+    address: Address, command: str, args: Mapping[str, Any] | None = None, *, timeout: float = 10.0
+) -> dict[str, Any]:
     """Send one command (with its arguments) and return the agent's reply; raises
     `RpcError`."""
     request = {**(args or {}), "command": command}
@@ -153,8 +156,9 @@ def call(address: Address, command: str, args: Mapping[str, Any] | None = None, 
             sock.sendall(frame)
             return _checked(_recv_frame(sock))
         except TimeoutError:
-            raise RpcError(f"the agent at {format_address(address)} did not answer "
-                           f"within {timeout:g} s") from None
+            raise RpcError(
+                f"the agent at {format_address(address)} did not answer within {timeout:g} s"
+            ) from None
         except OSError as exc:
             raise RpcError(f"connection to the agent broke: {exc}") from None
 
@@ -179,7 +183,8 @@ def monitor(address: Address, *, timeout: float = 10.0) -> Iterator[dict[str, An
             while (frame := _recv_frame(sock)) is not None:
                 yield frame
         except TimeoutError:
-            raise RpcError(f"the agent at {format_address(address)} did not answer "
-                           f"within {timeout:g} s") from None
+            raise RpcError(
+                f"the agent at {format_address(address)} did not answer within {timeout:g} s"
+            ) from None
         except OSError as exc:
             raise RpcError(f"connection to the agent broke: {exc}") from None

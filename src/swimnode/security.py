@@ -151,8 +151,9 @@ class SecureTransport:
                 f"label must be at most {MAX_LABEL_BYTES} bytes of UTF-8, got {len(label_bytes)}"
             )
         if not (replay_window > 0 and math.isfinite(replay_window)):
-            raise ValueError(f"replay_window must be a positive number of seconds, "
-                             f"got {replay_window!r}")
+            raise ValueError(
+                f"replay_window must be a positive number of seconds, got {replay_window!r}"
+            )
         if max_packet < 0:
             raise ValueError(f"max_packet must be >= 0, got {max_packet!r}")
         if replay_cache_size < 1:
@@ -377,8 +378,7 @@ class SecureTransport:
 # -- binding rules ---------------------------------------------------------------
 
 
-def check_secure_bind(bind_host: str, keyring: Keyring | None,
-                      insecure_plaintext: bool) -> None:
+def check_secure_bind(bind_host: str, keyring: Keyring | None, insecure_plaintext: bool) -> None:
     """Refuse to run in plaintext where other machines can reach the node.
 
     Secure by default: binding a non-loopback address without a keyring raises

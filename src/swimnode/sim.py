@@ -79,8 +79,14 @@ class NetworkStats:
     @property
     def dropped(self) -> int:
         """Total packets dropped for any reason."""
-        return (self.loss + self.partition + self.unreachable + self.overflow
-                + self.oversize + self.filtered)
+        return (
+            self.loss
+            + self.partition
+            + self.unreachable
+            + self.overflow
+            + self.oversize
+            + self.filtered
+        )
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (handy for logging and comparisons)."""

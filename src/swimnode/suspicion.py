@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 
 
-def suspicion_bounds(suspicion_mult: int, max_timeout_mult: int, n_live: int,
-                     probe_interval: float) -> tuple[float, float]:
+def suspicion_bounds(
+    suspicion_mult: int, max_timeout_mult: int, n_live: int, probe_interval: float
+) -> tuple[float, float]:
     """`(min, max)` suspicion timeouts for a cluster with `n_live` live members."""
     scale = max(1.0, math.log10(max(1, n_live)))
     lo = suspicion_mult * scale * probe_interval
@@ -45,8 +46,9 @@ class Suspicion:
 
     __slots__ = ("_accusers", "_hi", "_k", "_lo", "incarnation", "started_at")
 
-    def __init__(self, *, started_at: float, incarnation: int, accuser: str, lo: float,
-                 hi: float, k: int) -> None:
+    def __init__(
+        self, *, started_at: float, incarnation: int, accuser: str, lo: float, hi: float, k: int
+    ) -> None:
         self.started_at = started_at
         self.incarnation = incarnation
         self._lo = lo
@@ -69,5 +71,4 @@ class Suspicion:
     @property
     def deadline(self) -> float:
         """Absolute time at which the member is declared dead."""
-        return self.started_at + suspicion_timeout(self._lo, self._hi, self._k,
-                                                   self.confirmations)
+        return self.started_at + suspicion_timeout(self._lo, self._hi, self._k, self.confirmations)

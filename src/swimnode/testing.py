@@ -38,9 +38,17 @@ class Observed:
 class SimCluster:
     """A set of nodes sharing one in-memory network. Create with `open_sim_cluster`."""
 
-    def __init__(self, nursery: trio.Nursery, network: Network, *, seed: int,
-                 profile: Profile, overrides: dict[str, Any], record: bool = True,
-                 keyring: Keyring | None = None) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        network: Network,
+        *,
+        seed: int,
+        profile: Profile,
+        overrides: dict[str, Any],
+        record: bool = True,
+        keyring: Keyring | None = None,
+    ) -> None:
         self.network = network
         self.keyring = keyring
         """Keys every node gets unless started with its own (None: plaintext)."""
@@ -76,8 +84,13 @@ class SimCluster:
         values.setdefault("seed", self.seed * 1_000_003 + self._starts)
         return Config.profile(self.profile, name, bind=self.address_of(name), **values)
 
-    async def start(self, name: str, *, keyring: Keyring | Literal["cluster"] | None = "cluster",
-                    **overrides: Any) -> Node:
+    async def start(
+        self,
+        name: str,
+        *,
+        keyring: Keyring | Literal["cluster"] | None = "cluster",
+        **overrides: Any,
+    ) -> Node:
         """Start a node (again, after a crash: a restart with the same name). It uses
         the cluster's keyring unless given its own (or None for plaintext)."""
         if name in self.nodes:
@@ -89,11 +102,13 @@ class SimCluster:
         node: Node = await self._nursery.start(self._run, config, keys)
         return node
 
-    async def _run(self, config: Config, keyring: Keyring | None, *,
-                   task_status: trio.TaskStatus[Node]) -> None:
+    async def _run(
+        self, config: Config, keyring: Keyring | None, *, task_status: trio.TaskStatus[Node]
+    ) -> None:
         # Replay windows in simulated time, so long runs stay deterministic.
-        transport = secure(self.network.attach(config.bind), config, keyring,
-                           clock=trio.current_time)
+        transport = secure(
+            self.network.attach(config.bind), config, keyring, clock=trio.current_time
+        )
         stopped = self._stopped[config.name] = trio.Event()
         with trio.CancelScope() as scope:
             self._scopes[config.name] = scope
@@ -132,8 +147,9 @@ class SimCluster:
         """What `observer` believes: member name -> state."""
         return {m.name: m.state for m in self.nodes[observer].members()}
 
-    def all_see(self, name: str, states: Iterable[MemberState],
-                observers: Iterable[str] | None = None) -> bool:
+    def all_see(
+        self, name: str, states: Iterable[MemberState], observers: Iterable[str] | None = None
+    ) -> bool:
         """Whether every observer (default: every running node but `name`) holds
         `name` in one of `states` (a forgotten member counts as not seen)."""
         wanted = set(states)
@@ -160,14 +176,17 @@ class SimCluster:
                 return False
         for observer in running:
             live = {m.name for m in self.nodes[observer].members() if m.is_live}
-            alive = {m.name for m in self.nodes[observer].members()
-                     if m.state is MemberState.ALIVE}
+            alive = {m.name for m in self.nodes[observer].members() if m.state is MemberState.ALIVE}
             if live != running or alive != running:
                 return False
         return True
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float,  # noqa: ASYNC109
-                       step: float = 0.05) -> float | None:
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout: float,  # noqa: ASYNC109
+        step: float = 0.05,
+    ) -> float | None:
         """Poll `predicate` every `step` simulated seconds; return how long it took,
         or None if it still failed after `timeout`."""
         start = trio.current_time()
@@ -177,13 +196,18 @@ class SimCluster:
             await trio.sleep(step)
         return None
 
-    def events_of(self, kind: str, subject: str | None = None,
-                  observer: str | None = None) -> list[Observed]:
+    def events_of(
+        self, kind: str, subject: str | None = None, observer: str | None = None
+    ) -> list[Observed]:
         """Recorded events of one kind, optionally about one member or seen by one."""
-        return [o for o in self.log if o.event.kind == kind
-                and not isinstance(o.event, EventsLost)
-                and (subject is None or o.event.member.name == subject)
-                and (observer is None or o.observer == observer)]
+        return [
+            o
+            for o in self.log
+            if o.event.kind == kind
+            and not isinstance(o.event, EventsLost)
+            and (subject is None or o.event.member.name == subject)
+            and (observer is None or o.observer == observer)
+        ]
 
 
 def seed_trio_scheduler(seed: int) -> None:
@@ -201,10 +225,17 @@ def seed_trio_scheduler(seed: int) -> None:
 
 
 @asynccontextmanager
-async def open_sim_cluster(n: int, *, seed: int = 0, profile: Profile = "lan",
-                           network: Network | None = None, stagger: float = 0.01,
-                           record: bool = True, keyring: Keyring | None = None,
-                           **overrides: Any) -> AsyncIterator[SimCluster]:
+async def open_sim_cluster(
+    n: int,
+    *,
+    seed: int = 0,
+    profile: Profile = "lan",
+    network: Network | None = None,
+    stagger: float = 0.01,
+    record: bool = True,
+    keyring: Keyring | None = None,
+    **overrides: Any,
+) -> AsyncIterator[SimCluster]:
     """Start `n` nodes named `n0`, `n1`, ... that join through `n0`; stop them all on
     exit. Extra keyword arguments override config fields for every node. With
     `record=False` no events are logged (for large benchmarks). With a `keyring`
@@ -212,8 +243,15 @@ async def open_sim_cluster(n: int, *, seed: int = 0, profile: Profile = "lan",
     net = network if network is not None else Network(seed=seed)
     seed_trio_scheduler(seed)
     async with trio.open_nursery() as nursery:
-        cluster = SimCluster(nursery, net, seed=seed, profile=profile, overrides=overrides,
-                             record=record, keyring=keyring)
+        cluster = SimCluster(
+            nursery,
+            net,
+            seed=seed,
+            profile=profile,
+            overrides=overrides,
+            record=record,
+            keyring=keyring,
+        )
         for i in range(n):
             await cluster.start(f"n{i}")
             if stagger:

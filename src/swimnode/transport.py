@@ -53,8 +53,9 @@ def _check_host(text: str, host: str) -> None:
         raise ValueError(f"invalid host {host!r} in address {text!r}")
 
 
-def parse_address(text: str, default_port: int | None = DEFAULT_PORT, *,
-                  allow_port_zero: bool = False) -> Address:
+def parse_address(
+    text: str, default_port: int | None = DEFAULT_PORT, *, allow_port_zero: bool = False
+) -> Address:
     """Parse ``host:port``, ``[ipv6]:port``, ``[ipv6]``, a bare IPv6 literal or a bare host.
 
     Surrounding whitespace is ignored. A missing port means `default_port`, or is an
