@@ -16,9 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from swimnode import rpcclient
-from swimnode.keyring import generate_key
-from swimnode.localcluster import AgentProcess, LocalCluster
+from swimnode.agent import client as rpcclient
+from swimnode.net.keyring import generate_key
+from swimnode.testing.processes import AgentProcess, LocalCluster
 
 NAMES = ["n0", "n1", "n2"]
 DATAGRAMS = 100_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from swimnode.agentconfig import (
+from swimnode.agent.settings import (
     DEFAULT_BIND,
     DEFAULT_RPC,
     AgentSettings,

@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from swimnode import rpc, rpcclient
-from swimnode.agent import Agent
-from swimnode.agentconfig import UsageError, agent_parser, load_settings
-from swimnode.config import Config
-from swimnode.keyqueries import register_key_handlers
-from swimnode.keyring import Keyring, fingerprint, generate_key, parse_key
-from swimnode.localcluster import LocalCluster, free_ports, wait_for
+from swimnode.agent import client as rpcclient
+from swimnode.agent import rpc
+from swimnode.agent.daemon import Agent
+from swimnode.agent.keyqueries import register_key_handlers
+from swimnode.agent.settings import UsageError, agent_parser, load_settings
+from swimnode.net.keyring import Keyring, fingerprint, generate_key, parse_key
+from swimnode.net.security import DROP_REASONS, SecureTransport
+from swimnode.net.udp import open_udp_transport
 from swimnode.node import open_node, secure
-from swimnode.security import DROP_REASONS, SecureTransport
-from swimnode.udp import open_udp_transport
+from swimnode.protocol.config import Config
+from swimnode.testing.processes import LocalCluster, free_ports, wait_for
 
 CLI = [sys.executable, "-m", "swimnode"]
 NAMES = ["n0", "n1", "n2"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from swimnode.agent import JsonFormatter, _not_node_membership_line
+from swimnode.agent.daemon import JsonFormatter, _not_node_membership_line
 
 
 def record(
@@ -19,7 +19,12 @@ def record(
 
 def test_json_lines_carry_the_fields() -> None:
     line = JsonFormatter().format(
-        record("swimnode.agent", logging.INFO, "member b joined", {"event": "joined", "name": "b"})
+        record(
+            "swimnode.agent",
+            logging.INFO,
+            "member b joined",
+            {"event": "joined", "name": "b"},
+        )
     )
     data = json.loads(line)
     assert "\n" not in line

@@ -20,8 +20,14 @@ from typing import Any
 
 import pytest
 
-from swimnode.config import Config
-from swimnode.localcluster import AgentProcess, LocalCluster, detection_bound, free_ports, wait_for
+from swimnode.protocol.config import Config
+from swimnode.testing.processes import (
+    AgentProcess,
+    LocalCluster,
+    detection_bound,
+    free_ports,
+    wait_for,
+)
 
 CLI = [sys.executable, "-m", "swimnode"]
 STEP = 15.0  # bound for anything that should happen within a few protocol periods

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from swimnode.agent import LoggedSeeds, seed_source
-from swimnode.agentconfig import AgentSettings
-from swimnode.seeds import SeedSourceError
+from swimnode.agent.daemon import LoggedSeeds, seed_source
+from swimnode.agent.settings import AgentSettings
+from swimnode.net.seeds import SeedSourceError
 
 
 def test_static_seeds_alone_need_no_source() -> None:

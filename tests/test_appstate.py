@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swimnode.appstate import Digest, NodeDelta, StateEntry, StateLimits, StateStore
+from swimnode.protocol.appstate import Digest, NodeDelta, StateEntry, StateLimits, StateStore
 
 
 def exchange(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from swimnode.awareness import Awareness
+from swimnode.protocol.awareness import Awareness
 
 
 def test_starts_at_zero() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swimnode.broadcasts import BroadcastQueue, retransmit_limit
+from swimnode.protocol.broadcasts import BroadcastQueue, retransmit_limit
 
 BIG = 1 << 20
 

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from swimnode.agentconfig import DEFAULT_RPC, UsageError
-from swimnode.cli import (
+from swimnode.agent.cli import (
     ClientArgs,
     compact_state,
     from_json_value,
@@ -21,6 +20,7 @@ from swimnode.cli import (
     render_stats,
     to_json_value,
 )
+from swimnode.agent.settings import DEFAULT_RPC, UsageError
 from swimnode.ring import TOKEN_SPACE
 
 MEMBERS = [

@@ -27,7 +27,7 @@ def run_fresh(code: str) -> Any:
 def test_client_commands_do_not_import_trio() -> None:
     result = run_fresh("""
         import contextlib, io, json, socket, sys
-        from swimnode import cli
+        from swimnode.agent import cli
 
         with socket.socket() as s:  # a port nobody listens on
             s.bind(("127.0.0.1", 0))
@@ -47,7 +47,7 @@ def test_client_commands_do_not_import_trio() -> None:
 def test_agent_command_imports_trio_on_demand() -> None:
     result = run_fresh("""
         import contextlib, io, json, sys
-        from swimnode import cli
+        from swimnode.agent import cli
 
         with contextlib.redirect_stdout(io.StringIO()):
             code = cli.main(["agent", "--help"])

@@ -6,9 +6,8 @@ import trio
 import trio.testing
 
 from swimnode import MemberState
-from swimnode.sim import Network
-from swimnode.suspicion import suspicion_bounds
-from swimnode.testing import open_sim_cluster
+from swimnode.protocol.suspicion import suspicion_bounds
+from swimnode.testing import Network, open_sim_cluster
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState
 

@@ -1,6 +1,6 @@
 """Stateful fuzzing of a simulated cluster (DESIGN.md §5, issue #6).
 
-`swimnode.fuzz.ClusterMachine` draws scenarios of crashes, restarts, partitions,
+`swimnode.testing.fuzz.ClusterMachine` draws scenarios of crashes, restarts, partitions,
 packet loss, application-state writes and key rotations on a 5-8 node lan cluster,
 and replays each under `MockClock(autojump_threshold=0)`, checking completeness,
 accuracy and convergence after every quiet period. This is the CI-sized run;
@@ -10,7 +10,7 @@ accuracy and convergence after every quiet period. This is the CI-sized run;
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from swimnode.fuzz import (
+from swimnode.testing.fuzz import (
     ClusterMachine,
     Crash,
     FuzzStats,

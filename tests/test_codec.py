@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from swimnode.codec import (
+from swimnode.protocol.codec import (
     MAX_MESSAGES_PER_PACKET,
     PROTOCOL_VERSION,
     DecodeError,
@@ -19,8 +19,8 @@ from swimnode.codec import (
     encode_packet,
     packet_overhead,
 )
-from swimnode.member import MemberState
-from swimnode.messages import (
+from swimnode.protocol.member import MemberState
+from swimnode.protocol.messages import (
     Ack,
     Alive,
     Dead,

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from swimnode.codec import decode_packet, encode_message, encode_packet
-from swimnode.config import Config
-from swimnode.core import SwimCore
-from swimnode.events import (
+from swimnode.net.transport import Address
+from swimnode.protocol.codec import decode_packet, encode_message, encode_packet
+from swimnode.protocol.config import Config
+from swimnode.protocol.core import SwimCore
+from swimnode.protocol.events import (
     MemberAlive,
     MemberEvent,
     MemberFailed,
@@ -20,8 +21,8 @@ from swimnode.events import (
     MemberLeft,
     MemberSuspected,
 )
-from swimnode.member import MemberState
-from swimnode.messages import (
+from swimnode.protocol.member import MemberState
+from swimnode.protocol.messages import (
     Ack,
     Alive,
     Dead,
@@ -34,7 +35,6 @@ from swimnode.messages import (
     Suspect,
     Sync,
 )
-from swimnode.transport import Address
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.ALIVE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from swimnode.events import (
+from swimnode.protocol.events import (
     Event,
     EventHub,
     EventsLost,
@@ -13,7 +13,7 @@ from swimnode.events import (
     MemberFailed,
     MemberJoined,
 )
-from swimnode.member import Member, MemberState
+from swimnode.protocol.member import Member, MemberState
 
 
 def ev(i: int) -> MemberJoined:

@@ -5,9 +5,8 @@ import trio
 import trio.testing
 
 from swimnode import MemberState
-from swimnode.events import MemberUpdated
-from swimnode.sim import Network
-from swimnode.testing import open_sim_cluster
+from swimnode.protocol.events import MemberUpdated
+from swimnode.testing import Network, open_sim_cluster
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState
 

@@ -7,11 +7,10 @@ import trio
 import trio.testing
 
 from swimnode import MemberState
-from swimnode.codec import decode_packet
-from swimnode.messages import Alive
-from swimnode.sim import Network
-from swimnode.testing import open_sim_cluster
-from swimnode.transport import Address
+from swimnode.net.transport import Address
+from swimnode.protocol.codec import decode_packet
+from swimnode.protocol.messages import Alive
+from swimnode.testing import Network, open_sim_cluster
 
 ALIVE = MemberState.ALIVE
 

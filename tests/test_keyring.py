@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from swimnode.keyring import (
+from swimnode.net.keyring import (
     KEY_SIZE,
     Keyring,
     fingerprint,

@@ -18,14 +18,14 @@ import pytest
 import trio
 import trio.testing
 
-from swimnode import MemberState, codec
-from swimnode.config import Config
-from swimnode.core import SwimCore
-from swimnode.messages import Ack, Alive, Message, Nack, Ping, PingReq, Suspect
+from swimnode import MemberState
 from swimnode.node import Node
-from swimnode.sim import Network, SimTransport
-from swimnode.suspicion import suspicion_bounds
-from swimnode.testing import open_sim_cluster
+from swimnode.protocol import codec
+from swimnode.protocol.config import Config
+from swimnode.protocol.core import SwimCore
+from swimnode.protocol.messages import Ack, Alive, Message, Nack, Ping, PingReq, Suspect
+from swimnode.protocol.suspicion import suspicion_bounds
+from swimnode.testing import Network, SimTransport, open_sim_cluster
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState
 

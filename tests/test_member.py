@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swimnode.member import Member, MemberState, supersedes
+from swimnode.protocol.member import Member, MemberState, supersedes
 
 ALIVE, SUSPECT, DEAD, LEFT = (
     MemberState.ALIVE,

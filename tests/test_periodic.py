@@ -1,10 +1,10 @@
-"""Chores on a fixed grid that may run early on another wakeup (`swimnode.periodic`)."""
+"""Chores on a fixed grid that may run early on another wakeup (`swimnode.protocol.periodic`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from swimnode.periodic import Periodic
+from swimnode.protocol.periodic import Periodic
 
 
 def test_ripe_within_slack_before_due_and_deadline_slack_after() -> None:

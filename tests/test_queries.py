@@ -14,19 +14,19 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swimnode import codec
-from swimnode.codec import DecodeError, decode_packet, encode_message, encode_packet
-from swimnode.config import Config
-from swimnode.core import SwimCore
-from swimnode.keyqueries import (
+from swimnode.agent.keyqueries import (
     KeyQueryError,
     decode_answer,
     encode_answer,
     register_key_handlers,
     run_key_query,
 )
-from swimnode.keyring import Keyring, fingerprint, generate_key, parse_key
-from swimnode.messages import Query, QueryResponse
+from swimnode.net.keyring import Keyring, fingerprint, generate_key, parse_key
+from swimnode.protocol import codec
+from swimnode.protocol.codec import DecodeError, decode_packet, encode_message, encode_packet
+from swimnode.protocol.config import Config
+from swimnode.protocol.core import SwimCore
+from swimnode.protocol.messages import Query, QueryResponse
 from swimnode.testing import open_sim_cluster
 
 Q = Query(2**64 - 1, "node-a", ("10.0.0.1", 7946), "keys.list", b"\x00" * 512, 600_000)

@@ -1,6 +1,6 @@
 import pytest
 
-from swimnode.ratelimit import RateLimiter
+from swimnode.protocol.ratelimit import RateLimiter
 
 
 def test_burst_then_rate() -> None:
@@ -32,9 +32,10 @@ def test_bad_parameters() -> None:
 def test_core_rate_limits_expensive_requests_per_host() -> None:
     import random
 
-    from swimnode import Config, codec
-    from swimnode.core import SwimCore
-    from swimnode.messages import PingReq
+    from swimnode import Config
+    from swimnode.protocol import codec
+    from swimnode.protocol.core import SwimCore
+    from swimnode.protocol.messages import PingReq
 
     core = SwimCore(
         Config.lan("a", bind=("a", 1), request_rate=1.0, request_burst=5),

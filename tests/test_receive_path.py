@@ -9,9 +9,10 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swimnode import Config, codec
-from swimnode.core import SwimCore
-from swimnode.messages import Ack, Alive, Message, Nack, Ping, PingReq, Suspect
+from swimnode import Config
+from swimnode.protocol import codec
+from swimnode.protocol.core import SwimCore
+from swimnode.protocol.messages import Ack, Alive, Message, Nack, Ping, PingReq, Suspect
 from swimnode.testing import open_sim_cluster
 
 
@@ -56,7 +57,7 @@ def test_non_minimal_msgpack_is_handled_not_crashed() -> None:
     import random
 
     from swimnode import Config
-    from swimnode.core import SwimCore
+    from swimnode.protocol.core import SwimCore
 
     core = SwimCore(Config.lan("a", bind=("a", 1)), now=0.0, rng=random.Random(1))
     core.take_output()

@@ -10,16 +10,23 @@ from typing import Any
 import pytest
 import trio
 
-from swimnode import rpc, rpcclient
-from swimnode.agent import Agent
-from swimnode.appstate import StateStore
-from swimnode.config import Config
-from swimnode.events import EventHub, EventStream, MemberFailed, MemberJoined, MemberUpdated
-from swimnode.member import Member, MemberState
+from swimnode.agent import client as rpcclient
+from swimnode.agent import rpc
+from swimnode.agent.daemon import Agent
+from swimnode.net.transport import Address
+from swimnode.net.udp import open_udp_transport
 from swimnode.node import Node
+from swimnode.protocol.appstate import StateStore
+from swimnode.protocol.config import Config
+from swimnode.protocol.events import (
+    EventHub,
+    EventStream,
+    MemberFailed,
+    MemberJoined,
+    MemberUpdated,
+)
+from swimnode.protocol.member import Member, MemberState
 from swimnode.ring import TOKEN_SPACE
-from swimnode.transport import Address
-from swimnode.udp import open_udp_transport
 
 A = Member("a", ("127.0.0.1", 7946), 0, MemberState.ALIVE, 0.0)
 B = Member("b", ("::1", 7947), 3, MemberState.SUSPECT, 0.0)

@@ -14,11 +14,9 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swimnode import Config, MemberState, Node, codec, open_node
-from swimnode.events import EventsLost
-from swimnode.keyring import Keyring
-from swimnode.messages import Dead, Suspect
-from swimnode.security import (
+from swimnode import Config, MemberState, Node, open_node
+from swimnode.net.keyring import Keyring
+from swimnode.net.security import (
     DROP_REASONS,
     ENCRYPTED_OVERHEAD,
     HEADER_ENCRYPTED,
@@ -26,8 +24,11 @@ from swimnode.security import (
     SecureTransport,
     check_secure_bind,
 )
-from swimnode.sim import Network
-from swimnode.transport import Address, Packet, is_loopback
+from swimnode.net.transport import Address, Packet, is_loopback
+from swimnode.protocol import codec
+from swimnode.protocol.events import EventsLost
+from swimnode.protocol.messages import Dead, Suspect
+from swimnode.testing import Network
 
 K1 = bytes([1]) * 32
 K2 = bytes([2]) * 32

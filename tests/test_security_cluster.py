@@ -3,7 +3,7 @@
 import trio
 import trio.testing
 
-from swimnode.keyring import Keyring, generate_key
+from swimnode.net.keyring import Keyring, generate_key
 from swimnode.testing import open_sim_cluster
 
 

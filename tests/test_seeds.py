@@ -1,4 +1,4 @@
-"""Seed address parsing and seed sources (`swimnode.seeds`)."""
+"""Seed address parsing and seed sources (`swimnode.net.seeds`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from swimnode.seeds import (
+from swimnode.net.seeds import (
     CombinedSeeds,
     DnsSeeds,
     FileSeeds,
@@ -15,7 +15,7 @@ from swimnode.seeds import (
     SeedSourceError,
     StaticSeeds,
 )
-from swimnode.transport import Address, parse_address
+from swimnode.net.transport import Address, parse_address
 
 # ----- parse_address ---------------------------------------------------------------------
 

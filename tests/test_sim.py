@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from swimnode.sim import Network, SimTransport
-from swimnode.transport import Address, Packet, Transport
+from swimnode.net.transport import Address, Packet, Transport
+from swimnode.testing import Network, SimTransport
 
 A: Address = ("a", 1)
 B: Address = ("b", 2)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from swimnode.suspicion import (
+from swimnode.protocol.suspicion import (
     Suspicion,
     confirmations_needed,
     suspicion_bounds,

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from swimnode.transport import Address, Packet, Transport
-from swimnode.udp import TransportError, UdpTransport, open_udp_transport
+from swimnode.net.transport import Address, Packet, Transport
+from swimnode.net.udp import TransportError, UdpTransport, open_udp_transport
 
 LOCAL: Address = ("127.0.0.1", 0)
 WAIT = 5.0  # upper bound for anything that should happen promptly on loopback

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from swimnode.config import Config, Profile
-from swimnode.localcluster import (
+from swimnode.agent.client import call
+from swimnode.protocol.config import Config, Profile
+from swimnode.testing.processes import (
     LocalCluster,
     compile_package,
     cpu_seconds,
@@ -41,7 +42,6 @@ from swimnode.localcluster import (
     free_ports,
     wait_for,
 )
-from swimnode.rpcclient import call
 
 METRICS = (
     "start_s",

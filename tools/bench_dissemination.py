@@ -22,9 +22,8 @@ import time
 import trio
 import trio.testing
 
-from swimnode.events import MemberUpdated
-from swimnode.sim import Network
-from swimnode.testing import SimCluster, open_sim_cluster
+from swimnode.protocol.events import MemberUpdated
+from swimnode.testing import Network, SimCluster, open_sim_cluster
 
 STATE_MESSAGES = ("statesyn", "statedigests", "stateack")
 

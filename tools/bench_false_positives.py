@@ -60,10 +60,9 @@ from typing import Any
 import trio
 import trio.testing
 
-from swimnode.config import Config
-from swimnode.sim import Network
-from swimnode.suspicion import suspicion_bounds
-from swimnode.testing import SimCluster, open_sim_cluster
+from swimnode.protocol.config import Config
+from swimnode.protocol.suspicion import suspicion_bounds
+from swimnode.testing import Network, SimCluster, open_sim_cluster
 
 CONFIGS: dict[str, dict[str, bool]] = {
     "plain": dict(

@@ -4,7 +4,7 @@ it uses, for the commands swimnode users run.
     python tools/bench_startup.py [--procs 9] [--trials 3]
 
 Cases: a bare interpreter (`python -c pass`), `import trio`, a client command that
-needs no agent (`swimnode members --help`), `import swimnode.agent`, and a real agent
+needs no agent (`swimnode members --help`), `import swimnode.agent.daemon`, and a real agent
 (`swimnode agent`, until it answers on its RPC endpoint). Each case runs alone
 (`single`: wall time and CPU time) and as `--procs` processes spawned at once
 (`burst`: wall time until the last one is done or answering, median CPU per process),
@@ -34,20 +34,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from swimnode.localcluster import (
+from swimnode.agent.client import RpcError, call
+from swimnode.testing.processes import (
     LocalCluster,
     compile_package,
     cpu_seconds,
     free_ports,
     wait_for,
 )
-from swimnode.rpcclient import RpcError, call
 
 COMMANDS: dict[str, list[str]] = {
     "python -c pass": ["-c", "pass"],
     "import trio": ["-c", "import trio"],
     "swimnode members --help": ["-m", "swimnode", "members", "--help"],
-    "import swimnode.agent": ["-c", "import swimnode.agent"],
+    "import swimnode.agent.daemon": ["-c", "import swimnode.agent.daemon"],
 }
 AGENT = "swimnode agent"
 PROCESS_LIMIT = 60.0

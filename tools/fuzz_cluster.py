@@ -1,10 +1,10 @@
-"""Fuzz a simulated cluster with the stateful machine of `swimnode.fuzz` (issue #6).
+"""Fuzz a simulated cluster with the stateful machine of `swimnode.testing.fuzz` (issue #6).
 
 Each example is a 5-8 node lan cluster driven through crashes, restarts, partitions,
 packet loss, application-state writes and key rotations, replayed under
 `MockClock(autojump_threshold=0)` and checked for completeness, accuracy and
 convergence after every quiet period. A failure is shrunk by Hypothesis and printed
-as a `swimnode.fuzz.replay(Scenario(...))` call that reproduces it exactly.
+as a `swimnode.testing.fuzz.replay(Scenario(...))` call that reproduces it exactly.
 
     python tools/fuzz_cluster.py --examples 50 --steps 20 --seed 1
 
@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis.stateful import get_state_machine_test
 
-from swimnode.fuzz import ClusterMachine, FuzzStats, quiet_bound
+from swimnode.testing.fuzz import ClusterMachine, FuzzStats, quiet_bound
 
 
 class FuzzMachine(ClusterMachine):

@@ -10,8 +10,10 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import Config, Profile
-    from .events import (
+    from .net.transport import Address, Packet, Transport
+    from .node import JoinError, Node, NodeNotRunning, open_node
+    from .protocol.config import Config, Profile
+    from .protocol.events import (
         Event,
         EventsLost,
         EventStream,
@@ -24,9 +26,7 @@ if TYPE_CHECKING:
         MemberSuspected,
         MemberUpdated,
     )
-    from .member import Member, MemberState
-    from .node import JoinError, Node, NodeNotRunning, open_node
-    from .transport import Address, Packet, Transport
+    from .protocol.member import Member, MemberState
 
 __all__ = [
     "Address",
@@ -57,8 +57,8 @@ __all__ = [
 __version__ = "0.1.0"
 
 _HOMES = {
-    "config": ("Config", "Profile"),
-    "events": (
+    "protocol.config": ("Config", "Profile"),
+    "protocol.events": (
         "Event",
         "EventStream",
         "EventsLost",
@@ -71,9 +71,9 @@ _HOMES = {
         "MemberSuspected",
         "MemberUpdated",
     ),
-    "member": ("Member", "MemberState"),
+    "protocol.member": ("Member", "MemberState"),
     "node": ("JoinError", "Node", "NodeNotRunning", "open_node"),
-    "transport": ("Address", "Packet", "Transport"),
+    "net.transport": ("Address", "Packet", "Transport"),
 }
 _LAZY = {name: module for module, names in _HOMES.items() for name in names}
 

@@ -23,17 +23,17 @@ from typing import Any
 
 import trio
 
-from . import codec
-from .config import Config
-from .core import SwimCore
-from .events import EventHub, EventStream, MemberEvent
-from .keyring import Keyring
-from .member import Member
-from .messages import Query
-from .queries import QueryCollector, QueryHandler, QueryResult, default_query_timeout
-from .security import SecureTransport, check_secure_bind
-from .seeds import SeedSource, SeedSourceError
-from .transport import Address, Transport
+from .net.keyring import Keyring
+from .net.security import SecureTransport, check_secure_bind
+from .net.seeds import SeedSource, SeedSourceError
+from .net.transport import Address, Transport
+from .protocol import codec
+from .protocol.config import Config
+from .protocol.core import SwimCore
+from .protocol.events import EventHub, EventStream, MemberEvent
+from .protocol.member import Member
+from .protocol.messages import Query
+from .protocol.queries import QueryCollector, QueryHandler, QueryResult, default_query_timeout
 
 log = logging.getLogger("swimnode")
 member_log = logging.getLogger("swimnode.members")
@@ -542,12 +542,12 @@ async def open_node(
     Without `transport`, binds real UDP and TCP sockets at `config.bind`; binding a
     non-loopback address without a `keyring` raises `ValueError` unless
     `insecure_plaintext` is set. With a keyring (or `config.label`) every packet is
-    authenticated (and encrypted) by `swimnode.security.SecureTransport`. A node with
+    authenticated (and encrypted) by `swimnode.net.security.SecureTransport`. A node with
     `config.seeds` (or a `seed_source`) joins through them in the background and keeps
     retrying while it knows nobody; `await node.join(...)` joins explicitly.
     """
     if transport is None:
-        from .udp import open_udp_transport
+        from .net.udp import open_udp_transport
 
         # Secure by default: refuse to talk in plaintext beyond this machine.
         check_secure_bind(config.bind[0], keyring, insecure_plaintext)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..net.transport import Address
 from .appstate import Digest, NodeDelta
 from .member import MemberState
-from .transport import Address
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,11 +18,11 @@ from collections.abc import Callable
 import trio
 import trio.testing
 
-from .config import Config
-from .localcluster import LocalCluster, detection_bound, wait_for
-from .member import MemberState
-from .sim import Network
-from .testing import Observed, SimCluster, open_sim_cluster
+from ..protocol.config import Config
+from ..protocol.member import MemberState
+from ..testing.cluster import Observed, SimCluster, open_sim_cluster
+from ..testing.network import Network
+from ..testing.processes import LocalCluster, detection_bound, wait_for
 
 
 def _line(start: float, text: str) -> None:

@@ -16,7 +16,7 @@ A client sends one request, ``{"command": NAME, ...arguments}``, and reads one r
 * ``state_delete`` ``{key}`` -> ``{"member", "key", "deleted": bool}``
 * ``ring`` ``{vnodes?, tokens_key?}`` -> ``{"vnodes", "tokens_key", "members": [{"name",
   "fraction", "tokens", "source": "advertised" | "derived", "ranges": [[start, end],
-  ...]}]}`` (see `swimnode.rpc.ring_to_dict`)
+  ...]}]}`` (see `swimnode.agent.rpc.ring_to_dict`)
 * ``keys`` ``{action: "list" | "install" | "use" | "remove", key?: base64, timeout?:
   seconds}`` -> a cluster-wide key report (`keyqueries.KeyReport.to_dict`): ``{"action",
   "key": fingerprint, "nodes", "answered", "failed": {name: reason}, "keys":
@@ -28,7 +28,7 @@ A client sends one request, ``{"command": NAME, ...arguments}``, and reads one r
 "host:port", "state", "incarnation", "app_state": {key: value}}``; values travel as
 msgpack, bytes included.
 
-The server (`swimnode.rpc`) runs inside the agent on Trio. This module holds what both
+The server (`swimnode.agent.rpc`) runs inside the agent on Trio. This module holds what both
 sides share, the framing and the request limits, and the client, which is plain
 blocking sockets: the command line tools are short-lived and should not pay for
 importing Trio.
@@ -45,7 +45,7 @@ from typing import Any
 
 import msgpack
 
-from .transport import Address, format_address
+from ..net.transport import Address, format_address
 
 FRAME_HEADER = struct.Struct(">I")
 """The length that precedes every frame's msgpack body."""
@@ -164,7 +164,7 @@ def call(
 
 
 def members(address: Address, *, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The agent's member list, as `swimnode.rpc.member_to_dict` shapes."""
+    """The agent's member list, as `swimnode.agent.rpc.member_to_dict` shapes."""
     listing: list[dict[str, Any]] = call(address, "members", timeout=timeout)["members"]
     return listing
 

@@ -15,11 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
-from . import transport
-from .appstate import StateLimits, StateStore
-from .config import Config, Profile
-from .keyring import Keyring, parse_key
-from .transport import Address, format_address, is_loopback
+from ..net import transport
+from ..net.keyring import Keyring, parse_key
+from ..net.transport import Address, format_address, is_loopback
+from ..protocol.appstate import StateLimits, StateStore
+from ..protocol.config import Config, Profile
 
 DEFAULT_BIND: Address = ("127.0.0.1", 7946)
 DEFAULT_RPC: Address = ("127.0.0.1", 7373)

@@ -21,8 +21,24 @@ from typing import Any
 
 import trio
 
+from ..net.keyring import Keyring, load_key_file, parse_key
+from ..net.security import DROP_REASONS, SecureTransport
+from ..net.seeds import (
+    CombinedSeeds,
+    DnsSeeds,
+    FileSeeds,
+    SeedSource,
+    SeedSourceError,
+    StaticSeeds,
+)
+from ..net.transport import Address, format_address
+from ..net.udp import TransportError, UdpTransport, open_udp_transport
+from ..node import Node, open_node, secure
+from ..protocol.events import EventsLost, EventStream, MemberUpdated
+from ..protocol.member import Member
 from . import rpc
-from .agentconfig import (
+from .keyqueries import KeyQueryError, register_key_handlers, run_key_query
+from .settings import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -31,22 +47,6 @@ from .agentconfig import (
     UsageError,
     load_settings,
 )
-from .events import EventsLost, EventStream, MemberUpdated
-from .keyqueries import KeyQueryError, register_key_handlers, run_key_query
-from .keyring import Keyring, load_key_file, parse_key
-from .member import Member
-from .node import Node, open_node, secure
-from .security import DROP_REASONS, SecureTransport
-from .seeds import (
-    CombinedSeeds,
-    DnsSeeds,
-    FileSeeds,
-    SeedSource,
-    SeedSourceError,
-    StaticSeeds,
-)
-from .transport import Address, format_address
-from .udp import TransportError, UdpTransport, open_udp_transport
 
 log = logging.getLogger("swimnode.agent")
 

@@ -1,6 +1,6 @@
 """Simulated clusters for tests, tools and the demo.
 
-`open_sim_cluster` starts N nodes on the in-memory network (`swimnode.sim`), all
+`open_sim_cluster` starts N nodes on the in-memory network (`swimnode.testing.network`), all
 joining through the first node, and records every membership event each node sees.
 Run it under `trio.testing.MockClock(autojump_threshold=0)` and a seed reproduces the
 whole run: nodes, network and node random choices are all derived from it.
@@ -17,13 +17,13 @@ from typing import Any, Literal
 
 import trio
 
-from .config import Config, Profile
-from .events import Event, EventsLost
-from .keyring import Keyring
-from .member import MemberState
-from .node import Node, open_node, secure
-from .sim import Network
-from .transport import Address
+from ..net.keyring import Keyring
+from ..net.transport import Address
+from ..node import Node, open_node, secure
+from ..protocol.config import Config, Profile
+from ..protocol.events import Event, EventsLost
+from ..protocol.member import MemberState
+from .network import Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +239,7 @@ async def open_sim_cluster(
     """Start `n` nodes named `n0`, `n1`, ... that join through `n0`; stop them all on
     exit. Extra keyword arguments override config fields for every node. With
     `record=False` no events are logged (for large benchmarks). With a `keyring`
-    (or a `label` override) packets go through `swimnode.security.SecureTransport`."""
+    (or a `label` override) packets go through `swimnode.net.security.SecureTransport`."""
     net = network if network is not None else Network(seed=seed)
     seed_trio_scheduler(seed)
     async with trio.open_nursery() as nursery:

@@ -26,8 +26,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from . import rpcclient
-from .agentconfig import (
+from ..net.keyring import KEY_ACTIONS, generate_key, parse_key
+from ..net.transport import Address, format_address
+from ..ring import TOKEN_SPACE, range_size
+from . import client as rpcclient
+from .settings import (
     DEFAULT_RPC,
     ENV_PREFIX,
     EXIT_FAILURE,
@@ -37,9 +40,6 @@ from .agentconfig import (
     UsageError,
     parse_address,
 )
-from .keyring import KEY_ACTIONS, generate_key, parse_key
-from .ring import TOKEN_SPACE, range_size
-from .transport import Address, format_address
 
 STATUSES = ("alive", "suspect", "dead", "left")
 STATE_ACTIONS = ("get", "set", "delete", "list")
@@ -647,7 +647,7 @@ def _keygen(argv: list[str]) -> int:
 
 
 def _agent(argv: list[str]) -> int:
-    from . import agent
+    from . import daemon as agent
 
     return agent.main(argv)
 

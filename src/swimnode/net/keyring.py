@@ -1,6 +1,6 @@
 """Cluster encryption keys: one primary key to send, several accepted to receive.
 
-A `Keyring` is what `swimnode.security.SecureTransport` encrypts and decrypts with.
+A `Keyring` is what `swimnode.net.security.SecureTransport` encrypts and decrypts with.
 It follows memberlist's keyring: the primary key seals every outgoing packet, and an
 incoming packet is tried against every installed key, primary first. That is all
 key rotation needs, and it needs no key id on the wire:

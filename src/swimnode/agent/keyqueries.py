@@ -1,7 +1,7 @@
 """Cluster-wide key management over queries (Serf's `keys` command).
 
 `swimnode keys list|install|use|remove` asks every member at once through one
-`Query` (see `swimnode.queries`) and reports what each one answered:
+`Query` (see `swimnode.protocol.queries`) and reports what each one answered:
 
 * ``keys.list``: the member's key fingerprints, primary first; never key material.
 * ``keys.install`` / ``keys.use`` / ``keys.remove``: the 32-byte key is the query's
@@ -26,10 +26,10 @@ from typing import Any
 
 import msgpack
 
-from .keyring import KEY_ACTIONS, KEY_SIZE, KeyAction, Keyring, fingerprint
-from .messages import Query
-from .node import Node
-from .queries import QueryHandler
+from ..net.keyring import KEY_ACTIONS, KEY_SIZE, KeyAction, Keyring, fingerprint
+from ..node import Node
+from ..protocol.messages import Query
+from ..protocol.queries import QueryHandler
 
 KIND_PREFIX = "keys."
 """Query kinds are ``keys.list``, ``keys.install``, ``keys.use`` and ``keys.remove``."""

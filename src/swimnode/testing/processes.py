@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
 
-from . import rpcclient
-from .config import Config, Profile
-from .suspicion import suspicion_bounds
+from ..agent import client as rpcclient
+from ..protocol.config import Config, Profile
+from ..protocol.suspicion import suspicion_bounds
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")

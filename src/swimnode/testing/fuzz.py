@@ -50,12 +50,12 @@ import trio.testing
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from .config import Config
-from .keyring import KEY_SIZE, Keyring
-from .member import MemberState
-from .sim import Network
-from .suspicion import suspicion_bounds
-from .testing import SimCluster, open_sim_cluster
+from ..net.keyring import KEY_SIZE, Keyring
+from ..protocol.config import Config
+from ..protocol.member import MemberState
+from ..protocol.suspicion import suspicion_bounds
+from .cluster import SimCluster, open_sim_cluster
+from .network import Network
 
 __all__ = [
     "SEEDS",
@@ -408,7 +408,7 @@ def describe(outcome: Outcome, scenario: Scenario) -> str:
         where = "initial join" if v.step < 0 else f"steps[{v.step}]"
         lines.append(f"properties violated after {where} at t={v.time:.1f} s (simulated):")
         lines += [f"  {p}" for p in v.problems]
-    lines.append("reproduce with: swimnode.fuzz.replay(")
+    lines.append("reproduce with: swimnode.testing.fuzz.replay(")
     lines.append(f"    Scenario(n={scenario.n}, seed={scenario.seed}, steps=(")
     lines += [f"        {s!r}," for s in scenario.steps]
     lines.append("    )))")

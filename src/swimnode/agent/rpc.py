@@ -1,5 +1,5 @@
 """The agent's side of its local control endpoint: a Trio server answering the
-requests `swimnode.rpcclient` describes and sends (the framing and the limits are
+requests `swimnode.agent.client` describes and sends (the framing and the limits are
 defined there, once, for both sides), plus the reply shapes of members, events and
 the ring.
 """
@@ -14,10 +14,12 @@ from typing import Any, Protocol
 
 import trio
 
-from .events import Event, EventStream, MemberEvent, MemberUpdated
-from .member import Member
-from .ring import TOKEN_SPACE, HashRing
-from .rpcclient import (
+from ..net.transport import Address, format_address
+from ..net.udp import TransportError
+from ..protocol.events import Event, EventStream, MemberEvent, MemberUpdated
+from ..protocol.member import Member
+from ..ring import TOKEN_SPACE, HashRing
+from .client import (
     FRAME_HEADER,
     MAX_QUERY_TIMEOUT,
     MAX_REQUEST,
@@ -27,8 +29,6 @@ from .rpcclient import (
     decode_body,
     encode_frame,
 )
-from .transport import Address, format_address
-from .udp import TransportError
 
 _REQUEST_TIMEOUT = 10.0
 _MAX_CLIENTS = 64

@@ -34,7 +34,7 @@ from functools import lru_cache
 
 import trio
 
-from swimnode.transport import Address, Packet, format_address
+from swimnode.net.transport import Address, Packet, format_address
 
 __all__ = ["TransportError", "UdpTransport", "open_udp_transport"]
 
@@ -100,7 +100,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class UdpTransport:
-    """A `swimnode.transport.Transport` over real UDP and TCP sockets.
+    """A `swimnode.net.transport.Transport` over real UDP and TCP sockets.
 
     Create it with `open_udp_transport`, which owns its background tasks.
 

@@ -2,7 +2,7 @@
 
 The protocol core never touches sockets; the node shell moves bytes between the
 core and one `Transport`. Two backends exist: real UDP/TCP and the in-memory
-network in `swimnode.sim`. Both deliver whole packets (a datagram, or one
+network in `swimnode.testing.network`. Both deliver whole packets (a datagram, or one
 message that went over a stream) tagged with where they came from.
 
 Addresses are written and read here too (`format_address`, `parse_address`,

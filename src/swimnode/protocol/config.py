@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .transport import Address
+from ..net.transport import Address
 
 Profile = Literal["lan", "wan", "local"]
 

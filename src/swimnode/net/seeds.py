@@ -48,7 +48,7 @@ class SeedSource(abc.ABC):
 
 class StaticSeeds(SeedSource):
     """A fixed list of addresses, given as tuples or as strings for
-    `swimnode.transport.parse_address`."""
+    `swimnode.net.transport.parse_address`."""
 
     def __init__(
         self, addresses: Iterable[Address | str], *, default_port: int = DEFAULT_PORT

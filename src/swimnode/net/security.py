@@ -1,6 +1,6 @@
 """Encryption, authentication, replay protection and cluster labels as a transport layer.
 
-`SecureTransport` wraps any `swimnode.transport.Transport` (UDP+TCP, the simulated
+`SecureTransport` wraps any `swimnode.net.transport.Transport` (UDP+TCP, the simulated
 network) and is one itself, so the protocol core never sees a key: it sends and
 receives the same payloads as before, and whatever fails a check here never reaches
 it. docs/security.md has the threat model; this docstring has the wire format.
@@ -50,7 +50,7 @@ from collections.abc import Callable
 
 import trio
 
-from .codec import MAX_PACKET_BYTES
+from ..protocol.codec import MAX_PACKET_BYTES
 from .keyring import NONCE_SIZE, TAG_SIZE, Keyring
 from .transport import Address, Packet, Transport, is_loopback
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .transport import Address
+from ..net.transport import Address
 
 _NO_STATE: Mapping[str, Any] = MappingProxyType({})
 

@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from ..net.transport import Address
 from . import codec
 from .appstate import StateLimits, StateStore
 from .awareness import Awareness
@@ -57,7 +58,6 @@ from .messages import (
 from .periodic import Periodic
 from .ratelimit import RateLimiter
 from .suspicion import Suspicion, confirmations_needed, suspicion_bounds
-from .transport import Address
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState
 
