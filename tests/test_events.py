@@ -5,14 +5,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from swimnode.protocol.events import (
-    Event,
-    EventHub,
-    EventsLost,
-    EventStream,
-    MemberFailed,
-    MemberJoined,
-)
+from swimnode.eventhub import EventHub, EventStream
+from swimnode.protocol.events import Event, EventsLost, MemberFailed, MemberJoined
 from swimnode.protocol.member import Member, MemberState
 
 

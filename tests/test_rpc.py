@@ -18,13 +18,8 @@ from swimnode.net.udp import open_udp_transport
 from swimnode.node import Node
 from swimnode.protocol.appstate import StateStore
 from swimnode.protocol.config import Config
-from swimnode.protocol.events import (
-    EventHub,
-    EventStream,
-    MemberFailed,
-    MemberJoined,
-    MemberUpdated,
-)
+from swimnode.eventhub import EventHub, EventStream
+from swimnode.protocol.events import MemberFailed, MemberJoined, MemberUpdated
 from swimnode.protocol.member import Member, MemberState
 from swimnode.ring import TOKEN_SPACE
 

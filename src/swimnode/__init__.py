@@ -13,10 +13,10 @@ if TYPE_CHECKING:
     from .net.transport import Address, Packet, Transport
     from .node import JoinError, Node, NodeNotRunning, open_node
     from .protocol.config import Config, Profile
+    from .eventhub import EventStream
     from .protocol.events import (
         Event,
         EventsLost,
-        EventStream,
         MemberAlive,
         MemberEvent,
         MemberFailed,
@@ -58,9 +58,9 @@ __version__ = "0.1.0"
 
 _HOMES = {
     "protocol.config": ("Config", "Profile"),
+    "eventhub": ("EventStream",),
     "protocol.events": (
         "Event",
-        "EventStream",
         "EventsLost",
         "MemberAlive",
         "MemberEvent",

@@ -34,7 +34,8 @@ from ..net.seeds import (
 from ..net.transport import Address, format_address
 from ..net.udp import TransportError, UdpTransport, open_udp_transport
 from ..node import Node, open_node, secure
-from ..protocol.events import EventsLost, EventStream, MemberUpdated
+from ..eventhub import EventStream
+from ..protocol.events import EventsLost, MemberUpdated
 from ..protocol.member import Member
 from . import rpc
 from .keyqueries import KeyQueryError, register_key_handlers, run_key_query

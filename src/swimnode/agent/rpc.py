@@ -16,7 +16,8 @@ import trio
 
 from ..net.transport import Address, format_address
 from ..net.udp import TransportError
-from ..protocol.events import Event, EventStream, MemberEvent, MemberUpdated
+from ..eventhub import EventStream
+from ..protocol.events import Event, MemberEvent, MemberUpdated
 from ..protocol.member import Member
 from ..ring import TOKEN_SPACE, HashRing
 from .client import (

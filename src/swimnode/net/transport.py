@@ -142,6 +142,12 @@ class Transport(Protocol):
         """The address other nodes reach this one at."""
         ...
 
+    @property
+    def overhead(self) -> int:
+        """Bytes this transport adds to every datagram it sends (framing,
+        encryption); the protocol keeps its datagrams this much smaller."""
+        ...
+
     async def send(self, dest: Address, data: bytes) -> None:
         """Send one datagram, best effort. Must not block for long and must
         not raise on an unreachable or unknown destination (it is dropped)."""

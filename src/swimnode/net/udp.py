@@ -159,6 +159,11 @@ class UdpTransport:
     # -- Transport interface -------------------------------------------------
 
     @property
+    def overhead(self) -> int:
+        """Datagrams go out as given: no framing."""
+        return 0
+
+    @property
     def local_address(self) -> Address:
         """The address peers reach this node at: `advertise` if one was given,
         otherwise the address actually bound (which may be a wildcard such as

@@ -13,9 +13,16 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 
+def log_scale(n_members: int) -> int:
+    """`max(1, ceil(log10(N + 1)))`: the number of gossip hops, give or take, that news
+    takes to reach `n_members` (memberlist scales retransmits by it, Serf query
+    timeouts)."""
+    return max(1, math.ceil(math.log10(n_members + 1)))
+
+
 def retransmit_limit(retransmit_mult: int, n_members: int) -> int:
     """How many times one broadcast is sent in a cluster of `n_members`."""
-    return retransmit_mult * max(1, math.ceil(math.log10(n_members + 1)))
+    return retransmit_mult * log_scale(n_members)
 
 
 BroadcastKey = Hashable

@@ -1,11 +1,11 @@
-"""Cluster-wide queries: the shell's side of `Query` / `QueryResponse`.
+"""Cluster-wide queries: a question for every member (Serf's queries, reduced to what
+key management needs).
 
-A query is a question for every member (Serf's queries, reduced to what key
-management needs). The protocol core disseminates it like membership news and hands
-each member a copy once; this module holds what the Trio shell (`Node`) needs on top:
-the handler type, the default timeout, and the collector that gathers answers at the
-origin until every member that was live when the query started has answered, or the
-timeout passes.
+A query is disseminated like membership news; each member hands its copy to the
+handler registered for its kind once, and sends the answer straight to the origin.
+The origin gathers answers until every member that was live when the query started
+has answered or the timeout passes; halfway through it asks the silent members
+directly. All of it is core state and core timers; a driver only relays the result.
 """
 
 from __future__ import annotations
@@ -13,27 +13,33 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import trio
-
+from . import codec
+from .broadcasts import log_scale
 from .config import Config
-from .messages import Query
+from .messages import Query, QueryResponse
+
+if TYPE_CHECKING:
+    from .core import SwimCore
 
 QueryHandler = Callable[[Query], bytes | None]
 """Answers one query: the response payload, or None to stay silent. It runs inside
 the node's receive path, so it must be quick and must not block; an exception it
 raises is logged and counted (``query_handler_errors``) and nothing is answered."""
 
+_QUERY_MEMORY = 60.0
+"""Seconds a query id is remembered (at least) so late copies are not handled again."""
+_MAX_SEEN_QUERIES = 4096
+"""Cap on remembered query ids: they are few (operator commands), so this only
+bounds what a misbehaving member could make us hold."""
+
 
 def default_query_timeout(config: Config, n_live: int) -> float:
     """Serf's default: `gossip_interval * query_timeout_mult * ceil(log10(N + 1))`,
     long enough for the query to reach everyone through gossip and the answers to
     come back (dissemination takes O(log N) rounds)."""
-    return (
-        config.gossip_interval
-        * config.query_timeout_mult
-        * max(1, math.ceil(math.log10(n_live + 1)))
-    )
+    return config.gossip_interval * config.query_timeout_mult * log_scale(n_live)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,24 +63,141 @@ class QueryResult:
 
 
 @dataclass(slots=True)
-class QueryCollector:
-    """Responses to one query in flight; `done` is set once every expected member
-    answered, so the origin need not wait out the whole timeout."""
+class _Collector:
+    """Answers to one of our queries in flight."""
 
     query: Query
     expected: frozenset[str]
+    timeout: float
+    resend_at: float
+    deadline: float
     responses: dict[str, bytes] = field(default_factory=dict)
-    done: trio.Event = field(default_factory=trio.Event)
 
-    def add(self, sender: str, payload: bytes) -> None:
-        """Record one answer; the first answer from a member counts (a second one
-        could only come from a duplicate or a restart under the same name)."""
-        self.responses.setdefault(sender, payload)
-        if self.expected <= self.responses.keys():
-            self.done.set()
-
-    def result(self, timeout: float) -> QueryResult:
-        """The answers gathered so far."""
+    def result(self) -> QueryResult:
         return QueryResult(
-            self.query.id, self.query.kind, self.expected, dict(self.responses), timeout
+            self.query.id, self.query.kind, self.expected, dict(self.responses), self.timeout
         )
+
+
+class Queries:
+    """The queries a node has seen, answers, and asked."""
+
+    def __init__(self, core: SwimCore) -> None:
+        self._core = core
+        self.handlers: dict[str, QueryHandler] = {}
+        # (origin, id) -> when we stop recognising copies.
+        self._seen: dict[tuple[str, int], float] = {}
+        self._ours: dict[int, _Collector] = {}
+
+    def next_deadline(self) -> float:
+        """When the earliest of our queries needs attention (its resend or its end)."""
+        return min((min(c.resend_at, c.deadline) for c in self._ours.values()), default=math.inf)
+
+    def start(self, kind: str, payload: bytes, timeout: float | None, now: float) -> int:
+        """Ask every member (us included); returns the query's id. Raises
+        `ValueError` if `kind` or `payload` breaks the codec's limits."""
+        core = self._core
+        if not kind or len(kind.encode()) > codec.MAX_QUERY_KIND_BYTES:
+            raise ValueError(f"query kind must be 1..{codec.MAX_QUERY_KIND_BYTES} bytes")
+        if len(payload) > codec.MAX_QUERY_PAYLOAD:
+            raise ValueError(f"query payload over {codec.MAX_QUERY_PAYLOAD} bytes")
+        if timeout is None:
+            timeout = default_query_timeout(core.config, core.n_live)
+        expected = frozenset(m.name for m in core.members() if m.is_live)
+        timeout_ms = min(codec.MAX_QUERY_TIMEOUT_MS, max(1, round(timeout * 1000)))
+        query = Query(core.rng.getrandbits(63), core.name, core.address, kind, payload, timeout_ms)
+        core.stats["queries_started"] += 1
+        self._ours[query.id] = _Collector(
+            query, expected, timeout, now + timeout / 2, now + timeout
+        )
+        self.receive(query, now)
+        return query.id
+
+    def receive(self, query: Query, now: float) -> None:
+        """A copy of `query` arrived (or we started it): pass it on and answer it,
+        once per query."""
+        core = self._core
+        key = (query.origin, query.id)
+        seen = self._seen
+        if key in seen:
+            core.stats["queries_duplicate"] += 1
+            return
+        # Copies keep arriving while the query spreads, which takes a few gossip
+        # rounds; remember it at least that long even if its timeout is shorter.
+        expires = now + max(query.timeout_ms / 1000, _QUERY_MEMORY)
+        if len(seen) >= _MAX_SEEN_QUERIES:
+            # An authenticated member flooding queries: expire the stale ones, and
+            # if that is not enough forget the oldest (dicts keep insertion order).
+            for old in [k for k, t in seen.items() if t <= now] or [next(iter(seen))]:
+                del seen[old]
+        seen[key] = expires
+        core.stats["queries_received"] += 1
+        core.broadcasts.queue(("query", *key), codec.encode_message(query))
+        self._answer(query)
+
+    def _answer(self, query: Query) -> None:
+        core = self._core
+        handler = self.handlers.get(query.kind)
+        if handler is None:
+            core.stats["queries_unhandled"] += 1
+            return
+        try:
+            payload = handler(query)
+            if payload is not None and len(payload) > codec.MAX_QUERY_RESPONSE_PAYLOAD:
+                raise ValueError(
+                    f"handler answered {len(payload)} bytes, over the limit of "
+                    f"{codec.MAX_QUERY_RESPONSE_PAYLOAD}"
+                )
+        except Exception as exc:
+            core.stats["query_handler_errors"] += 1
+            core.signal_query_handler_failed(query.kind, exc)
+            return
+        if payload is None:
+            return
+        if query.origin == core.name:
+            # Our own query: no need for a round trip through the network.
+            self._collect(QueryResponse(query.id, core.name, payload))
+            return
+        core.stats["query_responses_sent"] += 1
+        response = QueryResponse(query.id, core.name, payload)
+        core.send(query.origin_address, [codec.encode_message(response)])
+
+    def _collect(self, response: QueryResponse) -> None:
+        collector = self._ours.get(response.id)
+        if collector is None:
+            self._core.stats["query_responses_late"] += 1  # or forged, or duplicated
+            return
+        # The first answer from a member counts (a second one could only come from
+        # a duplicate or a restart under the same name).
+        collector.responses.setdefault(response.sender, response.payload)
+        if collector.expected <= collector.responses.keys():
+            self._finish(collector)
+
+    def response(self, response: QueryResponse) -> None:
+        """An answer to a query arrived."""
+        self._collect(response)
+
+    def run_timers(self, now: float) -> None:
+        """Resend our queries that are halfway through, end those that are due."""
+        for collector in list(self._ours.values()):
+            if now >= collector.deadline:
+                self._finish(collector)
+            elif now >= collector.resend_at:
+                collector.resend_at = math.inf
+                self._resend(collector)
+
+    def _resend(self, collector: _Collector) -> None:
+        # Epidemic spread reaches everyone only with high probability, and in a
+        # small cluster the retransmit limit is small, so the origin makes sure. A
+        # member that had it already recognises the id and ignores it.
+        core = self._core
+        data = codec.encode_message(collector.query)
+        for name in sorted(collector.expected - collector.responses.keys()):
+            member = core.member(name)
+            if member is not None and member.is_live and name != core.name:
+                core.stats["queries_resent"] += 1
+                core.send(member.address, [data])
+
+    def _finish(self, collector: _Collector) -> None:
+        del self._ours[collector.query.id]
+        self._core.signal_query_finished(collector.result())

@@ -479,6 +479,11 @@ class SimTransport:
         return f"<SimTransport {self._address[0]}:{self._address[1]} {state}>"
 
     @property
+    def overhead(self) -> int:
+        """Datagrams go out as given: no framing."""
+        return 0
+
+    @property
     def local_address(self) -> Address:
         """The address this transport is attached at."""
         return self._address
