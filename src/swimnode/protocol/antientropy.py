@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import counters
 from . import codec
 from .appstate import StateLimits, StateStore
 from .contract import JoinFinished, RejoinFailed
@@ -120,7 +121,7 @@ class AntiEntropy:
         self._reap_chore.done(now)
         for name in self._core.membership.reap(now):
             self.state.forget(name)
-        self._core.stats["tombstones_collected"] += self.state.collect_tombstones(now)
+        self._core.stats[counters.TOMBSTONES_COLLECTED] += self.state.collect_tombstones(now)
 
     def _push_pull(self, now: float) -> None:
         core = self._core
@@ -157,7 +158,7 @@ class AntiEntropy:
         self._state_chore.done(now)
         syn = None
         if peer is not None:
-            core.stats["state_rounds"] += 1
+            core.stats[counters.STATE_ROUNDS] += 1
             # Once our news is all sent, our view should match everyone's: the
             # fingerprint lets a peer that knows better find a member who missed
             # some news (gossip reaches everyone only with high probability) long
@@ -166,7 +167,7 @@ class AntiEntropy:
         live = len(membership.peers)
         dead = [n for n in membership.departed if membership.table[n].state is DEAD]
         if dead and core.rng.random() < len(dead) / (live + 1):
-            core.stats["syncs_to_dead"] += 1
+            core.stats[counters.SYNCS_TO_DEAD] += 1
             target = membership.table[core.rng.choice(dead)].address
             core.send(target, [membership.sync_message(reply=False, join=False)], reliable=True)
         others = [s for s in self.seeds if s != core.address]
@@ -176,7 +177,7 @@ class AntiEntropy:
             and peer.address not in others
             and core.rng.random() < len(others) / (live + len(dead))
         ):
-            core.stats["syncs_to_seeds"] += 1
+            core.stats[counters.SYNCS_TO_SEEDS] += 1
             seed = core.rng.choice(others)
             core.send(seed, [self._state_syn(with_members=True)])
         return syn
@@ -199,7 +200,7 @@ class AntiEntropy:
             and (not core.broadcasts or msg.sender not in core.membership.peers)
             and core.allow(source, now)
         ):
-            core.stats["membership_mismatches"] += 1
+            core.stats[counters.MEMBERSHIP_MISMATCHES] += 1
             core.send(
                 core.reply_address(msg.sender, source),
                 [core.membership.sync_message(reply=False, join=False)],
@@ -218,7 +219,7 @@ class AntiEntropy:
         core = self._core
         for delta in msg.deltas:
             if delta.name not in core.membership.table:
-                core.stats["state_deltas_unknown_member"] += 1
+                core.stats[counters.STATE_DELTAS_UNKNOWN_MEMBER] += 1
                 continue
             changed = self.state.apply(delta, now)
             if changed:
@@ -248,7 +249,7 @@ class AntiEntropy:
     def on_sync(self, source: Address, msg: Sync, reliable: bool, now: float) -> None:
         core = self._core
         if not reliable:
-            core.stats["dropped_unreliable_sync"] += 1
+            core.stats[counters.DROPPED_UNRELIABLE_SYNC] += 1
             return
         records = msg.members
         core.membership.merge_sync(records, now, old_news=msg.reply and msg.join)
@@ -279,7 +280,7 @@ class AntiEntropy:
             return
         alive = codec.encode_message(Alive(core.name, core.address, membership.incarnation))
         names = membership.peers.sample(core.rng, core.config.join_announce_nodes, exclude=(seed,))
-        core.stats["join_announcements"] += len(names)
+        core.stats[counters.JOIN_ANNOUNCEMENTS] += len(names)
         core.send_direct(alive, names)
 
     def join(self, seeds: Iterable[Address], now: float, *, automatic: bool = False) -> int | None:
@@ -303,7 +304,7 @@ class AntiEntropy:
             return False
         join_id = self._pushes.pop(ticket)
         if not ok:
-            self._core.stats["sync_failures"] += 1
+            self._core.stats[counters.SYNC_FAILURES] += 1
         join = self._joins.get(join_id) if join_id is not None else None
         if join is not None and join_id is not None:
             join.pending -= 1

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from .. import counters
 from ..net.transport import Address
 from . import codec
 from .antientropy import AntiEntropy
@@ -162,10 +163,10 @@ class SwimCore:
         """Process one received packet (a datagram, or one message from a stream).
         Bad input is counted and dropped."""
         stats = self.stats
-        stats["packets_received"] += 1
-        stats["bytes_received"] += len(data)
+        stats[counters.PACKETS_RECEIVED] += 1
+        stats[counters.BYTES_RECEIVED] += len(data)
         if not reliable and len(data) > codec.MAX_DATAGRAM_BYTES:
-            stats["dropped_oversize"] += 1
+            stats[counters.SECURITY_DROPPED_OVERSIZE] += 1
             return
         known = self.membership.known_news
         messages: list[Message] = []
@@ -184,10 +185,10 @@ class SwimCore:
                 else:
                     messages.append(codec.decode_message(part))
         except codec.DecodeError:
-            stats["dropped_malformed"] += 1
+            stats[counters.DROPPED_MALFORMED] += 1
             return
         if known_tags:
-            stats["received_known_news"] += len(known_tags)
+            stats[counters.RECEIVED_KNOWN_NEWS] += len(known_tags)
             for tag, count in Counter(known_tags).items():
                 stats[codec.RECEIVED_KEYS[tag]] += count
         for msg in messages:
@@ -224,7 +225,7 @@ class SwimCore:
         if ping.target != self.name:
             # Someone else used to live at this address (a restart under another
             # name); an ack would vouch for the wrong member.
-            self.stats["dropped_misdirected"] += 1
+            self.stats[counters.DROPPED_MISDIRECTED] += 1
             return
         self.send(source, self.tell_suspect(ping.sender, Ack(ping.seq, self.name)))
 
@@ -257,7 +258,7 @@ class SwimCore:
     def handle_stream_result(self, ticket: int, ok: bool, now: float) -> None:
         """Report how a stream send from `Output.streams` went."""
         if not self.anti_entropy.stream_result(ticket, ok, now) and not ok:
-            self.stats["reliable_send_failures"] += 1
+            self.stats[counters.RELIABLE_SEND_FAILURES] += 1
 
     # ----- the contract: output ------------------------------------------------------
 
@@ -345,7 +346,7 @@ class SwimCore:
         host is the identity)."""
         if self._limiter.allow(source[0], now):
             return True
-        self.stats["dropped_rate_limited"] += 1
+        self.stats[counters.DROPPED_RATE_LIMITED] += 1
         return False
 
     def tell_suspect(self, name: str, reply: Ack | Nack) -> list[bytes]:
@@ -400,8 +401,8 @@ class SwimCore:
                 return 0
         data = codec.encode_packet(parts)
         stats = self.stats
-        stats["packets_sent"] += 1
-        stats["bytes_sent"] += len(data)
+        stats[counters.PACKETS_SENT] += 1
+        stats[counters.BYTES_SENT] += len(data)
         keys = codec.SENT_KEYS
         for part in parts:
             # part[1] is codec.message_tag(part), inlined: this loop runs for every

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from .. import counters
 from . import codec
 from .broadcasts import retransmit_limit
 from .events import (
@@ -91,7 +92,7 @@ class Membership:
             susp = self._suspicions.get(name)
             if susp is None or susp.deadline > now:
                 continue  # stale entry: refuted, or superseded by a shorter deadline
-            self._core.stats["deaths_declared"] += 1
+            self._core.stats[counters.DEATHS_DECLARED] += 1
             self.apply(Dead(name, susp.incarnation, self.name), now)
 
     def _start_suspicion(self, member: Member, news: MembershipNews, now: float) -> None:
@@ -117,7 +118,7 @@ class Membership:
     def _confirm(self, name: str, news: Suspect) -> None:
         susp = self._suspicions.get(name)
         if susp is not None and susp.confirm(news.accuser):
-            self._core.stats["suspicion_confirmations"] += 1
+            self._core.stats[counters.SUSPICION_CONFIRMATIONS] += 1
             heapq.heappush(self._deadlines, (susp.deadline, name))
             # Pass the confirmation on so other members can count it too.
             self.queue_news(news)
@@ -194,12 +195,12 @@ class Membership:
         # or an alive record from our previous life (a restart) all lose to it.
         stats = self._core.stats
         if state is SUSPECT:
-            stats["suspicions_refuted"] += 1
+            stats[counters.SUSPICIONS_REFUTED] += 1
             self._core.prober.awareness.apply(1)
         elif state is DEAD:
-            stats["deaths_refuted"] += 1
+            stats[counters.DEATHS_REFUTED] += 1
         else:
-            stats["refutations"] += 1
+            stats[counters.REFUTATIONS] += 1
         self.incarnation = news.incarnation + 1
         me = self.table[self.name]
         self.table[self.name] = replace(me, incarnation=self.incarnation)

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .. import counters
 from . import codec
 from .awareness import Awareness
 from .member import Member, MemberState
@@ -146,7 +147,7 @@ class Prober:
             parts.insert(0, core.suspect_message(target))
         if syn is not None:
             parts.append(syn)
-        core.stats["probes"] += 1
+        core.stats[counters.PROBES] += 1
         core.send(target.address, parts)
 
     def _probe_indirect(self, probe: _Probe, now: float) -> None:
@@ -166,7 +167,7 @@ class Prober:
         table = core.membership.table
         for name in helpers:
             core.send(table[name].address, [msg])
-        core.stats["indirect_probes"] += len(helpers)
+        core.stats[counters.INDIRECT_PROBES] += len(helpers)
         if core.config.lifeguard_awareness:
             probe.helpers = frozenset(helpers)
 
@@ -176,7 +177,7 @@ class Prober:
             self.awareness.apply(-1)
             return
         core = self._core
-        core.stats["probe_failures"] += 1
+        core.stats[counters.PROBE_FAILURES] += 1
         # Lifeguard: missing nacks mean our own messages are not getting through.
         if probe.helpers:
             self.awareness.apply(len(probe.helpers - probe.nacks))
@@ -187,7 +188,7 @@ class Prober:
         # that arrived while it ran), so only the probed incarnation is suspected.
         if target is not None and target.is_live and target.incarnation == probe.incarnation:
             if target.state is ALIVE:
-                core.stats["suspicions_raised"] += 1
+                core.stats[counters.SUSPICIONS_RAISED] += 1
             core.membership.apply(Suspect(target.name, target.incarnation, core.name), now)
 
     def add_target(self, name: str) -> None:
@@ -243,7 +244,7 @@ class Prober:
                 core.tell_suspect(relay.requester_name, Ack(relay.requester_seq, relay.target)),
             )
             return
-        core.stats["stale_acks"] += 1
+        core.stats[counters.STALE_ACKS] += 1
 
     def on_nack(self, seq: int, sender: str) -> None:
         probe = self._probe

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .. import counters
 from . import codec
 from .broadcasts import log_scale
 from .config import Config
@@ -106,7 +107,7 @@ class Queries:
         expected = frozenset(m.name for m in core.members() if m.is_live)
         timeout_ms = min(codec.MAX_QUERY_TIMEOUT_MS, max(1, round(timeout * 1000)))
         query = Query(core.rng.getrandbits(63), core.name, core.address, kind, payload, timeout_ms)
-        core.stats["queries_started"] += 1
+        core.stats[counters.QUERIES_STARTED] += 1
         self._ours[query.id] = _Collector(
             query, expected, timeout, now + timeout / 2, now + timeout
         )
@@ -120,7 +121,7 @@ class Queries:
         key = (query.origin, query.id)
         seen = self._seen
         if key in seen:
-            core.stats["queries_duplicate"] += 1
+            core.stats[counters.QUERIES_DUPLICATE] += 1
             return
         # Copies keep arriving while the query spreads, which takes a few gossip
         # rounds; remember it at least that long even if its timeout is shorter.
@@ -131,7 +132,7 @@ class Queries:
             for old in [k for k, t in seen.items() if t <= now] or [next(iter(seen))]:
                 del seen[old]
         seen[key] = expires
-        core.stats["queries_received"] += 1
+        core.stats[counters.QUERIES_RECEIVED] += 1
         core.broadcasts.queue(("query", *key), codec.encode_message(query))
         self._answer(query)
 
@@ -139,7 +140,7 @@ class Queries:
         core = self._core
         handler = self.handlers.get(query.kind)
         if handler is None:
-            core.stats["queries_unhandled"] += 1
+            core.stats[counters.QUERIES_UNHANDLED] += 1
             return
         try:
             payload = handler(query)
@@ -149,7 +150,7 @@ class Queries:
                     f"{codec.MAX_QUERY_RESPONSE_PAYLOAD}"
                 )
         except Exception as exc:
-            core.stats["query_handler_errors"] += 1
+            core.stats[counters.QUERY_HANDLER_ERRORS] += 1
             core.signal_query_handler_failed(query.kind, exc)
             return
         if payload is None:
@@ -158,14 +159,14 @@ class Queries:
             # Our own query: no need for a round trip through the network.
             self._collect(QueryResponse(query.id, core.name, payload))
             return
-        core.stats["query_responses_sent"] += 1
+        core.stats[counters.QUERY_RESPONSES_SENT] += 1
         response = QueryResponse(query.id, core.name, payload)
         core.send(query.origin_address, [codec.encode_message(response)])
 
     def _collect(self, response: QueryResponse) -> None:
         collector = self._ours.get(response.id)
         if collector is None:
-            self._core.stats["query_responses_late"] += 1  # or forged, or duplicated
+            self._core.stats[counters.QUERY_RESPONSES_LATE] += 1  # or forged, or duplicated
             return
         # The first answer from a member counts (a second one could only come from
         # a duplicate or a restart under the same name).
@@ -195,7 +196,7 @@ class Queries:
         for name in sorted(collector.expected - collector.responses.keys()):
             member = core.member(name)
             if member is not None and member.is_live and name != core.name:
-                core.stats["queries_resent"] += 1
+                core.stats[counters.QUERIES_RESENT] += 1
                 core.send(member.address, [data])
 
     def _finish(self, collector: _Collector) -> None:
