@@ -65,6 +65,7 @@ from .queries import Queries, QueryHandler, QueryResult
 from .ratelimit import RateLimiter
 
 SUSPECT = MemberState.SUSPECT
+_NEWS = (Alive, Suspect, Dead, Left)
 
 
 class SwimCore:
@@ -196,6 +197,10 @@ class SwimCore:
             self._dispatch(source, msg, reliable, now)
 
     def _dispatch(self, source: Address, msg: Message, reliable: bool, now: float) -> None:
+        if isinstance(msg, _NEWS):
+            # The bulk of what arrives: gossip about members.
+            self.membership.apply(msg, now)
+            return
         match msg:
             case Ping():
                 self._on_ping(source, msg)
@@ -204,10 +209,7 @@ class SwimCore:
             case Nack():
                 self.prober.on_nack(msg.seq, msg.sender)
             case PingReq():
-                if self.allow(source, now):
-                    self.prober.relay(source, msg, now)
-            case Alive() | Suspect() | Dead() | Left():
-                self.membership.apply(msg, now)
+                self.prober.relay(source, msg, now)
             case StateSyn():
                 self.anti_entropy.on_state_syn(source, msg, now)
             case StateDigests():

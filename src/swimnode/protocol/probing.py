@@ -252,8 +252,11 @@ class Prober:
             probe.nacks.add(sender)
 
     def relay(self, source: Address, request: PingReq, now: float) -> None:
-        """Probe `request.target` for the member that asked (`source`)."""
+        """Probe `request.target` for the member that asked (`source`), unless that
+        host is over its rate limit."""
         core = self._core
+        if not core.allow(source, now):
+            return
         wanted = request.timeout_ms / 1000 if request.timeout_ms else core.config.probe_timeout
         seq = self._next_seq()
         self._relays[seq] = _Relay(source, request.sender, request.seq, request.target)
