@@ -89,6 +89,3 @@ class Output:
     outcome with `handle_stream_result(ticket, ok, now)`."""
     events: list[MemberEvent] = field(default_factory=list)
     signals: list[Signal] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.datagrams or self.streams or self.events or self.signals)

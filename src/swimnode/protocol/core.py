@@ -30,6 +30,7 @@ from .. import counters
 from ..net.transport import Address
 from . import codec
 from .antientropy import AntiEntropy
+from .appstate import Digest
 from .broadcasts import BroadcastQueue
 from .config import Config
 from .contract import (
@@ -139,7 +140,7 @@ class SwimCore:
         out["incarnation"] = self.incarnation
         return out
 
-    def state_digest(self, name: str) -> object:
+    def state_digest(self, name: str) -> Digest | None:
         """The anti-entropy digest we hold for `name`'s application state."""
         return self.anti_entropy.state.digest(name)
 
