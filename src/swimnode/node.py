@@ -329,7 +329,10 @@ class Node:
         core = self.core
         out = core.take_output()
         for timer, scope in self._scopes.items():
-            scope.deadline = core.next_deadline(timer)
+            deadline = core.next_deadline(timer)
+            # Setting a deadline costs Trio some work even when unchanged.
+            if deadline != scope.deadline:
+                scope.deadline = deadline
         for signal in out.signals:
             self._on_signal(signal)
         for event in out.events:
