@@ -50,6 +50,3 @@ def test_always_reported_names_belong_to_a_family() -> None:
             for prefix, family in families.items()
         ), name
     assert len(set(counters.ALWAYS_REPORTED)) == len(counters.ALWAYS_REPORTED)
-    assert counters.SECURITY_DROP_REASONS == tuple(
-        n for n in counters.SECURITY if n.startswith("dropped_")
-    )
