@@ -29,19 +29,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
+from benchlib import compile_package, cpu_seconds, rss_mib
 from swimnode.agent.client import call
 from swimnode.protocol.config import Config, Profile
-from swimnode.testing.processes import (
-    LocalCluster,
-    compile_package,
-    cpu_seconds,
-    detection_bound,
-    free_ports,
-    wait_for,
-)
+from swimnode.testing.processes import LocalCluster, detection_bound, free_ports, wait_for
 
 METRICS = (
     "start_s",
@@ -209,17 +202,23 @@ class Trial:
     values: dict[str, float] = field(default_factory=dict)
 
 
-def rss_mib(pid: int) -> float:
-    """Resident set size of `pid`, MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
 def views(pool: ThreadPoolExecutor, agents: list[Agent]) -> list[dict[str, str] | None]:
     """Every agent's view, asked concurrently so one round is one RPC latency."""
     return list(pool.map(lambda a: a.view(), agents))
+
+
+def all_alive(pool: ThreadPoolExecutor, agents: list[Agent]) -> bool:
+    """Whether every agent answers and lists exactly `agents` as alive."""
+    names = {a.name for a in agents}
+    for view in views(pool, agents):
+        if view is None or {n for n, s in view.items() if s == "alive"} != names:
+            return False
+    return True
+
+
+def all_list(pool: ThreadPoolExecutor, among: list[Agent], subject: str, state: str) -> bool:
+    """Whether every agent of `among` answers and lists `subject` as `state`."""
+    return all(view is not None and view.get(subject) == state for view in views(pool, among))
 
 
 def time_until(check: Callable[[], bool], limit: float) -> float:
@@ -230,6 +229,83 @@ def time_until(check: Callable[[], bool], limit: float) -> float:
     return time.monotonic() - start
 
 
+def start_and_join(
+    cluster: Cluster, names: list[str], pool: ThreadPoolExecutor, trial: Trial
+) -> list[Agent]:
+    """Start the seed, then the others through it; time start-up and join convergence."""
+    seed = cluster.start(names[0], None)
+    wait_for(lambda: seed.view() is not None, 20)
+    agents = [seed] + [cluster.start(n, seed) for n in names[1:]]
+
+    # Two clocks start when the last agent is spawned. Interpreter start-up is
+    # not the protocol: with N processes starting at once on a small machine it
+    # dominates, so join convergence also counts from when every agent is up
+    # (answers RPC; each joins in the background, so that is before it has joined).
+    spawned = time.monotonic()
+    up: set[str] = set()
+
+    def all_up_or_joined() -> bool:
+        if len(up) < len(agents):
+            for agent, view in zip(agents, views(pool, agents), strict=True):
+                if view is not None:
+                    up.add(agent.name)
+            if len(up) < len(agents):
+                return False
+            trial.values["start_s"] = time.monotonic() - spawned
+        return all_alive(pool, agents)
+
+    trial.values["join_from_spawn_s"] = time_until(all_up_or_joined, 60)
+    trial.values["join_s"] = trial.values["join_from_spawn_s"] - trial.values["start_s"]
+    return agents
+
+
+def measure_idle(agents: list[Agent], idle: float, trial: Trial) -> None:
+    """CPU over `idle` seconds, RSS, and the suspicions raised so far."""
+    before = {a.name: cpu_seconds(a.pid) for a in agents}
+    time.sleep(idle)
+    trial.values["cpu_ms_per_s"] = statistics.median(
+        (cpu_seconds(a.pid) - before[a.name]) * 1000 / idle for a in agents
+    )
+    trial.values["rss_mib"] = statistics.median(rss_mib(a.pid) for a in agents)
+    raised = [a.suspicions() for a in agents]
+    if all(r is not None for r in raised):
+        trial.values[FALSE_SUSPICIONS] = sum(r for r in raised if r is not None)
+
+
+def measure_detection(
+    cluster: Cluster,
+    victim: Agent,
+    survivors: list[Agent],
+    bound: float,
+    pool: ThreadPoolExecutor,
+    trial: Trial,
+) -> None:
+    """Kill `victim`; time until the first and until every survivor lists it dead."""
+    cluster.kill(victim)
+    start = time.monotonic()
+    first: float | None = None
+    while True:
+        seen = [v is not None and v.get(victim.name) == "dead" for v in views(pool, survivors)]
+        now = time.monotonic() - start
+        if first is None and any(seen):
+            first = now
+        if all(seen):
+            break
+        if now > bound:
+            raise RuntimeError(f"{victim.name} not dead everywhere within {bound:.0f} s")
+        time.sleep(0.02)
+    trial.values["detect_first_s"] = first if first is not None else now
+    trial.values["detect_all_s"] = now
+
+
+def measure_leave(leaver: Agent, rest: list[Agent], pool: ThreadPoolExecutor, trial: Trial) -> None:
+    """Ask `leaver` to leave; time until every agent of `rest` lists it left."""
+    start = time.monotonic()
+    pool.submit(leaver.leave)
+    wait_for(lambda: all_list(pool, rest, leaver.name, "left"), 30, step=0.02)
+    trial.values["leave_s"] = time.monotonic() - start
+
+
 def run_trial(
     make: Callable[[], Cluster], nodes: int, profile: Profile, idle: float, pool: ThreadPoolExecutor
 ) -> Trial:
@@ -238,74 +314,11 @@ def run_trial(
     cluster = make()
     trial = Trial()
     try:
-        seed = cluster.start(names[0], None)
-        wait_for(lambda: seed.view() is not None, 20)
-        agents = [seed] + [cluster.start(n, seed) for n in names[1:]]
-
-        def all_list(subject: str | None, state: str, among: list[Agent]) -> bool:
-            for view in views(pool, among):
-                if view is None:
-                    return False
-                if subject is None:
-                    alive = {n for n, s in view.items() if s == "alive"}
-                    if alive != set(names):
-                        return False
-                elif view.get(subject) != state:
-                    return False
-            return True
-
-        # Two clocks start when the last agent is spawned. Interpreter start-up is
-        # not the protocol: with N processes starting at once on a small machine it
-        # dominates, so join convergence also counts from when every agent is up
-        # (answers RPC; each joins in the background, so that is before it has joined).
-        spawned = time.monotonic()
-        up: set[str] = set()
-
-        def all_up_or_joined() -> bool:
-            if len(up) < len(agents):
-                for agent, view in zip(agents, views(pool, agents), strict=True):
-                    if view is not None:
-                        up.add(agent.name)
-                if len(up) < len(agents):
-                    return False
-                trial.values["start_s"] = time.monotonic() - spawned
-            return all_list(None, "alive", agents)
-
-        trial.values["join_from_spawn_s"] = time_until(all_up_or_joined, 60)
-        trial.values["join_s"] = trial.values["join_from_spawn_s"] - trial.values["start_s"]
-
-        before = {a.name: cpu_seconds(a.pid) for a in agents}
-        time.sleep(idle)
-        trial.values["cpu_ms_per_s"] = statistics.median(
-            (cpu_seconds(a.pid) - before[a.name]) * 1000 / idle for a in agents
-        )
-        trial.values["rss_mib"] = statistics.median(rss_mib(a.pid) for a in agents)
-        raised = [a.suspicions() for a in agents]
-        if all(r is not None for r in raised):
-            trial.values[FALSE_SUSPICIONS] = sum(r for r in raised if r is not None)
-
+        agents = start_and_join(cluster, names, pool, trial)
+        measure_idle(agents, idle, trial)
         victim, survivors = agents[-1], agents[:-1]
-        cluster.kill(victim)
-        start = time.monotonic()
-        first: float | None = None
-        while True:
-            seen = [v is not None and v.get(victim.name) == "dead" for v in views(pool, survivors)]
-            now = time.monotonic() - start
-            if first is None and any(seen):
-                first = now
-            if all(seen):
-                break
-            if now > bound:
-                raise RuntimeError(f"{victim.name} not dead everywhere within {bound:.0f} s")
-            time.sleep(0.02)
-        trial.values["detect_first_s"] = first if first is not None else now
-        trial.values["detect_all_s"] = now
-
-        leaver, rest = survivors[-1], survivors[:-1]
-        start = time.monotonic()
-        pool.submit(leaver.leave)
-        wait_for(lambda: all_list(leaver.name, "left", rest), 30, step=0.02)
-        trial.values["leave_s"] = time.monotonic() - start
+        measure_detection(cluster, victim, survivors, bound, pool, trial)
+        measure_leave(survivors[-1], survivors[:-1], pool, trial)
     finally:
         cluster.close()
     return trial

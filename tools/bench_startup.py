@@ -34,14 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchlib import compile_package, cpu_seconds
 from swimnode.agent.client import RpcError, call
-from swimnode.testing.processes import (
-    LocalCluster,
-    compile_package,
-    cpu_seconds,
-    free_ports,
-    wait_for,
-)
+from swimnode.testing.processes import LocalCluster, free_ports, wait_for
 
 COMMANDS: dict[str, list[str]] = {
     "python -c pass": ["-c", "pass"],

@@ -1,4 +1,4 @@
-"""Agent processes on loopback, for the `demo --udp` mode, the tests and the benchmark.
+"""Agent processes on loopback, for the `demo --udp` mode, the tests and the benchmarks.
 
 Everything here is blocking and process-based: each agent is a real
 `python -m swimnode agent` subprocess, queried through its RPC endpoint and stopped by
@@ -7,7 +7,6 @@ its PID. `LocalCluster` is a context manager that always kills what it started.
 
 from __future__ import annotations
 
-import compileall
 import contextlib
 import math
 import os
@@ -54,24 +53,6 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
         for s in held:
             s.close()
     return ports
-
-
-def compile_package() -> None:
-    """Write swimnode's bytecode next to its sources, as installing a package does.
-
-    An editable install has none, and under PYTHONDONTWRITEBYTECODE=1 (set on some
-    machines) Python never writes it, so every agent would compile every module at
-    every start: measured here, about 2 MiB more RSS per agent and more CPU time at
-    start. Benchmarks call this first so they measure the agent, not the compiler.
-    """
-    compileall.compile_dir(Path(__file__).parent, quiet=1)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time process `pid` has used so far (Linux `/proc`)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # After the command name: state is field 3, utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def detection_bound(config: Config, n: int) -> float:
