@@ -56,8 +56,11 @@ async def measure(n: int, loss: float, seed: int, updates: int) -> dict[str, obj
         cluster.nodes[origin].set_state("probe", 1)
         holders = {origin: 0.0}
 
+        seen = mark
+
         def spread() -> bool:
-            for obs in cluster.log[spread.seen :]:  # type: ignore[attr-defined]
+            nonlocal seen
+            for obs in cluster.log[seen:]:
                 ev = obs.event
                 if (
                     isinstance(ev, MemberUpdated)
@@ -66,10 +69,9 @@ async def measure(n: int, loss: float, seed: int, updates: int) -> dict[str, obj
                     and obs.observer not in holders
                 ):
                     holders[obs.observer] = obs.time - start
-            spread.seen = len(cluster.log)  # type: ignore[attr-defined]
+            seen = len(cluster.log)
             return len(holders) >= n
 
-        spread.seen = mark  # type: ignore[attr-defined]
         await cluster.wait_for(spread, timeout=120, step=0.1)
         times = sorted(holders.values())
 
@@ -85,14 +87,14 @@ async def measure(n: int, loss: float, seed: int, updates: int) -> dict[str, obj
             owner = names[i % n]
             cluster.nodes[owner].set_state(f"k{i}", i)
         for owner in names:
-            digest = cluster.nodes[owner].core.state.digest(owner)
+            digest = cluster.nodes[owner].core.state_digest(owner)
             assert digest is not None
             truth[owner] = digest.max_version
 
         def burst_done() -> bool:
             for node in cluster.nodes.values():
                 for owner, top in truth.items():
-                    d = node.core.state.digest(owner)
+                    d = node.core.state_digest(owner)
                     if d is None or d.max_version < top:
                         return False
             return True
@@ -167,7 +169,7 @@ def main() -> int:
         "r100",
         "push exp",
         "push-pull exp",
-        "1000 upd (s)",
+        f"{args.updates} upd (s)",
         "idle B/node/s",
     ]
     print(f"loss {args.loss}, one round = one state_gossip_interval per node")
