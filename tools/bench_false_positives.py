@@ -55,29 +55,40 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import trio
 import trio.testing
 
 from swimnode.protocol.config import Config
+from swimnode.protocol.events import MemberFailed, MemberSuspected
+from swimnode.protocol.member import Member
 from swimnode.protocol.suspicion import suspicion_bounds
 from swimnode.testing import Network, SimCluster, open_sim_cluster
 
-CONFIGS: dict[str, dict[str, bool]] = {
-    "plain": dict(
+
+class Switches(TypedDict):
+    """The Lifeguard config fields one benchmarked configuration sets."""
+
+    lifeguard_awareness: bool
+    lifeguard_dynamic_suspicion: bool
+    lifeguard_buddy: bool
+
+
+CONFIGS: dict[str, Switches] = {
+    "plain": Switches(
         lifeguard_awareness=False, lifeguard_dynamic_suspicion=False, lifeguard_buddy=False
     ),
-    "awareness": dict(
+    "awareness": Switches(
         lifeguard_awareness=True, lifeguard_dynamic_suspicion=False, lifeguard_buddy=False
     ),
-    "dynamic_suspicion": dict(
+    "dynamic_suspicion": Switches(
         lifeguard_awareness=False, lifeguard_dynamic_suspicion=True, lifeguard_buddy=False
     ),
-    "buddy": dict(
+    "buddy": Switches(
         lifeguard_awareness=False, lifeguard_dynamic_suspicion=False, lifeguard_buddy=True
     ),
-    "lifeguard": dict(
+    "lifeguard": Switches(
         lifeguard_awareness=True, lifeguard_dynamic_suspicion=True, lifeguard_buddy=True
     ),
 }
@@ -193,61 +204,91 @@ def run_config(label: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def analyse(
-    cluster: SimCluster,
-    sc: Scenario,
-    t0: float,
-    crash_inc: dict[int, int],
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    lan = Config.lan("x")
-    _, hi = suspicion_bounds(
-        lan.suspicion_mult, lan.suspicion_max_timeout_mult, args.nodes, lan.probe_interval
+FirstFails = dict[tuple[str, str], list[tuple[float, int]]]
+"""`(observer, member)` -> every `(time, incarnation)` at which the observer declared
+the member dead."""
+
+
+@dataclass(slots=True)
+class Truth:
+    """What really happened, in simulated time: which lives ended in a crash, and
+    who was slow when."""
+
+    window: float
+    """How long before a death a slow spell still counts as its cause."""
+    slow_spans: dict[str, list[tuple[float, float]]] = field(
+        default_factory=lambda: defaultdict(list)
     )
-    window = hi + args.delay_max + 5.0
-    slow_spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for start, end, member, _ in sc.slow:
-        slow_spans[member].append((t0 + start, t0 + end))
-    crashes_of: dict[str, list[tuple[float, int]]] = defaultdict(list)
-    for i, c in enumerate(sc.crashes):
-        if i in crash_inc:
-            crashes_of[c.member].append((t0 + c.at, crash_inc[i]))
+    crashes_of: dict[str, list[tuple[float, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
 
-    def is_true(member: str, incarnation: int, t: float) -> bool:
-        return any(at <= t and incarnation <= inc for at, inc in crashes_of[member])
+    @classmethod
+    def of(cls, sc: Scenario, t0: float, crash_inc: dict[int, int], window: float) -> Truth:
+        truth = cls(window)
+        for start, end, member, _ in sc.slow:
+            truth.slow_spans[member].append((t0 + start, t0 + end))
+        for i, c in enumerate(sc.crashes):
+            if i in crash_inc:
+                truth.crashes_of[c.member].append((t0 + c.at, crash_inc[i]))
+        return truth
 
-    def was_slow(member: str, t: float) -> bool:
-        return any(s <= t and e >= t - window for s, e in slow_spans[member])
+    def is_true(self, member: str, incarnation: int, t: float) -> bool:
+        return any(at <= t and incarnation <= inc for at, inc in self.crashes_of[member])
 
-    fail_healthy: set[tuple[str, int]] = set()
-    fail_slow: set[tuple[str, int]] = set()
-    fail_events: set[tuple[str, str, int]] = set()
-    susp_healthy: set[tuple[str, int]] = set()
-    susp_slow: set[tuple[str, int]] = set()
-    first_fail: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
-    for obs in cluster.log:
-        if obs.time < t0:
-            continue
-        kind = obs.event.kind
-        if kind not in ("failed", "suspected"):
-            continue
-        m = obs.event.member  # type: ignore[union-attr]
-        key = (m.name, m.incarnation)
-        if kind == "failed":
-            first_fail[(obs.observer, m.name)].append((obs.time, m.incarnation))
-        if is_true(m.name, m.incarnation, obs.time):
-            continue
-        slow = was_slow(m.name, obs.time)
-        if kind == "failed":
-            (fail_slow if slow else fail_healthy).add(key)
-            if not slow:
-                fail_events.add((obs.observer, m.name, m.incarnation))
+    def was_slow(self, member: str, t: float) -> bool:
+        return any(s <= t and e >= t - self.window for s, e in self.slow_spans[member])
+
+
+@dataclass(slots=True)
+class FalseAlarms:
+    """False deaths and suspicions, about healthy and about slow members."""
+
+    fail_healthy: set[tuple[str, int]] = field(default_factory=set)
+    fail_slow: set[tuple[str, int]] = field(default_factory=set)
+    fail_events: set[tuple[str, str, int]] = field(default_factory=set)
+    susp_healthy: set[tuple[str, int]] = field(default_factory=set)
+    susp_slow: set[tuple[str, int]] = field(default_factory=set)
+
+    def add(self, observer: str, member: Member, failed: bool, slow: bool) -> None:
+        key = (member.name, member.incarnation)
+        if not failed:
+            (self.susp_slow if slow else self.susp_healthy).add(key)
+        elif slow:
+            self.fail_slow.add(key)
         else:
-            (susp_slow if slow else susp_healthy).add(key)
+            self.fail_healthy.add(key)
+            self.fail_events.add((observer, member.name, member.incarnation))
 
-    # Crash detection: every node running throughout the crash window must declare it.
+
+def slowest_detection(
+    observers: list[str],
+    member: str,
+    at: float,
+    restart: float,
+    incarnation: int,
+    first_fail: FirstFails,
+) -> float:
+    """Seconds from the crash at `at` until the last of `observers` declared that life
+    of `member` dead; infinite if one of them did not before `restart`."""
+    last = 0.0
+    for o in observers:
+        times = [
+            t for t, inc in first_fail[(o, member)] if at <= t <= restart and inc <= incarnation
+        ]
+        if not times:
+            return math.inf
+        last = max(last, min(times) - at)
+    return last
+
+
+def detection_times(
+    sc: Scenario, t0: float, crash_inc: dict[int, int], first_fail: FirstFails, nodes: int
+) -> tuple[list[float], int]:
+    """Detection time of every crash that was detected, and how many were not: every
+    node running throughout the crash window must declare it."""
     down: list[tuple[float, float]] = [(t0 + c.at, t0 + c.restart_at) for c in sc.crashes]
-    names = [f"n{i}" for i in range(args.nodes)]
+    names = [f"n{i}" for i in range(nodes)]
     detect: list[float] = []
     undetected = 0
     for i, c in enumerate(sc.crashes):
@@ -263,28 +304,46 @@ def analyse(
                 for cj, (d0, d1) in zip(sc.crashes, down, strict=True)
             )
         ]
-        last = 0.0
-        for o in observers:
-            times = [
-                t
-                for t, inc in first_fail[(o, c.member)]
-                if at <= t <= restart and inc <= crash_inc[i]
-            ]
-            if not times:
-                last = math.inf
-                break
-            last = max(last, min(times) - at)
+        last = slowest_detection(observers, c.member, at, restart, crash_inc[i], first_fail)
         if math.isinf(last):
             undetected += 1
         else:
             detect.append(last)
+    return detect, undetected
+
+
+def analyse(
+    cluster: SimCluster,
+    sc: Scenario,
+    t0: float,
+    crash_inc: dict[int, int],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    lan = Config.lan("x")
+    _, hi = suspicion_bounds(
+        lan.suspicion_mult, lan.suspicion_max_timeout_mult, args.nodes, lan.probe_interval
+    )
+    truth = Truth.of(sc, t0, crash_inc, window=hi + args.delay_max + 5.0)
+    alarms = FalseAlarms()
+    first_fail: FirstFails = defaultdict(list)
+    for obs in cluster.log:
+        event = obs.event
+        if obs.time < t0 or not isinstance(event, MemberFailed | MemberSuspected):
+            continue
+        m, failed = event.member, isinstance(event, MemberFailed)
+        if failed:
+            first_fail[(obs.observer, m.name)].append((obs.time, m.incarnation))
+        if not truth.is_true(m.name, m.incarnation, obs.time):
+            alarms.add(obs.observer, m, failed, truth.was_slow(m.name, obs.time))
+
+    detect, undetected = detection_times(sc, t0, crash_inc, first_fail, args.nodes)
     med, p99 = percentile(detect, 50), percentile(detect, 99)
     return {
-        "false_failures": len(fail_healthy),
-        "false_failures_slow": len(fail_slow),
-        "false_failure_events": len(fail_events),
-        "false_suspicions": len(susp_healthy),
-        "false_suspicions_slow": len(susp_slow),
+        "false_failures": len(alarms.fail_healthy),
+        "false_failures_slow": len(alarms.fail_slow),
+        "false_failure_events": len(alarms.fail_events),
+        "false_suspicions": len(alarms.susp_healthy),
+        "false_suspicions_slow": len(alarms.susp_slow),
         "crashes": len(detect) + undetected,
         "undetected": undetected,
         "detect_median_s": None if med is None else round(med, 3),
