@@ -36,7 +36,8 @@ def rss_kib(pid: int) -> int:
 
 
 def stats(agent: AgentProcess) -> dict[str, int]:
-    return rpcclient.call(agent.rpc, "stats", timeout=5.0)["stats"]
+    counters: dict[str, int] = rpcclient.call(agent.rpc, "stats", timeout=5.0)["stats"]
+    return counters
 
 
 def flood_datagrams(port: int, count: int, seconds: float) -> int:

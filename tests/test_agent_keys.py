@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -154,7 +155,7 @@ async def test_keys_rpc_on_a_loopback_cluster() -> None:
             while not converged():  # noqa: ASYNC110 (polling real sockets, no event)
                 await trio.sleep(0.05)
 
-        async def call(args: dict[str, object]) -> dict[str, object]:
+        async def call(args: dict[str, object]) -> dict[str, Any]:
             return await trio.to_thread.run_sync(
                 lambda: rpcclient.call(("127.0.0.1", ports[3]), "keys", args, timeout=STEP)
             )
