@@ -1,4 +1,5 @@
-"""Stateful fuzzing of a simulated cluster (DESIGN.md §5, issue #6).
+"""Stateful fuzzing of a simulated cluster (issue #6; the checked properties are listed in
+`swimnode.testing.fuzz`'s docstring).
 
 `swimnode.testing.fuzz.ClusterMachine` draws scenarios of crashes, restarts, partitions,
 packet loss, application-state writes and key rotations on a 5-8 node lan cluster,

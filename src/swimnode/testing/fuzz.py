@@ -1,5 +1,7 @@
 """Randomized whole-cluster scenarios: a step language, a deterministic replayer, and a
-hypothesis state machine that generates scenarios and checks them (DESIGN.md §5).
+hypothesis state machine that generates scenarios and checks them against the
+properties listed below. The simulated network and clusters it replays on are those of
+docs/api.md §9 (Simulation). Needs hypothesis, from the `[test]` extra.
 
 A `Scenario` is a cluster size, a seed and a list of steps (crash, restart, partition,
 heal, packet loss, application-state writes, key rotation, quiet period). `replay`
@@ -47,8 +49,18 @@ from typing import ClassVar, Literal
 
 import trio
 import trio.testing
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+try:
+    from hypothesis import strategies as st
+    from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+except ModuleNotFoundError as exc:
+    # Only hypothesis itself missing means "install the extra"; a broken install of it
+    # (one of its own dependencies missing) keeps its own error.
+    if exc.name != "hypothesis":
+        raise
+    raise ImportError(
+        "swimnode.testing.fuzz needs hypothesis: pip install 'swimnode[test]'"
+    ) from None
 
 from ..net.keyring import KEY_SIZE, Keyring
 from ..protocol.config import Config
