@@ -168,7 +168,7 @@ class SwimCore:
         stats[counters.PACKETS_RECEIVED] += 1
         stats[counters.BYTES_RECEIVED] += len(data)
         if not reliable and len(data) > codec.MAX_DATAGRAM_BYTES:
-            stats[counters.SECURITY_DROPPED_OVERSIZE] += 1
+            stats[counters.DROPPED_OVERSIZE] += 1
             return
         known = self.membership.known_news
         messages: list[Message] = []
