@@ -10,10 +10,10 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .eventhub import EventStream
     from .net.transport import Address, Packet, Transport
     from .node import JoinError, Node, NodeNotRunning, open_node
     from .protocol.config import Config, Profile
-    from .eventhub import EventStream
     from .protocol.events import (
         Event,
         EventsLost,

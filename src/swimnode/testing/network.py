@@ -361,6 +361,17 @@ class Network:
                     scope.deadline = at
         return True
 
+    def _link_params(self, src: Address, dst: Address) -> tuple[float, float, float]:
+        """Latency, jitter and loss from `src` to `dst`: the network's, or the
+        link's where `set_link` overrides them."""
+        latency, jitter, loss = self.latency, self.jitter, self.loss
+        link = self._links.get((src, dst)) if self._links else None
+        if link is not None:
+            latency = link.latency if link.latency is not None else latency
+            jitter = link.jitter if link.jitter is not None else jitter
+            loss = link.loss if link.loss is not None else loss
+        return latency, jitter, loss
+
     def _dispatch(self, sender: SimTransport, dest_addr: Address, data: bytes) -> None:
         """Route one datagram (already counted as sent)."""
         stats = self.stats
@@ -378,16 +389,7 @@ class Network:
         if self._drop_when is not None and self._drop_when(src_addr, dest_addr, data):
             stats.filtered += 1
             return
-        latency, jitter, loss = self.latency, self.jitter, self.loss
-        if self._links:
-            link = self._links.get((src_addr, dest_addr))
-            if link is not None:
-                if link.latency is not None:
-                    latency = link.latency
-                if link.jitter is not None:
-                    jitter = link.jitter
-                if link.loss is not None:
-                    loss = link.loss
+        latency, jitter, loss = self._link_params(src_addr, dest_addr)
         rng = sender._rng
         # Draw only for enabled features so that turning one on does not
         # shift the random stream of a run that never used it.
@@ -423,14 +425,7 @@ class Network:
                 errno.ECONNREFUSED,
                 f"{dest_addr[0]}:{dest_addr[1]} is partitioned from {src_addr[0]}:{src_addr[1]}",
             )
-        latency, jitter = self.latency, self.jitter
-        if self._links:
-            link = self._links.get((src_addr, dest_addr))
-            if link is not None:
-                if link.latency is not None:
-                    latency = link.latency
-                if link.jitter is not None:
-                    jitter = link.jitter
+        latency, jitter, _ = self._link_params(src_addr, dest_addr)
         at = trio.current_time() + latency + self._slow.get(dest_addr, 0.0)
         if jitter:
             at += sender._rng.uniform(0.0, jitter)
