@@ -8,7 +8,6 @@ its PID. `LocalCluster` is a context manager that always kills what it started.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from ..agent import client as rpcclient
+from ..protocol.broadcasts import retransmit_limit
 from ..protocol.config import Config, Profile
 from ..protocol.suspicion import suspicion_bounds
 
@@ -68,8 +68,7 @@ def detection_bound(config: Config, n: int) -> float:
     )
     first_probe = (2 * (n - 1) + 1) * config.probe_interval
     spread = (
-        config.probe_interval
-        + config.retransmit_mult * math.ceil(math.log10(n + 1)) * config.gossip_interval
+        config.probe_interval + retransmit_limit(config.retransmit_mult, n) * config.gossip_interval
     )
     return first_probe + longest + spread + 2.0
 
