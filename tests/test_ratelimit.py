@@ -45,7 +45,8 @@ def test_core_rate_limits_expensive_requests_per_host() -> None:
     core.take_output()
     for seq in range(20):
         req = codec.encode_packet([codec.encode_message(PingReq(seq, "t", ("t", 1), "x"))])
-        core.handle_packet(("evil", 1000 + seq), req, False, 0.0)
-    sent, _ = core.take_output()
-    assert len(sent) == 5  # only the burst was relayed
+        core.handle_packet(0.0, ("evil", 1000 + seq), req)
+    out = core.take_output()
+    assert out.streams == []
+    assert len(out.datagrams) == 5  # only the burst was relayed
     assert core.stats["dropped_rate_limited"] == 15

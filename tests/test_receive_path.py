@@ -62,9 +62,10 @@ def test_non_minimal_msgpack_is_handled_not_crashed() -> None:
     core = SwimCore(Config.lan("a", bind=("a", 1)), now=0.0, rng=random.Random(1))
     core.take_output()
     body = b"\xdc\x00\x04" + b"\xcc\x01" + b"\x05" + b"\xa1a" + b"\xa1b"
-    core.handle_packet(("b", 1), codec.encode_packet([body]), False, 1.0)
-    sent, _ = core.take_output()
-    [(dest, data, _)] = sent
+    core.handle_packet(1.0, ("b", 1), codec.encode_packet([body]))
+    out = core.take_output()
+    assert out.streams == []
+    [(dest, data)] = out.datagrams
     assert dest == ("b", 1)
     assert codec.decode_packet(data)[0] == Ack(5, "a")
     assert core.stats["received_ping"] == 1
@@ -73,7 +74,7 @@ def test_non_minimal_msgpack_is_handled_not_crashed() -> None:
 def _core() -> SwimCore:
     core = SwimCore(Config.lan("a", bind=("a", 1)), now=0.0, rng=random.Random(1))
     core.handle_packet(
-        ("b", 1), codec.encode_packet([codec.encode_message(Alive("b", ("b", 1), 3))]), False, 0.0
+        0.0, ("b", 1), codec.encode_packet([codec.encode_message(Alive("b", ("b", 1), 3))])
     )
     core.take_output()
     return core
@@ -98,8 +99,8 @@ msgpack_values = st.recursive(
 def test_arbitrary_bytes_never_raise_or_change_membership(data: bytes) -> None:
     core = _core()
     before = core.members()
-    core.handle_packet(("x", 9), data, False, 1.0)
-    core.handle_packet(("x", 9), b"\x01" + data, True, 1.0)
+    core.handle_packet(1.0, ("x", 9), data)
+    core.handle_packet(1.0, ("x", 9), b"\x01" + data, True)
     assert core.members() == before
 
 
@@ -111,7 +112,7 @@ def test_wrong_shapes_never_raise_or_change_membership(items: list[object]) -> N
     # Valid msgpack, arbitrary shapes, including real tags with wrong field types.
     body = [msgpack.packb(x) for x in items]
     body += [msgpack.packb([5, *items]), msgpack.packb([9, True, False, items])]
-    core.handle_packet(("x", 9), codec.encode_packet(body), True, 1.0)
+    core.handle_packet(1.0, ("x", 9), codec.encode_packet(body), True)
     assert core.members() == before
 
 
@@ -127,4 +128,4 @@ def test_bit_flipped_packets_never_raise(position: int, bit: int) -> None:
     )
     flipped = bytearray(good)
     flipped[position % len(flipped)] ^= 1 << bit
-    core.handle_packet(("b", 1), bytes(flipped), False, 1.0)
+    core.handle_packet(1.0, ("b", 1), bytes(flipped))
