@@ -5,6 +5,7 @@ in-memory network)."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -25,6 +26,7 @@ from swimnode.net.keyring import Keyring, fingerprint, generate_key, parse_key
 from swimnode.protocol import codec
 from swimnode.protocol.codec import DecodeError, decode_packet, encode_message, encode_packet
 from swimnode.protocol.config import Config
+from swimnode.protocol.contract import QueryFinished
 from swimnode.protocol.core import SwimCore
 from swimnode.protocol.messages import Query, QueryResponse
 from swimnode.testing import open_sim_cluster
@@ -44,7 +46,8 @@ def test_query_messages_round_trip(msg: Query | QueryResponse) -> None:
 
 
 def raw(*fields: Any) -> bytes:
-    return bytes([codec.PROTOCOL_VERSION]) + msgpack.packb([list(fields)], use_bin_type=True)
+    body: bytes = msgpack.packb([list(fields)], use_bin_type=True)
+    return bytes([codec.PROTOCOL_VERSION]) + body
 
 
 @pytest.mark.parametrize(
@@ -92,18 +95,42 @@ def core(name: str) -> SwimCore:
     return SwimCore(Config.lan(name, bind=(name, 1)), now=0.0, rng=random.Random(1))
 
 
+def recorder(calls: list[Query], answer: bytes | None) -> Callable[[Query], bytes | None]:
+    """A query handler that records each query it is handed and answers `answer`."""
+
+    def handler(query: Query) -> bytes | None:
+        calls.append(query)
+        return answer
+
+    return handler
+
+
 def test_a_query_is_handled_once_and_rebroadcast() -> None:
     a, b = core("a"), core("b")
-    query = a.start_query("kind", b"hi", 2.0, now=0.0)
-    mine, _ = a.take_queries()
-    assert [q for q, _ in mine] == [query]  # the origin answers itself too
+    mine: list[Query] = []
+    got: list[Query] = []
+    a.register_query_handler("kind", recorder(mine, b"A"))
+    b.register_query_handler("kind", recorder(got, b"B"))
+    query_id = a.start_query("kind", b"hi", 2.0, now=0.0)
+    [query] = mine  # the origin answers itself too
+    assert query.id == query_id and query.payload == b"hi"
+    assert query.timeout_ms == 2000  # an answer is useless 2 s after receipt
+    # Alone, the origin has every answer it expects at once.
+    [finished] = a.take_output().signals
+    assert isinstance(finished, QueryFinished)
+    assert finished.result.id == query_id
+    assert finished.result.responses == {"a": b"A"} and finished.result.missing == []
     data = encode_packet([encode_message(query)])
     for _ in range(3):
-        b.handle_packet(a.address, data, False, now=1.0)
-    got, _ = b.take_queries()
-    assert got == [(query, 3.0)]  # deadline: receipt time + timeout
+        b.handle_packet(1.0, a.address, data)
+    assert got == [query]  # handled once
     assert b.stats["queries_duplicate"] == 2
     assert b.broadcasts.pending(("query", "a", query.id))
+    # b answers the origin directly.
+    out = b.take_output()
+    [(dest, reply)] = out.datagrams
+    assert dest == a.address
+    assert decode_packet(reply)[0] == QueryResponse(query.id, "b", b"B")
 
 
 def test_start_query_checks_limits() -> None:
@@ -116,10 +143,15 @@ def test_start_query_checks_limits() -> None:
 
 def test_large_responses_go_over_the_stream() -> None:
     a = core("a")
+    a.take_output()
+    a.register_query_handler("k", lambda q: b"x" * 5000)
     query = Query(1, "b", ("b", 1), "k", b"", 1000)
-    a.respond(query, b"x" * 5000)
-    out, _ = a.take_output()
-    assert [(dest, reliable) for dest, _, reliable in out] == [(("b", 1), True)]
+    a.handle_packet(0.0, ("b", 1), encode_packet([encode_message(query)]))
+    out = a.take_output()
+    assert out.datagrams == []
+    assert [dest for _, dest, _ in out.streams] == [("b", 1)]
+    [(_, _, data)] = out.streams
+    assert decode_packet(data) == [QueryResponse(1, "a", b"x" * 5000)]
 
 
 def test_answers_never_carry_key_material() -> None:
