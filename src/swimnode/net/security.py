@@ -51,6 +51,7 @@ from collections.abc import Callable
 import trio
 
 from ..protocol.codec import MAX_PACKET_BYTES
+from ..protocol.limits import MAX_LABEL_BYTES
 from .keyring import NONCE_SIZE, TAG_SIZE, Keyring
 from .transport import Address, Packet, Transport, is_loopback
 
@@ -77,9 +78,6 @@ TIMESTAMP_SIZE = 8
 
 ENCRYPTED_OVERHEAD = 1 + NONCE_SIZE + TIMESTAMP_SIZE + TAG_SIZE
 """Bytes an encrypted frame adds to its payload: header, nonce, timestamp, tag (37)."""
-
-MAX_LABEL_BYTES = 255
-"""Longest cluster label, in UTF-8 bytes (its length travels in one byte)."""
 
 _MAX_PLAINTEXT_OVERHEAD = 2 + MAX_LABEL_BYTES
 

@@ -35,6 +35,7 @@ from functools import lru_cache
 import trio
 
 from swimnode.net.transport import Address, Packet, format_address
+from swimnode.protocol.limits import MAX_DATAGRAM_BYTES
 
 __all__ = ["TransportError", "UdpTransport", "open_udp_transport"]
 
@@ -494,7 +495,7 @@ async def open_udp_transport(
     bind: Address,
     *,
     advertise: Address | None = None,
-    max_datagram: int = 65507,
+    max_datagram: int = MAX_DATAGRAM_BYTES,
     max_stream_bytes: int = 16 * 1024 * 1024,
     max_connections: int = 64,
     stream_timeout: float = 10.0,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import itertools
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
 
 from .appstate import Digest, NodeDelta, StateEntry
+from .limits import MAX_HOST_CHARS, MAX_NAME_BYTES
 from .member import MemberState
 from .messages import (
     Ack,
@@ -41,9 +42,6 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGES_PER_PACKET = 1024
 MAX_SYNC_MEMBERS = 100_000
 MAX_PACKET_BYTES = 64 * 1024 * 1024
-MAX_DATAGRAM_BYTES = 65507
-MAX_NAME_BYTES = 255
-MAX_HOST_CHARS = 255
 MAX_VALUE_BYTES = 1024 * 1024
 MAX_MAP_LEN = 65536
 MAX_STATE_KEY_BYTES = 1024
@@ -201,51 +199,58 @@ _LIMITS: dict[str, Any] = dict(
 
 
 def _to_wire(msg: Message) -> list[Any]:
-    match msg:
-        case Ping(seq, target, sender):
-            return [_PING, seq, target, sender]
-        case Ack(seq, sender):
-            return [_ACK, seq, sender]
-        case Nack(seq, sender):
-            return [_NACK, seq, sender]
-        case PingReq(seq, target, (host, port), sender, timeout_ms):
-            return [_PING_REQ, seq, target, host, port, sender, timeout_ms]
-        case Alive(name, (host, port), inc):
-            return [_ALIVE, name, host, port, inc]
-        case Suspect(name, inc, accuser):
-            return [_SUSPECT, name, inc, accuser]
-        case Dead(name, inc, accuser):
-            return [_DEAD, name, inc, accuser]
-        case Left(name, inc):
-            return [_LEFT, name, inc]
-        case StateSyn(sender, summary, members):
-            return [_STATE_SYN, sender, summary, members]
-        case StateDigests(sender, digests):
-            return [_STATE_DIGESTS, sender, [_digest_to_wire(d) for d in digests]]
-        case StateAck(sender, deltas, requests):
-            return [
-                _STATE_ACK,
-                sender,
-                [
-                    [
-                        d.name,
-                        d.generation,
-                        [[e.key, e.version, e.value, e.deleted] for e in d.entries],
-                    ]
-                    for d in deltas
-                ],
-                [_digest_to_wire(d) for d in requests],
-            ]
-        case Query(qid, origin, (host, port), kind, payload, timeout_ms):
-            return [_QUERY, qid, origin, host, port, kind, payload, timeout_ms]
-        case QueryResponse(qid, sender, payload):
-            return [_QUERY_RESPONSE, qid, sender, payload]
-        case Sync(reply, join, members):
-            records = [
-                [m.name, m.address[0], m.address[1], m.incarnation, int(m.state)] for m in members
-            ]
-            return [_SYNC, reply, join, records]
-    raise TypeError(f"not a message: {msg!r}")
+    encode = _ENCODERS.get(type(msg))
+    if encode is None:
+        raise TypeError(f"not a message: {msg!r}")
+    return encode(msg)
+
+
+def _encode_ping_req(m: PingReq) -> list[Any]:
+    host, port = m.target_address
+    return [_PING_REQ, m.seq, m.target, host, port, m.sender, m.timeout_ms]
+
+
+def _encode_alive(m: Alive) -> list[Any]:
+    host, port = m.address
+    return [_ALIVE, m.name, host, port, m.incarnation]
+
+
+def _encode_state_ack(m: StateAck) -> list[Any]:
+    deltas = [
+        [d.name, d.generation, [[e.key, e.version, e.value, e.deleted] for e in d.entries]]
+        for d in m.deltas
+    ]
+    return [_STATE_ACK, m.sender, deltas, [_digest_to_wire(d) for d in m.requests]]
+
+
+def _encode_query(m: Query) -> list[Any]:
+    host, port = m.origin_address
+    return [_QUERY, m.id, m.origin, host, port, m.kind, m.payload, m.timeout_ms]
+
+
+def _encode_sync(m: Sync) -> list[Any]:
+    records = [[r.name, r.address[0], r.address[1], r.incarnation, int(r.state)] for r in m.members]
+    return [_SYNC, m.reply, m.join, records]
+
+
+# One encoder per message class: a dict lookup costs the same for every type, where
+# a chain of isinstance tests grows with the type's place in the chain.
+_ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
+    Ping: lambda m: [_PING, m.seq, m.target, m.sender],
+    Ack: lambda m: [_ACK, m.seq, m.sender],
+    Nack: lambda m: [_NACK, m.seq, m.sender],
+    PingReq: _encode_ping_req,
+    Alive: _encode_alive,
+    Suspect: lambda m: [_SUSPECT, m.name, m.incarnation, m.accuser],
+    Dead: lambda m: [_DEAD, m.name, m.incarnation, m.accuser],
+    Left: lambda m: [_LEFT, m.name, m.incarnation],
+    StateSyn: lambda m: [_STATE_SYN, m.sender, m.summary, m.members],
+    StateDigests: lambda m: [_STATE_DIGESTS, m.sender, [_digest_to_wire(d) for d in m.digests]],
+    StateAck: _encode_state_ack,
+    Query: _encode_query,
+    QueryResponse: lambda m: [_QUERY_RESPONSE, m.id, m.sender, m.payload],
+    Sync: _encode_sync,
+}
 
 
 def _name(v: object) -> str:
@@ -366,54 +371,42 @@ def _from_wire(item: object) -> Message:
     tag = item[0]
     if type(tag) is not int or _ARITY.get(tag) != len(item):
         raise DecodeError("unknown message type or wrong field count")
-    if tag == _PING:
-        return Ping(_uint(item[1]), _name(item[2]), _name(item[3]))
-    if tag == _ACK:
-        return Ack(_uint(item[1]), _name(item[2]))
-    if tag == _NACK:
-        return Nack(_uint(item[1]), _name(item[2]))
-    if tag == _PING_REQ:
-        return PingReq(
-            _uint(item[1]),
-            _name(item[2]),
-            (_host(item[3]), _port(item[4])),
-            _name(item[5]),
-            _uint(item[6]),
-        )
-    if tag == _ALIVE:
-        return Alive(_name(item[1]), (_host(item[2]), _port(item[3])), _uint(item[4]))
-    if tag == _SUSPECT:
-        return Suspect(_name(item[1]), _uint(item[2]), _name(item[3]))
-    if tag == _DEAD:
-        return Dead(_name(item[1]), _uint(item[2]), _name(item[3]))
-    if tag == _LEFT:
-        return Left(_name(item[1]), _uint(item[2]))
-    if tag == _STATE_SYN:
-        return StateSyn(_name(item[1]), _uint(item[2]), _uint(item[3]))
-    if tag == _STATE_DIGESTS:
-        return StateDigests(_name(item[1]), tuple(_digest(d) for d in _list(item[2])))
-    if tag == _STATE_ACK:
-        return StateAck(
-            _name(item[1]),
-            tuple(_delta(d) for d in _list(item[2])),
-            tuple(_digest(d) for d in _list(item[3])),
-        )
-    if tag == _QUERY:
-        timeout_ms = _uint(item[7])
-        if timeout_ms > MAX_QUERY_TIMEOUT_MS:
-            raise DecodeError("query timeout too long")
-        return Query(
-            _uint(item[1]),
-            _name(item[2]),
-            (_host(item[3]), _port(item[4])),
-            _query_kind(item[5]),
-            _payload(item[6], MAX_QUERY_PAYLOAD),
-            timeout_ms,
-        )
-    if tag == _QUERY_RESPONSE:
-        return QueryResponse(
-            _uint(item[1]), _name(item[2]), _payload(item[3], MAX_QUERY_RESPONSE_PAYLOAD)
-        )
+    return _DECODERS[tag](item)
+
+
+def _decode_ping_req(item: list[Any]) -> PingReq:
+    return PingReq(
+        _uint(item[1]),
+        _name(item[2]),
+        (_host(item[3]), _port(item[4])),
+        _name(item[5]),
+        _uint(item[6]),
+    )
+
+
+def _decode_state_ack(item: list[Any]) -> StateAck:
+    return StateAck(
+        _name(item[1]),
+        tuple(_delta(d) for d in _list(item[2])),
+        tuple(_digest(d) for d in _list(item[3])),
+    )
+
+
+def _decode_query(item: list[Any]) -> Query:
+    timeout_ms = _uint(item[7])
+    if timeout_ms > MAX_QUERY_TIMEOUT_MS:
+        raise DecodeError("query timeout too long")
+    return Query(
+        _uint(item[1]),
+        _name(item[2]),
+        (_host(item[3]), _port(item[4])),
+        _query_kind(item[5]),
+        _payload(item[6], MAX_QUERY_PAYLOAD),
+        timeout_ms,
+    )
+
+
+def _decode_sync(item: list[Any]) -> Sync:
     members = item[3]
     if type(members) is not list or len(members) > MAX_SYNC_MEMBERS:
         raise DecodeError("bad member list")
@@ -427,3 +420,24 @@ def _from_wire(item: object) -> Message:
             )
         )
     return Sync(_bool(item[1]), _bool(item[2]), tuple(records))
+
+
+# One decoder per type tag, each given an array of the tag's arity (`_ARITY`).
+_DECODERS: dict[int, Callable[[list[Any]], Message]] = {
+    _PING: lambda i: Ping(_uint(i[1]), _name(i[2]), _name(i[3])),
+    _ACK: lambda i: Ack(_uint(i[1]), _name(i[2])),
+    _NACK: lambda i: Nack(_uint(i[1]), _name(i[2])),
+    _PING_REQ: _decode_ping_req,
+    _ALIVE: lambda i: Alive(_name(i[1]), (_host(i[2]), _port(i[3])), _uint(i[4])),
+    _SUSPECT: lambda i: Suspect(_name(i[1]), _uint(i[2]), _name(i[3])),
+    _DEAD: lambda i: Dead(_name(i[1]), _uint(i[2]), _name(i[3])),
+    _LEFT: lambda i: Left(_name(i[1]), _uint(i[2])),
+    _SYNC: _decode_sync,
+    _STATE_SYN: lambda i: StateSyn(_name(i[1]), _uint(i[2]), _uint(i[3])),
+    _STATE_DIGESTS: lambda i: StateDigests(_name(i[1]), tuple(_digest(d) for d in _list(i[2]))),
+    _STATE_ACK: _decode_state_ack,
+    _QUERY: _decode_query,
+    _QUERY_RESPONSE: lambda i: QueryResponse(
+        _uint(i[1]), _name(i[2]), _payload(i[3], MAX_QUERY_RESPONSE_PAYLOAD)
+    ),
+}

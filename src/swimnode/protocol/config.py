@@ -8,10 +8,12 @@ docs/protocol.md with its default and the reason for it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ..net.transport import Address
+from .limits import MAX_DATAGRAM_BYTES, MAX_LABEL_BYTES, MAX_NAME_BYTES, MIN_DATAGRAM_BYTES
 
 Profile = Literal["lan", "wan", "local"]
 
@@ -86,49 +88,14 @@ class Config:
 
     def validate(self) -> None:
         """Raise `ValueError` naming the first bad field."""
-        if not self.name or len(self.name.encode()) > 255:
-            raise ValueError("name must be 1..255 bytes of UTF-8")
-        for key in (
-            "probe_interval",
-            "probe_timeout",
-            "gossip_interval",
-            "push_pull_interval",
-            "state_gossip_interval",
-            "seed_refresh_interval",
-            "state_tombstone_ttl",
-        ):
+        if not self.name or len(self.name.encode()) > MAX_NAME_BYTES:
+            raise ValueError(f"name must be 1..{MAX_NAME_BYTES} bytes of UTF-8")
+        for key in _POSITIVE:
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0")
-        if self.probe_timeout > self.probe_interval:
-            raise ValueError("probe_timeout must not exceed probe_interval")
-        if min(self.indirect_checks, self.gossip_nodes, self.join_announce_nodes) < 0:
-            raise ValueError("indirect_checks, gossip_nodes and join_announce_nodes must be >= 0")
-        if self.suspicion_mult < 1 or self.suspicion_max_timeout_mult < 1:
-            raise ValueError("suspicion_mult and suspicion_max_timeout_mult must be >= 1")
-        if self.retransmit_mult < 1:
-            raise ValueError("retransmit_mult must be >= 1")
-        if self.awareness_max_multiplier < 1:
-            raise ValueError("awareness_max_multiplier must be >= 1")
-        if not 512 <= self.udp_payload <= 65507:
-            raise ValueError("udp_payload must be between 512 and 65507 bytes")
-        if len(self.label.encode()) > 255:
-            raise ValueError("label must be at most 255 bytes of UTF-8")
-        if not 0 < self.replay_window <= max(self.dead_reclaim_time, 1.0):
-            # A replayed packet older than the reclaim time could revive news about a
-            # member everyone has forgotten.
-            raise ValueError("replay_window must be > 0 and <= max(1, dead_reclaim_time)")
-        if self.dead_reclaim_time < 0 or self.gossip_to_the_dead_time < 0:
-            raise ValueError("dead_reclaim_time and gossip_to_the_dead_time must be >= 0")
-        if self.state_delta_budget < 256:
-            raise ValueError("state_delta_budget must be >= 256 bytes")
-        if min(self.state_max_key_bytes, self.state_max_value_bytes, self.state_max_bytes) < 1:
-            raise ValueError("state size limits must be >= 1")
-        if self.request_rate <= 0 or self.request_burst < 1:
-            raise ValueError("request_rate must be > 0 and request_burst >= 1")
-        if self.event_buffer < 1:
-            raise ValueError("event_buffer must be >= 1")
-        if self.query_timeout_mult < 1:
-            raise ValueError("query_timeout_mult must be >= 1")
+        for broken, message in _RULES:
+            if broken(self):
+                raise ValueError(message)
 
     @property
     def advertise_address(self) -> Address:
@@ -182,3 +149,62 @@ class Config:
         if profile not in builders:
             raise ValueError(f"unknown profile {profile!r} (expected lan, wan or local)")
         return builders[profile](name, **overrides)
+
+
+_POSITIVE = (
+    "probe_interval",
+    "probe_timeout",
+    "gossip_interval",
+    "push_pull_interval",
+    "state_gossip_interval",
+    "seed_refresh_interval",
+    "state_tombstone_ttl",
+)
+"""Fields that must be > 0; checked after the name, before `_RULES`."""
+
+_RULES: tuple[tuple[Callable[[Config], bool], str], ...] = (
+    (
+        lambda c: c.probe_timeout > c.probe_interval,
+        "probe_timeout must not exceed probe_interval",
+    ),
+    (
+        lambda c: min(c.indirect_checks, c.gossip_nodes, c.join_announce_nodes) < 0,
+        "indirect_checks, gossip_nodes and join_announce_nodes must be >= 0",
+    ),
+    (
+        lambda c: c.suspicion_mult < 1 or c.suspicion_max_timeout_mult < 1,
+        "suspicion_mult and suspicion_max_timeout_mult must be >= 1",
+    ),
+    (lambda c: c.retransmit_mult < 1, "retransmit_mult must be >= 1"),
+    (lambda c: c.awareness_max_multiplier < 1, "awareness_max_multiplier must be >= 1"),
+    (
+        lambda c: not MIN_DATAGRAM_BYTES <= c.udp_payload <= MAX_DATAGRAM_BYTES,
+        f"udp_payload must be between {MIN_DATAGRAM_BYTES} and {MAX_DATAGRAM_BYTES} bytes",
+    ),
+    (
+        lambda c: len(c.label.encode()) > MAX_LABEL_BYTES,
+        f"label must be at most {MAX_LABEL_BYTES} bytes of UTF-8",
+    ),
+    (
+        # A replayed packet older than the reclaim time could revive news about a
+        # member everyone has forgotten.
+        lambda c: not 0 < c.replay_window <= max(c.dead_reclaim_time, 1.0),
+        "replay_window must be > 0 and <= max(1, dead_reclaim_time)",
+    ),
+    (
+        lambda c: c.dead_reclaim_time < 0 or c.gossip_to_the_dead_time < 0,
+        "dead_reclaim_time and gossip_to_the_dead_time must be >= 0",
+    ),
+    (lambda c: c.state_delta_budget < 256, "state_delta_budget must be >= 256 bytes"),
+    (
+        lambda c: min(c.state_max_key_bytes, c.state_max_value_bytes, c.state_max_bytes) < 1,
+        "state size limits must be >= 1",
+    ),
+    (
+        lambda c: c.request_rate <= 0 or c.request_burst < 1,
+        "request_rate must be > 0 and request_burst >= 1",
+    ),
+    (lambda c: c.event_buffer < 1, "event_buffer must be >= 1"),
+    (lambda c: c.query_timeout_mult < 1, "query_timeout_mult must be >= 1"),
+)
+"""The other field rules, in the order they are checked: (is broken, message)."""
