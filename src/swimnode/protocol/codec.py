@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 
 from .appstate import Digest, NodeDelta, StateEntry
+from .limits import MAX_DATAGRAM_BYTES as MAX_DATAGRAM_BYTES  # re-exported for the core
 from .limits import MAX_HOST_CHARS, MAX_NAME_BYTES
 from .member import MemberState
 from .messages import (
