@@ -16,6 +16,7 @@ from swimnode import Member, MemberState
 from swimnode.ring import (
     TOKEN_SPACE,
     HashRing,
+    advertised_tokens,
     derived_tokens,
     range_contains,
     range_size,
@@ -220,6 +221,14 @@ def test_advertised_tokens_are_used() -> None:
     assert len(ring) == 7
     assert ring.token_owner(1000) == "a"
     assert ring.token_owner(2000) == "a"
+
+
+def test_advertised_tokens_rule() -> None:
+    assert advertised_tokens(StandIn("a", state={"tokens": (1, 2)}), "tokens") == [1, 2]
+    assert advertised_tokens(StandIn("a", state={"slots": [7]}), "slots") == [7]
+    for bad in ([], [True], [-1], [TOKEN_SPACE], [1, "x"], "12", None):
+        assert advertised_tokens(StandIn("a", state={"tokens": bad}), "tokens") is None
+    assert advertised_tokens(object(), "tokens") is None
 
 
 def test_from_members_reads_state_tokens_and_skips_dead() -> None:

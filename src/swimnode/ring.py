@@ -29,6 +29,7 @@ __all__ = [
     "TOKEN_SPACE",
     "HashRing",
     "RingMember",
+    "advertised_tokens",
     "derived_tokens",
     "range_contains",
     "range_size",
@@ -117,8 +118,10 @@ def _is_token(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < TOKEN_SPACE
 
 
-def _advertised_tokens(member: object, tokens_key: str) -> list[int] | None:
-    """Tokens the member advertises in its application state, or None if none valid."""
+def advertised_tokens(member: object, tokens_key: str) -> list[int] | None:
+    """The tokens `member` advertises under `tokens_key` in its application state: a
+    non-empty list of ints in ``[0, 2**64)``, or None if it advertises none (or an
+    invalid list), in which case `HashRing.from_members` derives its tokens."""
     # Application state lives in `Member.app_state` (`Member.state` is the liveness
     # enum); a `state` mapping is accepted too for member-like objects that use that
     # name. Anything that is not a mapping simply advertises nothing.
@@ -218,7 +221,7 @@ class HashRing:
         the member's name.
         """
         return cls.build(
-            ((m.name, _advertised_tokens(m, tokens_key)) for m in members if m.is_live),
+            ((m.name, advertised_tokens(m, tokens_key)) for m in members if m.is_live),
             vnodes=vnodes,
         )
 

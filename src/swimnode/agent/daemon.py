@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from ..eventhub import EventStream
 from ..net.keyring import Keyring, load_key_file, parse_key
 from ..net.security import DROP_REASONS, SecureTransport
 from ..net.seeds import (
@@ -34,7 +35,6 @@ from ..net.seeds import (
 from ..net.transport import Address, format_address
 from ..net.udp import TransportError, UdpTransport, open_udp_transport
 from ..node import Node, open_node, secure
-from ..eventhub import EventStream
 from ..protocol.events import EventsLost, MemberUpdated
 from ..protocol.member import Member
 from . import rpc

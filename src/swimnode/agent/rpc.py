@@ -14,12 +14,12 @@ from typing import Any, Protocol
 
 import trio
 
+from ..eventhub import EventStream
 from ..net.transport import Address, format_address
 from ..net.udp import TransportError
-from ..eventhub import EventStream
 from ..protocol.events import Event, MemberEvent, MemberUpdated
 from ..protocol.member import Member
-from ..ring import TOKEN_SPACE, HashRing
+from ..ring import HashRing, advertised_tokens
 from .client import (
     FRAME_HEADER,
     MAX_QUERY_TIMEOUT,
@@ -62,18 +62,6 @@ def event_to_dict(event: Event) -> dict[str, Any]:
     return {"event": event.kind, "count": event.count}
 
 
-def _advertises(member: Member, tokens_key: str) -> bool:
-    # The rule HashRing.from_members applies: a non-empty list of ints in [0, 2**64).
-    raw = member.app_state.get(tokens_key)
-    return (
-        isinstance(raw, list | tuple)
-        and bool(raw)
-        and all(
-            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < TOKEN_SPACE for t in raw
-        )
-    )
-
-
 def ring_to_dict(
     members: Iterable[Member], *, vnodes: int = 100, tokens_key: str = "tokens"
 ) -> dict[str, Any]:
@@ -94,7 +82,7 @@ def ring_to_dict(
                 "name": m.name,
                 "fraction": share.get(m.name, 0.0),
                 "tokens": counts.get(m.name, 0),
-                "source": "advertised" if _advertises(m, tokens_key) else "derived",
+                "source": "derived" if advertised_tokens(m, tokens_key) is None else "advertised",
                 "ranges": [[start, end] for start, end in ring.ranges(m.name)],
             }
         )

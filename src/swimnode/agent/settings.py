@@ -380,15 +380,7 @@ def _parse_dns_seed(text: str) -> Address:
 def check_state(state: Sequence[tuple[str, Any]], config: Config) -> None:
     """Raise `UsageError` if the initial application state breaks a key, value or size
     rule (the node would refuse it at start)."""
-    store = StateStore(
-        config.name,
-        0,
-        StateLimits(
-            max_key_bytes=config.state_max_key_bytes,
-            max_value_bytes=config.state_max_value_bytes,
-            max_node_bytes=config.state_max_bytes,
-        ),
-    )
+    store = StateStore(config.name, 0, StateLimits.from_config(config))
     for key, value in state:
         try:
             store.set(key, value, 0.0)

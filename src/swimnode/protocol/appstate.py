@@ -23,9 +23,12 @@ import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
+
+if TYPE_CHECKING:
+    from .config import Config
 
 EMPTY_STATE: Mapping[str, Any] = MappingProxyType({})
 
@@ -69,6 +72,17 @@ class StateLimits:
     tombstone_ttl: float = 3600.0
     """Seconds a deletion is remembered. A node cut off for longer than this may keep
     a deleted key (Cassandra's gc_grace has the same trade-off)."""
+
+    @classmethod
+    def from_config(cls, config: Config) -> StateLimits:
+        """The limits a node with `config` applies (its `state_max_*` and
+        `state_tombstone_ttl` fields)."""
+        return cls(
+            max_key_bytes=config.state_max_key_bytes,
+            max_value_bytes=config.state_max_value_bytes,
+            max_node_bytes=config.state_max_bytes,
+            tombstone_ttl=config.state_tombstone_ttl,
+        )
 
 
 def entry_size(entry: StateEntry) -> int:
