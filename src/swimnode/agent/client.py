@@ -29,7 +29,8 @@ A client sends one request, ``{"command": NAME, ...arguments}``, and reads one r
 msgpack, bytes included.
 
 The server (`swimnode.agent.rpc`) runs inside the agent on Trio. This module holds what both
-sides share, the framing and the request limits, and the client, which is plain
+sides share, the message encoding (framed by `swimnode.net.framing`) and the request
+limits, and the client, which is plain
 blocking sockets: the command line tools are short-lived and should not pay for
 importing Trio.
 """
@@ -39,16 +40,14 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgpack
 
+from ..net import framing
 from ..net.transport import Address, format_address
 
-FRAME_HEADER = struct.Struct(">I")
-"""The length that precedes every frame's msgpack body."""
 MAX_FRAME = 16 * 1024 * 1024
 """Largest frame either side accepts; a membership listing of thousands fits."""
 MAX_REQUEST = 64 * 1024
@@ -67,16 +66,9 @@ class RpcError(Exception):
 
 
 def encode_frame(message: dict[str, Any]) -> bytes:
-    """One length-prefixed msgpack frame."""
+    """One length-prefixed msgpack frame (`swimnode.net.framing`)."""
     body: bytes = msgpack.packb(message, use_bin_type=True)
-    return FRAME_HEADER.pack(len(body)) + body
-
-
-def check_frame_size(size: int, limit: int, what: str) -> None:
-    """Raise `RpcError` if a `what` ("request", "reply") body of `size` bytes is over
-    `limit`."""
-    if size > limit:
-        raise RpcError(f"{what} of {size} bytes is over the {limit} byte limit")
+    return framing.encode(body)
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
@@ -108,28 +100,14 @@ def _connect(address: Address, timeout: float) -> socket.socket:
         raise RpcError(f"cannot reach the agent at {where}: {reason}") from None
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = sock.recv(size - len(buf))
-        if not chunk:
-            if buf:
-                raise RpcError("the agent closed the connection mid-reply")
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
 def _recv_frame(sock: socket.socket) -> dict[str, Any] | None:
-    header = _recv_exactly(sock, FRAME_HEADER.size)
-    if header is None:
-        return None
-    (size,) = FRAME_HEADER.unpack(header)
-    check_frame_size(size, MAX_FRAME, "reply")
-    body = _recv_exactly(sock, size)
-    if body is None:
-        raise RpcError("the agent closed the connection mid-reply")
-    return decode_body(body)
+    try:
+        body = framing.recv_frame(sock, MAX_FRAME, "reply")
+    except framing.FrameTruncated:
+        raise RpcError("the agent closed the connection mid-reply") from None
+    except framing.FrameTooLarge as exc:
+        raise RpcError(str(exc)) from None
+    return None if body is None else decode_body(body)
 
 
 def _checked(reply: dict[str, Any] | None) -> dict[str, Any]:
@@ -150,7 +128,10 @@ def call(
         frame = encode_frame(request)
     except (TypeError, ValueError, OverflowError) as exc:
         raise RpcError(f"cannot encode the request: {exc}") from None
-    check_frame_size(len(frame) - FRAME_HEADER.size, MAX_REQUEST, "request")
+    try:
+        framing.check_size(len(frame) - framing.HEADER.size, MAX_REQUEST, "request")
+    except framing.FrameTooLarge as exc:
+        raise RpcError(str(exc)) from None
     with _connect(address, timeout) as sock:
         try:
             sock.sendall(frame)

@@ -1,7 +1,7 @@
 """The agent's side of its local control endpoint: a Trio server answering the
-requests `swimnode.agent.client` describes and sends (the framing and the limits are
-defined there, once, for both sides), plus the reply shapes of members, events and
-the ring.
+requests `swimnode.agent.client` describes and sends (the encoding and the limits are
+defined there, the framing in `swimnode.net.framing`, once for both sides), plus the
+reply shapes of members, events and the ring.
 """
 
 from __future__ import annotations
@@ -15,18 +15,17 @@ from typing import Any, Protocol
 import trio
 
 from ..eventhub import EventStream
+from ..net import framing
 from ..net.transport import Address, format_address
 from ..net.udp import TransportError
 from ..protocol.events import Event, MemberEvent, MemberUpdated
 from ..protocol.member import Member
 from ..ring import HashRing, advertised_tokens
 from .client import (
-    FRAME_HEADER,
     MAX_QUERY_TIMEOUT,
     MAX_REQUEST,
     MAX_VNODES,
     RpcError,
-    check_frame_size,
     decode_body,
     encode_frame,
 )
@@ -159,32 +158,20 @@ async def serve_rpc(listener: trio.SocketListener, target: Controlled) -> None:
     await trio.serve_listeners(handle, [listener])
 
 
-async def _read_frame(stream: trio.SocketStream, limit: int) -> dict[str, Any] | None:
-    header = await _read_exactly(stream, FRAME_HEADER.size)
-    if header is None:
-        return None
-    (size,) = FRAME_HEADER.unpack(header)
-    check_frame_size(size, limit, "request")
-    body = await _read_exactly(stream, size)
-    if body is None:
-        return None
-    return decode_body(body)
-
-
-async def _read_exactly(stream: trio.SocketStream, size: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = await stream.receive_some(size - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
+async def _read_request(stream: trio.SocketStream) -> dict[str, Any] | None:
+    try:
+        body = await framing.receive_frame(stream, MAX_REQUEST, "request")
+    except framing.FrameTruncated:
+        return None  # the client went away: nobody to answer
+    except framing.FrameTooLarge as exc:
+        raise RpcError(str(exc)) from None
+    return None if body is None else decode_body(body)
 
 
 async def _serve_one(stream: trio.SocketStream, target: Controlled) -> None:
     try:
         with trio.fail_after(_REQUEST_TIMEOUT):
-            request = await _read_frame(stream, MAX_REQUEST)
+            request = await _read_request(stream)
     except (RpcError, trio.TooSlowError) as exc:
         message = str(exc) or "no request within the timeout"
         await stream.send_all(encode_frame({"ok": False, "error": message}))

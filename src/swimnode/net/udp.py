@@ -34,6 +34,7 @@ from functools import lru_cache
 
 import trio
 
+from swimnode.net import framing
 from swimnode.net.transport import Address, Packet, format_address
 from swimnode.protocol.limits import MAX_DATAGRAM_BYTES
 
@@ -45,8 +46,6 @@ MAX_UDP_PAYLOAD = 65527
 """Largest UDP payload any IP family can carry (IPv6 without jumbograms)."""
 
 _RECV_BUFFER = 65536
-_FRAME_HEADER = 4
-_READ_CHUNK = 64 * 1024
 _PORT_ZERO_ATTEMPTS = 20
 _LISTEN_BACKLOG = 128
 # After a failed accept (typically EMFILE: out of file descriptors) retrying
@@ -223,7 +222,7 @@ class UdpTransport:
                 f"message of {len(data)} bytes exceeds the {self._max_stream_bytes} byte limit",
             )
         host = _ip_literal(dest[0]) or dest[0]
-        frame = len(data).to_bytes(_FRAME_HEADER, "big") + data
+        frame = framing.encode(data)
         try:
             with trio.fail_after(self._stream_timeout):
                 stream = await trio.open_tcp_stream(host, dest[1])
@@ -377,27 +376,16 @@ class UdpTransport:
     async def _read_message(self, stream: trio.SocketStream) -> bytes | None:
         """One length-prefixed message, or None (counted) if it is refused or
         the stream ends early."""
-        header = await self._read_exactly(stream, _FRAME_HEADER)
-        if header is None:
-            return None
-        length = int.from_bytes(header, "big")
-        if length > self._max_stream_bytes:
+        try:
+            data = await framing.receive_frame(stream, self._max_stream_bytes)
+        except framing.FrameTooLarge:
             self.stats["stream_oversize"] += 1
             return None
-        return await self._read_exactly(stream, length)
-
-    async def _read_exactly(self, stream: trio.SocketStream, size: int) -> bytes | None:
-        # Grown as bytes arrive instead of preallocated from the length
-        # prefix, so memory follows what clients actually send, not what
-        # they claim they will.
-        buffer = bytearray()
-        while len(buffer) < size:
-            chunk = await stream.receive_some(min(size - len(buffer), _READ_CHUNK))
-            if not chunk:
-                self.stats["stream_errors"] += 1
-                return None
-            buffer += chunk
-        return bytes(buffer)
+        except framing.FrameTruncated:
+            data = None
+        if data is None:
+            self.stats["stream_errors"] += 1
+        return data
 
 
 def _check_options(
@@ -409,7 +397,7 @@ def _check_options(
 ) -> None:
     if not 0 <= max_datagram <= MAX_UDP_PAYLOAD:
         raise ValueError(f"max_datagram must be in [0, {MAX_UDP_PAYLOAD}], got {max_datagram!r}")
-    if not 0 <= max_stream_bytes < 2 ** (8 * _FRAME_HEADER):
+    if not 0 <= max_stream_bytes <= framing.MAX_BODY:
         raise ValueError(f"max_stream_bytes must fit in 32 bits, got {max_stream_bytes!r}")
     if max_connections < 1:
         raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
