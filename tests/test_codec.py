@@ -60,7 +60,8 @@ def packet(*msgs: Message) -> bytes:
 
 def raw_packet(obj: Any) -> bytes:
     """A packet of the current version whose body is `obj` packed as msgpack."""
-    return bytes([PROTOCOL_VERSION]) + msgpack.packb(obj, use_bin_type=True)
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    return bytes([PROTOCOL_VERSION]) + body
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)

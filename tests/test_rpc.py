@@ -13,12 +13,12 @@ import trio
 from swimnode.agent import client as rpcclient
 from swimnode.agent import rpc
 from swimnode.agent.daemon import Agent
+from swimnode.eventhub import EventHub, EventStream
 from swimnode.net.transport import Address
 from swimnode.net.udp import open_udp_transport
 from swimnode.node import Node
 from swimnode.protocol.appstate import StateStore
 from swimnode.protocol.config import Config
-from swimnode.eventhub import EventHub, EventStream
 from swimnode.protocol.events import MemberFailed, MemberJoined, MemberUpdated
 from swimnode.protocol.member import Member, MemberState
 from swimnode.ring import TOKEN_SPACE
@@ -63,6 +63,9 @@ class FakeAgent:
 
     def request_exit(self) -> None:
         self.exit_requested = True
+
+    async def keys(self, action: str, key: str | None, timeout: float | None) -> dict[str, Any]:  # noqa: ASYNC109
+        raise ValueError("this fake agent has no keyring")
 
 
 async def serving(nursery: trio.Nursery, agent: FakeAgent) -> Address:
