@@ -243,18 +243,17 @@ def test_state_spreads_and_ring_covers_every_member(cluster: LocalCluster, tmp_p
     assert done.returncode == 0, done.stderr
     done = run_cli("state", "set", "slots", "[1, 2, 3]", "--json-value", "--rpc", rpc_of(writer))
     assert done.returncode == 0, done.stderr
-    started = time.monotonic()
+    # s1's updates travel by gossip; s0's initial state reaches s2 through the join's
+    # push-pull or, if that exchange was lost (a loaded machine can time it out),
+    # through a later anti-entropy round. Either way both arrive, in any order.
+    expected = {"s0": {"role": "seed", "weight": 3}, "s1": {"color": "blue", "slots": [1, 2, 3]}}
 
     def seen_by_reader() -> dict[str, Any] | None:
         view = members_json(reader)
-        state: dict[str, Any] = view["s1"]["app_state"]
-        return view if state == {"color": "blue", "slots": [1, 2, 3]} else None
+        return view if all(view[n]["app_state"] == s for n, s in expected.items()) else None
 
     view = wait_for(seen_by_reader, STEP, step=0.2)
-    assert view is not None, "s1's state did not reach s2"
-    # A few anti-entropy rounds (1 s each) are plenty on loopback.
-    assert time.monotonic() - started < 8.0
-    assert view["s0"]["app_state"] == {"role": "seed", "weight": 3}
+    assert view is not None, f"state did not reach s2: {members_json(reader)}"
 
     done = run_cli("state", "get", "color", "--member", "s1", "--rpc", rpc_of(reader))
     assert (done.returncode, done.stdout) == (0, "blue\n"), done.stderr
