@@ -21,9 +21,10 @@ from typing import Any
 
 import trio
 
+from .. import counters
 from ..eventhub import EventStream
 from ..net.keyring import Keyring, load_key_file, parse_key
-from ..net.security import DROP_REASONS, SecureTransport
+from ..net.security import SecureTransport
 from ..net.seeds import (
     CombinedSeeds,
     DnsSeeds,
@@ -54,40 +55,6 @@ log = logging.getLogger("swimnode.agent")
 # A leave normally finishes within the node's own leave_timeout; this margin covers
 # the final flush and closing sockets, so a stuck peer cannot hold the exit forever.
 _LEAVE_MARGIN = 2.0
-
-# Counters are created on first use; these are always reported, zero if need be, so
-# scripts reading `stats --json` find the same keys on a quiet agent as on a busy one.
-STABLE_COUNTERS = (
-    "packets_sent",
-    "bytes_sent",
-    "packets_received",
-    "bytes_received",
-    "probes",
-    "indirect_probes",
-    "probe_failures",
-    "suspicions_raised",
-    "suspicions_refuted",
-    "deaths_declared",
-    "dropped_malformed",
-    "dropped_oversize",
-    "dropped_misdirected",
-    "dropped_unreliable_sync",
-    "dropped_rate_limited",
-    "transport_receive_overflow",
-    "transport_receive_errors",
-    "transport_send_errors",
-    "transport_send_buffer_full",
-    "transport_oversize_dropped",
-    "transport_stream_rejected",
-    "transport_stream_oversize",
-    "transport_stream_timeouts",
-    "transport_stream_errors",
-    "transport_reliable_errors",
-    *(
-        f"security_{reason}"
-        for reason in (*DROP_REASONS, "send_oversize", "replay_cache_evictions")
-    ),
-)
 
 
 class Agent:
@@ -129,11 +96,11 @@ class Agent:
     def stats(self) -> dict[str, int]:
         """The node's protocol counters plus the transport's, prefixed `transport_`,
         and the security layer's, prefixed `security_` (zero without one)."""
-        out = dict.fromkeys(STABLE_COUNTERS, 0)
+        out = dict.fromkeys(counters.ALWAYS_REPORTED, 0)
         out.update(self.node.stats())
-        out.update({f"transport_{key}": value for key, value in self.transport.stats.items()})
+        out.update({counters.TRANSPORT_PREFIX + k: v for k, v in self.transport.stats.items()})
         if self.security is not None:
-            out.update({f"security_{key}": value for key, value in self.security.stats.items()})
+            out.update({counters.SECURITY_PREFIX + k: v for k, v in self.security.stats.items()})
         return dict(sorted(out.items()))
 
     async def keys(self, action: str, key: str | None, timeout: float | None) -> dict[str, Any]:  # noqa: ASYNC109

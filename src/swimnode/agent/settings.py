@@ -17,7 +17,7 @@ from typing import Any, NoReturn, cast
 
 from ..net import transport
 from ..net.keyring import Keyring, parse_key
-from ..net.transport import Address, format_address, is_loopback
+from ..net.transport import Address, format_address
 from ..protocol.appstate import StateLimits, StateStore
 from ..protocol.config import Config, Profile
 
@@ -341,13 +341,16 @@ def merge(
     if key_file is not None and keyring is not None:
         raise UsageError(f"both a key file and {KEYS_ENV} are set; use one")
     insecure = bool(raw.get("insecure_plaintext", False))
-    if key_file is None and keyring is None and not insecure and not is_loopback(bind[0]):
-        # Secure by default: plaintext only where no other machine can listen.
-        raise UsageError(
-            f"refusing to bind {format_address(bind)} without an encryption "
-            f"key: give --key-file or {KEYS_ENV}, or --insecure-plaintext to "
-            "allow unencrypted traffic"
+    try:
+        transport.check_secure_bind(
+            bind,
+            keyed=key_file is not None or keyring is not None,
+            insecure_plaintext=insecure,
+            remedy=f"give --key-file or {KEYS_ENV}, or --insecure-plaintext to allow "
+            "unencrypted traffic",
         )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     settings = AgentSettings(
         name=str(raw.get("name") or default_name),
         bind=bind,

@@ -50,10 +50,12 @@ from collections.abc import Callable
 
 import trio
 
+from .. import counters
 from ..protocol.codec import MAX_PACKET_BYTES
 from ..protocol.limits import MAX_LABEL_BYTES
+from . import transport
 from .keyring import NONCE_SIZE, TAG_SIZE, Keyring
-from .transport import Address, Packet, Transport, is_loopback
+from .transport import Address, Packet, Transport
 
 __all__ = [
     "DROP_REASONS",
@@ -89,16 +91,7 @@ DEFAULT_REPLAY_CACHE = 100_000
 packets per protocol period), so even a busy node receives far fewer than this
 many packets per two replay windows; the cap only bounds memory (~20 MB)."""
 
-DROP_REASONS = (
-    "dropped_bad_header",
-    "dropped_label",
-    "dropped_auth",
-    "dropped_replay",
-    "dropped_stale",
-    "dropped_plaintext",
-    "dropped_encrypted",
-    "dropped_oversize",
-)
+DROP_REASONS = counters.SECURITY_DROP_REASONS
 """Every key of `SecureTransport.stats` that counts a refused incoming packet."""
 
 _TIMESTAMP = struct.Struct(">q")
@@ -234,7 +227,7 @@ class SecureTransport:
         rather than raised, as the `Transport` contract asks of datagrams.
         """
         if len(data) > self._max_packet:
-            self.stats["send_oversize"] += 1
+            self.stats[counters.SECURITY_SEND_OVERSIZE] += 1
             await trio.lowlevel.checkpoint()
             return
         await self._inner.send(dest, self.wrap(data))
@@ -288,17 +281,17 @@ class SecureTransport:
         None, with the reason counted in `stats`. Never raises for any input."""
         data = packet.data
         if len(data) > self._max_packet + _MAX_PLAINTEXT_OVERHEAD:
-            self.stats["dropped_oversize"] += 1
+            self.stats[counters.SECURITY_DROPPED_OVERSIZE] += 1
             return None
         if not data:
-            self.stats["dropped_bad_header"] += 1
+            self.stats[counters.SECURITY_DROPPED_BAD_HEADER] += 1
             return None
         header = data[0]
         if header == HEADER_ENCRYPTED:
             return self._open_encrypted(packet)
         if header == HEADER_PLAINTEXT:
             return self._open_plaintext(packet)
-        self.stats["dropped_bad_header"] += 1
+        self.stats[counters.SECURITY_DROPPED_BAD_HEADER] += 1
         return None
 
     def _open_plaintext(self, packet: Packet) -> Packet | None:
@@ -306,17 +299,17 @@ class SecureTransport:
         if self._keyring is not None:
             # Accepting plaintext beside encrypted traffic would let anyone
             # bypass the keys; a plaintext peer is a misconfiguration or an attack.
-            stats["dropped_plaintext"] += 1
+            stats[counters.SECURITY_DROPPED_PLAINTEXT] += 1
             return None
         if len(data) < 2 or len(data) < 2 + data[1]:
-            stats["dropped_bad_header"] += 1
+            stats[counters.SECURITY_DROPPED_BAD_HEADER] += 1
             return None
         end = 2 + data[1]
         if data[2:end] != self._label_bytes:
-            stats["dropped_label"] += 1
+            stats[counters.SECURITY_DROPPED_LABEL] += 1
             return None
         if len(data) - end > self._max_packet:
-            stats["dropped_oversize"] += 1
+            stats[counters.SECURITY_DROPPED_OVERSIZE] += 1
             return None
         return Packet(packet.source, data[end:], packet.reliable)
 
@@ -324,29 +317,29 @@ class SecureTransport:
         stats, data = self.stats, packet.data
         keyring = self._keyring
         if keyring is None:
-            stats["dropped_encrypted"] += 1
+            stats[counters.SECURITY_DROPPED_ENCRYPTED] += 1
             return None
         if len(data) < _MIN_ENCRYPTED:
-            stats["dropped_bad_header"] += 1
+            stats[counters.SECURITY_DROPPED_BAD_HEADER] += 1
             return None
         if len(data) - ENCRYPTED_OVERHEAD > self._max_packet:
-            stats["dropped_oversize"] += 1
+            stats[counters.SECURITY_DROPPED_OVERSIZE] += 1
             return None
         nonce = data[1 : 1 + NONCE_SIZE]
         plain = keyring.decrypt(nonce, data[1 + NONCE_SIZE :], self._aad)
         if plain is None:
-            stats["dropped_auth"] += 1
+            stats[counters.SECURITY_DROPPED_AUTH] += 1
             return None
         # Everything below runs only for authentic frames, so an attacker without
         # a key can neither fill the replay cache nor move its floor.
         (stamp,) = _TIMESTAMP.unpack_from(plain)
         now_ms = self._clock() * 1000.0
         if abs(stamp - now_ms) > self._window_ms or stamp <= self._floor_ms:
-            stats["dropped_stale"] += 1
+            stats[counters.SECURITY_DROPPED_STALE] += 1
             return None
         self._forget_expired(now_ms)
         if nonce in self._seen:
-            stats["dropped_replay"] += 1
+            stats[counters.SECURITY_DROPPED_REPLAY] += 1
             return None
         self._remember(nonce, stamp)
         return Packet(packet.source, plain[TIMESTAMP_SIZE:], packet.reliable)
@@ -368,7 +361,7 @@ class SecureTransport:
             evicted_stamp, evicted = heapq.heappop(by_age)
             del seen[evicted]
             self._floor_ms = max(self._floor_ms, evicted_stamp)
-            self.stats["replay_cache_evictions"] += 1
+            self.stats[counters.SECURITY_REPLAY_CACHE_EVICTIONS] += 1
         seen[nonce] = stamp
         heapq.heappush(by_age, (stamp, nonce))
 
@@ -377,16 +370,9 @@ class SecureTransport:
 
 
 def check_secure_bind(bind_host: str, keyring: Keyring | None, insecure_plaintext: bool) -> None:
-    """Refuse to run in plaintext where other machines can reach the node.
-
-    Secure by default: binding a non-loopback address without a keyring raises
-    `ValueError` (one line) unless `insecure_plaintext` says so explicitly.
-    Loopback needs no keys, so local clusters and tests work out of the box.
-    """
-    if keyring is not None or insecure_plaintext or is_loopback(bind_host):
-        return
-    shown = bind_host or "all interfaces"
-    raise ValueError(
-        f"refusing to bind {shown} without an encryption key: configure a key file, "
-        "or allow unencrypted traffic explicitly with insecure plaintext"
+    """Refuse to run in plaintext where other machines can reach the node: binding
+    a non-loopback `bind_host` without a keyring raises `ValueError` (one line)
+    unless `insecure_plaintext` says so explicitly (`transport.check_secure_bind`)."""
+    transport.check_secure_bind(
+        bind_host, keyed=keyring is not None, insecure_plaintext=insecure_plaintext
     )

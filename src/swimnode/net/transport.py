@@ -165,3 +165,26 @@ class Transport(Protocol):
     async def aclose(self) -> None:
         """Stop receiving and release the address."""
         ...
+
+
+def check_secure_bind(
+    bind: str | Address,
+    *,
+    keyed: bool,
+    insecure_plaintext: bool,
+    remedy: str = "configure a key file, or allow unencrypted traffic explicitly "
+    "with insecure plaintext",
+) -> None:
+    """Refuse to run in plaintext where other machines can reach the node.
+
+    Secure by default: binding `bind` (a host, or a host and port) beyond loopback
+    without keys (`keyed` false) raises `ValueError` (one line, ending with `remedy`,
+    which each interface words for its own settings) unless `insecure_plaintext`
+    says so explicitly. Loopback needs no keys, so local clusters and tests work out
+    of the box.
+    """
+    host = bind if isinstance(bind, str) else bind[0]
+    if keyed or insecure_plaintext or is_loopback(host):
+        return
+    shown = (host or "all interfaces") if isinstance(bind, str) else format_address(bind)
+    raise ValueError(f"refusing to bind {shown} without an encryption key: {remedy}")

@@ -34,6 +34,7 @@ from functools import lru_cache
 
 import trio
 
+from swimnode import counters
 from swimnode.net import framing
 from swimnode.net.transport import Address, Packet, format_address
 from swimnode.protocol.limits import MAX_DATAGRAM_BYTES
@@ -184,21 +185,21 @@ class UdpTransport:
         if self._closed:
             raise trio.ClosedResourceError("transport is closed")
         if len(data) > self._max_datagram:
-            self.stats["oversize_dropped"] += 1
+            self.stats[counters.OVERSIZE_DROPPED] += 1
             return
         host = _ip_literal(dest[0]) if isinstance(dest[0], str) else None
         if host is None:
-            self.stats["send_errors"] += 1
+            self.stats[counters.SEND_ERRORS] += 1
             logger.debug("dropping datagram to %r: host is not an IP literal", dest)
             return
         try:
             self._udp_raw.sendto(data, (host, dest[1]))
         except BlockingIOError:
-            self.stats["send_buffer_full"] += 1
+            self.stats[counters.SEND_BUFFER_FULL] += 1
         # ValueError/OverflowError/TypeError: a malformed port, which may have
         # come from a peer's gossip and so must not crash the caller.
         except (OSError, ValueError, OverflowError, TypeError) as exc:
-            self.stats["send_errors"] += 1
+            self.stats[counters.SEND_ERRORS] += 1
             logger.debug("sending datagram to %r failed: %s", dest, exc)
 
     async def send_reliable(self, dest: Address, data: bytes) -> None:
@@ -216,7 +217,7 @@ class UdpTransport:
         if self._closed:
             raise trio.ClosedResourceError("transport is closed")
         if len(data) > self._max_stream_bytes:
-            self.stats["reliable_errors"] += 1
+            self.stats[counters.RELIABLE_ERRORS] += 1
             raise OSError(
                 errno.EMSGSIZE,
                 f"message of {len(data)} bytes exceeds the {self._max_stream_bytes} byte limit",
@@ -229,18 +230,18 @@ class UdpTransport:
                 async with stream:
                     await stream.send_all(frame)
         except trio.TooSlowError:
-            self.stats["reliable_errors"] += 1
+            self.stats[counters.RELIABLE_ERRORS] += 1
             raise TimeoutError(
                 errno.ETIMEDOUT,
                 f"sending to {format_address(dest)} timed out after {self._stream_timeout} s",
             ) from None
         except trio.BrokenResourceError as exc:
-            self.stats["reliable_errors"] += 1
+            self.stats[counters.RELIABLE_ERRORS] += 1
             raise ConnectionResetError(
                 errno.ECONNRESET, f"connection to {format_address(dest)} broke: {exc}"
             ) from exc
         except OSError:
-            self.stats["reliable_errors"] += 1
+            self.stats[counters.RELIABLE_ERRORS] += 1
             raise
 
     async def receive(self) -> Packet:
@@ -297,7 +298,7 @@ class UdpTransport:
         try:
             self._send_channel.send_nowait(packet)
         except trio.WouldBlock:
-            self.stats["receive_overflow"] += 1
+            self.stats[counters.RECEIVE_OVERFLOW] += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # closed concurrently; nobody will read it
 
@@ -316,7 +317,7 @@ class UdpTransport:
                 # the socket itself is still fine.
                 if self._closed:
                     return
-                self.stats["receive_errors"] += 1
+                self.stats[counters.RECEIVE_ERRORS] += 1
                 logger.debug("UDP receive error: %s", exc)
                 continue
             self._enqueue(Packet((source[0], source[1]), bytes(view[:size]), False))
@@ -330,12 +331,12 @@ class UdpTransport:
             except OSError as exc:
                 if self._closed:
                     return
-                self.stats["accept_errors"] += 1
+                self.stats[counters.ACCEPT_ERRORS] += 1
                 logger.debug("TCP accept failed: %s", exc)
                 await trio.sleep(_ACCEPT_BACKOFF)
                 continue
             if self._active >= self._max_connections:
-                self.stats["stream_rejected"] += 1
+                self.stats[counters.STREAM_REJECTED] += 1
                 await trio.aclose_forcefully(stream)
                 continue
             self._active += 1
@@ -351,11 +352,11 @@ class UdpTransport:
                 with trio.move_on_at(deadline) as read_scope:
                     data = await self._read_message(stream)
             except (OSError, trio.BrokenResourceError) as exc:
-                self.stats["stream_errors"] += 1
+                self.stats[counters.STREAM_ERRORS] += 1
                 logger.debug("incoming stream failed: %s", exc)
                 return
             if read_scope.cancelled_caught:
-                self.stats["stream_timeouts"] += 1
+                self.stats[counters.STREAM_TIMEOUTS] += 1
                 return
             if data is None:
                 return
@@ -368,7 +369,7 @@ class UdpTransport:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return
             if queue_scope.cancelled_caught:
-                self.stats["receive_overflow"] += 1
+                self.stats[counters.RECEIVE_OVERFLOW] += 1
         finally:
             self._active -= 1
             await trio.aclose_forcefully(stream)
@@ -379,12 +380,12 @@ class UdpTransport:
         try:
             data = await framing.receive_frame(stream, self._max_stream_bytes)
         except framing.FrameTooLarge:
-            self.stats["stream_oversize"] += 1
+            self.stats[counters.STREAM_OVERSIZE] += 1
             return None
         except framing.FrameTruncated:
             data = None
         if data is None:
-            self.stats["stream_errors"] += 1
+            self.stats[counters.STREAM_ERRORS] += 1
         return data
 
 

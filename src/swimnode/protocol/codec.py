@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 
+from .. import counters
 from .appstate import Digest, NodeDelta, StateEntry
 from .limits import MAX_DATAGRAM_BYTES as MAX_DATAGRAM_BYTES  # re-exported for the core
 from .limits import MAX_HOST_CHARS, MAX_NAME_BYTES
@@ -88,8 +89,12 @@ MESSAGE_NAMES = {
     _QUERY_RESPONSE: "queryresponse",
 }
 """Type tag -> name, for counters."""
-SENT_KEYS = {tag: (f"sent_{name}", f"sent_bytes_{name}") for tag, name in MESSAGE_NAMES.items()}
-RECEIVED_KEYS = {tag: f"received_{name}" for tag, name in MESSAGE_NAMES.items()}
+# Counter names per tag, built once: packets carry dozens of messages.
+SENT_KEYS = {
+    tag: (counters.sent_key(name), counters.sent_bytes_key(name))
+    for tag, name in MESSAGE_NAMES.items()
+}
+RECEIVED_KEYS = {tag: counters.received_key(name) for tag, name in MESSAGE_NAMES.items()}
 _RECEIVED_BY_TYPE: dict[type, str] = {}
 
 
@@ -98,11 +103,8 @@ def received_key(msg: Message) -> str:
     cls = type(msg)
     key = _RECEIVED_BY_TYPE.get(cls)
     if key is None:
-        key = _RECEIVED_BY_TYPE[cls] = "received_" + cls.__name__.lower()
+        key = _RECEIVED_BY_TYPE[cls] = counters.received_key(cls.__name__.lower())
     return key
-
-
-"""Counter names per tag, built once: packets carry dozens of messages."""
 
 
 def message_tag(encoded: bytes) -> int:
