@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+import swimnode
 from swimnode.agent.cli import (
+    COMMANDS,
     ClientArgs,
     compact_state,
     from_json_value,
@@ -245,3 +247,20 @@ def test_main_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert "swimnode members: argument --status: invalid choice" in err
     assert "swimnode state: VALUE is not valid JSON" in err
     assert "swimnode ring: argument --vnodes: must be 1..4096, got 0" in err
+
+
+def test_every_command_has_help_and_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in COMMANDS:
+        assert main([command, "--help"]) == 0, command
+        assert f"usage: swimnode {command}" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"swimnode {swimnode.__version__}\n"
+    for argv, message in [
+        (["demo", "--nodes", "2"], "swimnode demo: --nodes must be between 3 and 200"),
+        (["demo", "--udp", "--nodes", "6"], "swimnode demo: --udp runs 3 to 5 agents"),
+        (["keys", "use"], "swimnode keys: keys use needs a KEY"),
+        (["keygen", "extra"], "swimnode keygen: unrecognized arguments: extra"),
+        (["--frob"], "swimnode: the following arguments are required: COMMAND"),
+    ]:
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err.splitlines() == [message]

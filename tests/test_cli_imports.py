@@ -44,16 +44,31 @@ def test_client_commands_do_not_import_trio() -> None:
     assert result == {"codes": [0, 0, 0, 1, 1, 1], "trio": False}
 
 
-def test_agent_command_imports_trio_on_demand() -> None:
+def test_agent_and_demo_import_trio_only_to_run() -> None:
     result = run_fresh("""
-        import contextlib, io, json, sys
+        import contextlib, io, json, socket, sys
         from swimnode.agent import cli
 
-        with contextlib.redirect_stdout(io.StringIO()):
-            code = cli.main(["agent", "--help"])
-        print(json.dumps([code, "trio" in sys.modules]))
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            helped = [cli.main(["agent", "--help"]), cli.main(["demo", "--help"]),
+                      cli.main(["--version"])]
+            before = "trio" in sys.modules
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+                busy.bind(("127.0.0.1", 0))
+                taken = f"127.0.0.1:{busy.getsockname()[1]}"
+                ran = cli.main(["agent", "--bind", taken, "--rpc", "127.0.0.1:0"])
+        print(json.dumps({"helped": helped, "before": before, "ran": ran,
+                          "after": "trio" in sys.modules, "version": out.getvalue().split()[-1],
+                          "error": err.getvalue().strip().splitlines()}))
     """)
-    assert result == [0, True]
+    assert result["helped"] == [0, 0, 0]
+    assert (result["before"], result["after"]) == (False, True)
+    assert result["version"] == swimnode.__version__
+    # The busy address is a run-time failure, reported in one line with exit code 1.
+    assert result["ran"] == 1
+    assert len(result["error"]) == 1, result["error"]
+    assert result["error"][0].startswith("swimnode agent: cannot bind 127.0.0.1:")
 
 
 def test_import_swimnode_is_lazy() -> None:

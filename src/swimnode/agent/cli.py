@@ -2,7 +2,9 @@
 
 Commands: `agent` runs a member; `members`, `stats`, `monitor`, `leave`, `state`,
 `ring` and `keys` talk to a running agent over its RPC endpoint; `keygen` prints a new
-encryption key; `demo` tells the SWIM story on a small cluster.
+encryption key; `demo` tells the SWIM story on a small cluster. `--version` prints
+the package's version. The commands form one argparse tree (`build_parser`); the
+modules that load Trio are imported only by the commands that run on it.
 
 Exit codes: 0 success, 1 runtime failure (agent unreachable, port busy, refused
 request, missing key, ...), 2 usage error (bad flags, environment or configuration
@@ -18,19 +20,22 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import functools
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import Any
 
+from .. import __version__
 from ..net.keyring import KEY_ACTIONS, generate_key, parse_key
-from ..net.transport import Address, format_address
+from ..net.transport import Address, TransportError, format_address
 from ..ring import TOKEN_SPACE, range_size
 from . import client as rpcclient
 from .settings import (
+    AGENT_ABOUT,
     DEFAULT_RPC,
     ENV_PREFIX,
     EXIT_FAILURE,
@@ -38,7 +43,10 @@ from .settings import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    UsageParser,
+    add_agent_arguments,
     parse_address,
+    settings_from_flags,
 )
 
 STATUSES = ("alive", "suspect", "dead", "left")
@@ -47,6 +55,28 @@ BYTES_TAG = "$base64"
 """The one key of the JSON object that stands for a bytes value."""
 STATE_CELL_WIDTH = 40
 """Widest `APP_STATE` cell of the `members --state` table before it is cut short."""
+
+CLIENT_ABOUT = {
+    "members": "List the members the agent knows.",
+    "stats": "Show the agent's protocol and transport counters.",
+    "monitor": "Print the membership, then stream changes until interrupted.",
+    "leave": "Make the agent leave the cluster gracefully and exit.",
+    "state": "Read and write application state through the agent.",
+    "ring": "Show the hash ring the agent's live members form.",
+}
+KEYS_ABOUT = (
+    "Manage the encryption keys of the whole cluster through the agent: list them, "
+    "install a new key, make it primary (use), remove an old one. Every live member is "
+    "asked and reported on."
+)
+KEYGEN_ABOUT = (
+    "Print a new random encryption key (32 bytes, base64) for a key file or "
+    "`swimnode keys install`."
+)
+DEMO_ABOUT = (
+    "Watch a small cluster find itself, lose a member, take it back and see another "
+    "leave, on the in-memory network (or, with --udp, a few real agents on 127.0.0.1)."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +98,41 @@ class ClientArgs:
     summary: bool = False
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+# ----- the parser tree (pure) ---------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: `swimnode COMMAND ...`, one subparser per command, each
+    knowing the function that runs it (`run`). Building it imports no Trio: the
+    commands that need it import it when they run."""
+    root = UsageParser(
+        prog="swimnode",
+        description="SWIM cluster membership: run an agent, talk to one, manage keys.",
+    )
+    root.add_argument("--version", action="version", version=f"swimnode {__version__}")
+    sub = root.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=UsageParser
+    )
+    agent = sub.add_parser("agent", help=AGENT_ABOUT, description=AGENT_ABOUT)
+    add_agent_arguments(agent)
+    agent.set_defaults(run=_agent)
+    for command, about in CLIENT_ABOUT.items():
+        p = sub.add_parser(command, help=about, description=about)
+        _add_client_arguments(p, command)
+        p.set_defaults(run=_run_client)
+    keys = sub.add_parser("keys", help=KEYS_ABOUT.split(":")[0] + ".", description=KEYS_ABOUT)
+    _add_keys_arguments(keys)
+    keys.set_defaults(run=_keys)
+    keygen = sub.add_parser("keygen", help=KEYGEN_ABOUT, description=KEYGEN_ABOUT)
+    keygen.set_defaults(run=_keygen)
+    demo = sub.add_parser("demo", help=DEMO_ABOUT.split(",")[0] + ".", description=DEMO_ABOUT)
+    _add_demo_arguments(demo)
+    demo.set_defaults(run=_demo)
+    return root
+
+
+COMMANDS = ("agent", *CLIENT_ABOUT, "keys", "keygen", "demo")
+"""Every command, in the order `--help` lists them."""
 
 
 def _add_rpc(p: argparse.ArgumentParser) -> None:
@@ -91,20 +153,21 @@ def _vnodes(text: str) -> int:
     return value
 
 
-def client_parser(command: str) -> argparse.ArgumentParser:
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= rpcclient.MAX_QUERY_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be in (0, {rpcclient.MAX_QUERY_TIMEOUT:g}]")
+    return value
+
+
+def _add_client_arguments(p: argparse.ArgumentParser, command: str) -> None:
     """The flags of one client command."""
-    about = {
-        "members": "List the members the agent knows.",
-        "stats": "Show the agent's protocol and transport counters.",
-        "monitor": "Print the membership, then stream changes until interrupted.",
-        "leave": "Make the agent leave the cluster gracefully and exit.",
-        "state": "Read and write application state through the agent.",
-        "ring": "Show the hash ring the agent's live members form.",
-    }[command]
-    p = _Parser(prog=f"swimnode {command}", description=about)
     if command == "state":
         _state_parsers(p)
-        return p
+        return
     _add_rpc(p)
     if command != "leave":
         p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -132,11 +195,10 @@ def client_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument(
             "--summary", action="store_true", help="only the per-member summary, not every range"
         )
-    return p
 
 
 def _state_parsers(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=UsageParser)
     get = sub.add_parser(
         "get",
         help="print one key's value",
@@ -177,9 +239,18 @@ def _state_parsers(p: argparse.ArgumentParser) -> None:
 
 def parse_client_args(command: str, argv: Sequence[str], env: Mapping[str, str]) -> ClientArgs:
     """Parse a client command's flags (pure); raises `UsageError`."""
-    ns = client_parser(command).parse_args(list(argv))
+    return client_args(build_parser().parse_args([command, *argv]), env)
+
+
+def rpc_address(ns: argparse.Namespace, env: Mapping[str, str]) -> Address:
+    """The agent to talk to: `--rpc`, else `$SWIMNODE_RPC`, else the default."""
     rpc_text = ns.rpc or env.get(ENV_PREFIX + "RPC") or None
-    address = parse_address(rpc_text, what="rpc address") if rpc_text else DEFAULT_RPC
+    return parse_address(rpc_text, what="rpc address") if rpc_text else DEFAULT_RPC
+
+
+def client_args(ns: argparse.Namespace, env: Mapping[str, str]) -> ClientArgs:
+    """A client command's parsed flags, checked and completed from `env`; raises
+    `UsageError`."""
     value = getattr(ns, "value", None)
     if value is not None and getattr(ns, "json_value", False):
         try:
@@ -187,8 +258,8 @@ def parse_client_args(command: str, argv: Sequence[str], env: Mapping[str, str])
         except ValueError as exc:
             raise UsageError(f"VALUE is not valid JSON: {exc}") from None
     return ClientArgs(
-        command=command,
-        rpc=address,
+        command=ns.command,
+        rpc=rpc_address(ns, env),
         json=getattr(ns, "json", False),
         status=getattr(ns, "status", None),
         show_state=getattr(ns, "show_state", False),
@@ -480,35 +551,15 @@ _CLIENT_COMMANDS: dict[str, Callable[[ClientArgs], int]] = {
 }
 
 
-def _client(command: str, argv: list[str]) -> int:
-    try:
-        args = parse_client_args(command, argv, os.environ)
-    except UsageError as exc:
-        print(f"swimnode {command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
-    label = f"{command} {args.action}" if args.action else command
-    try:
-        return _CLIENT_COMMANDS[command](args)
-    except rpcclient.RpcError as exc:
-        print(f"swimnode {label}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+def _run_client(ns: argparse.Namespace) -> int:
+    args = client_args(ns, os.environ)
+    return _CLIENT_COMMANDS[args.command](args)
 
 
 # ----- keys and keygen ------------------------------------------------------------------
 
 
-def keys_parser() -> argparse.ArgumentParser:
-    """The flags of `keys`."""
-    p = _Parser(
-        prog="swimnode keys",
-        description="Manage the encryption keys of the whole "
-        "cluster through the agent: list them, install a new key, make it primary "
-        "(use), remove an old one. Every live member is asked and reported on.",
-    )
+def _add_keys_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "action",
         choices=KEY_ACTIONS,
@@ -530,17 +581,6 @@ def keys_parser() -> argparse.ArgumentParser:
         "rounds; it ends sooner once every member answered)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    return p
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= rpcclient.MAX_QUERY_TIMEOUT:
-        raise argparse.ArgumentTypeError(f"must be in (0, {rpcclient.MAX_QUERY_TIMEOUT:g}]")
-    return value
 
 
 def render_keys(report: Mapping[str, Any], as_json: bool) -> str:
@@ -571,40 +611,26 @@ def render_keys(report: Mapping[str, Any], as_json: bool) -> str:
     return "\n".join(lines)
 
 
-def _keys(argv: list[str]) -> int:
-    try:
-        ns = keys_parser().parse_args(argv)
-        key = ns.key
-        if ns.action == "list" and key is not None:
-            raise UsageError("keys list takes no KEY")
-        if ns.action != "list":
-            if key is None:
-                raise UsageError(f"keys {ns.action} needs a KEY")
-            if key == "-":
-                key = sys.stdin.readline()
-            try:
-                key = base64_key(key)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-        rpc_text = ns.rpc or os.environ.get(ENV_PREFIX + "RPC") or None
-        address = parse_address(rpc_text, what="rpc address") if rpc_text else DEFAULT_RPC
-    except UsageError as exc:
-        print(f"swimnode keys: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
+def _keys(ns: argparse.Namespace) -> int:
+    key = ns.key
+    if ns.action == "list" and key is not None:
+        raise UsageError("keys list takes no KEY")
+    if ns.action != "list":
+        if key is None:
+            raise UsageError(f"keys {ns.action} needs a KEY")
+        if key == "-":
+            key = sys.stdin.readline()
+        try:
+            key = base64_key(key)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    address = rpc_address(ns, os.environ)
     # The agent waits up to its own default (or --timeout) for answers; allow that
     # plus a margin before giving up on it.
     wait = (ns.timeout or rpcclient.MAX_QUERY_TIMEOUT / 10) + 10.0
-    try:
-        report = rpcclient.call(
-            address, "keys", {"action": ns.action, "key": key, "timeout": ns.timeout}, timeout=wait
-        )
-    except rpcclient.RpcError as exc:
-        print(f"swimnode keys {ns.action}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    report = rpcclient.call(
+        address, "keys", {"action": ns.action, "key": key, "timeout": ns.timeout}, timeout=wait
+    )
     report["ok"] = not report["failed"]  # was the RPC envelope's flag
     print(render_keys(report, ns.json))
     if report["failed"]:
@@ -624,61 +650,98 @@ def base64_key(text: str) -> str:
     return text.strip()
 
 
-def _keygen(argv: list[str]) -> int:
-    p = _Parser(
-        prog="swimnode keygen",
-        description="Print a new random encryption key "
-        "(32 bytes, base64) for a key file or `swimnode keys install`.",
-    )
-    try:
-        p.parse_args(argv)
-    except UsageError as exc:
-        print(f"swimnode keygen: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
+def _keygen(ns: argparse.Namespace) -> int:
     print(generate_key())
     return EXIT_OK
 
 
-# The agent and the demo are imported on demand: both load Trio (the demo also
+# ----- agent and demo ---------------------------------------------------------------------
+# Both import their modules when they run: those load Trio (the demo also
 # trio.testing, which imports pytest), and the client commands above start in less
 # than half the time without it (docs/agent.md, "Start-up cost").
 
 
-def _agent(argv: list[str]) -> int:
-    from . import daemon as agent
+def _agent(ns: argparse.Namespace) -> int:
+    settings = settings_from_flags(
+        ns, os.environ, lambda p: Path(p).read_text("utf-8"), default_name=socket.gethostname()
+    )
+    from . import daemon
 
-    return agent.main(argv)
+    return daemon.run(settings)
 
 
-def _demo(argv: list[str]) -> int:
+def _add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=5, help="cluster size (default 5)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument(
+        "--loss", type=float, default=0.0, help="packet loss probability, 0..1 (default 0)"
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=4.0,
+        help="how much faster than real time the clock runs (default 4)",
+    )
+    p.add_argument(
+        "--udp", action="store_true", help="run 3-5 real agent processes on 127.0.0.1 instead"
+    )
+
+
+def _demo(ns: argparse.Namespace) -> int:
+    if ns.udp and not 3 <= ns.nodes <= 5:
+        raise UsageError("--udp runs 3 to 5 agents")
+    if not 3 <= ns.nodes <= 200:
+        raise UsageError("--nodes must be between 3 and 200")
+    if not 0.0 <= ns.loss < 1.0:
+        raise UsageError("--loss must be in [0, 1)")
+    if ns.speed <= 0:
+        raise UsageError("--speed must be > 0")
     from . import demo
 
-    return demo.main(argv)
+    return demo.run(ns.nodes, ns.seed, ns.loss, ns.speed, ns.udp)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "agent": _agent,
-    **{name: functools.partial(_client, name) for name in _CLIENT_COMMANDS},
-    "keys": _keys,
-    "keygen": _keygen,
-    "demo": _demo,
-}
+# ----- the entry point --------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Dispatch to a subcommand; returns the process exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        stream = sys.stdout if args else sys.stderr
-        print("usage: python -m swimnode {" + ",".join(COMMANDS) + "} [options]", file=stream)
-        return EXIT_OK if args else EXIT_USAGE
-    command = COMMANDS.get(args[0])
-    if command is None:
-        print(
-            f"swimnode: unknown command {args[0]!r} (expected one of: {', '.join(COMMANDS)})",
-            file=sys.stderr,
-        )
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit code (see the module's docstring).
+
+    Every command's errors are reported here, the same way: a usage error as
+    `swimnode COMMAND: message` (exit 2), a failure at run time (agent unreachable,
+    request refused, address busy) as `swimnode COMMAND [ACTION]: message` (exit 1),
+    Ctrl-C as exit 130; never a traceback.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not args:
+        print(parser.format_usage(), end="", file=sys.stderr)
         return EXIT_USAGE
-    return command(args[1:])
+    label = "swimnode"
+    if not args[0].startswith("-"):
+        if args[0] not in COMMANDS:
+            print(
+                f"swimnode: unknown command {args[0]!r} (expected one of: {', '.join(COMMANDS)})",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        label = f"swimnode {args[0]}"
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as exc:  # --help and --version, which print and exit
+        return int(exc.code or 0)
+    except UsageError as exc:
+        print(f"{label}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    action = getattr(ns, "action", None)  # state and keys name theirs in run-time errors
+    run: Callable[[argparse.Namespace], int] = ns.run
+    try:
+        return run(ns)
+    except UsageError as exc:
+        print(f"{label}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (rpcclient.RpcError, TransportError) as exc:
+        print(f"{label} {action}: {exc}" if action else f"{label}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

@@ -13,10 +13,8 @@ import json
 import logging
 import os
 import signal
-import socket
 import stat
 import sys
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -34,20 +32,17 @@ from ..net.seeds import (
     StaticSeeds,
 )
 from ..net.transport import Address, format_address
-from ..net.udp import TransportError, UdpTransport, open_udp_transport
+from ..net.udp import UdpTransport, open_udp_transport
 from ..node import Node, open_node, secure
 from ..protocol.events import EventsLost, MemberUpdated
 from ..protocol.member import Member
 from . import rpc
 from .keyqueries import KeyQueryError, register_key_handlers, run_key_query
 from .settings import (
-    EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_USAGE,
     AgentSettings,
     UsageError,
-    load_settings,
 )
 
 log = logging.getLogger("swimnode.agent")
@@ -394,29 +389,13 @@ def configure_logging(level: str, as_json: bool) -> None:
 # ----- entry point ----------------------------------------------------------------------
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of `python -m swimnode agent`; returns the exit code."""
-    try:
-        settings = load_settings(
-            argv,
-            os.environ,
-            lambda p: Path(p).read_text("utf-8"),
-            default_name=socket.gethostname(),
-        )
-    except UsageError as exc:
-        print(f"swimnode agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help
-        return int(exc.code or 0)
+def run(settings: AgentSettings) -> int:
+    """Run `python -m swimnode agent` with its settings; returns the exit code. A
+    `TransportError` (address busy, ...) or `UsageError` found only at start-up goes
+    to the command line's error handling."""
     configure_logging(settings.log_level, settings.log_json)
     try:
         trio.run(run_agent, settings)
-    except TransportError as exc:
-        print(f"swimnode agent: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except UsageError as exc:
-        print(f"swimnode agent: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print("swimnode agent: interrupted before the leave finished", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -11,7 +11,6 @@ detect it; every agent is then stopped by its PID.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
@@ -146,34 +145,9 @@ def _udp_demo(nodes: int) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m swimnode demo`."""
-    parser = argparse.ArgumentParser(prog="swimnode demo", description=__doc__)
-    parser.add_argument("--nodes", type=int, default=5, help="cluster size (default 5)")
-    parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    parser.add_argument(
-        "--loss", type=float, default=0.0, help="packet loss probability, 0..1 (default 0)"
-    )
-    parser.add_argument(
-        "--speed",
-        type=float,
-        default=4.0,
-        help="how much faster than real time the clock runs (default 4)",
-    )
-    parser.add_argument(
-        "--udp", action="store_true", help="run 3-5 real agent processes on 127.0.0.1 instead"
-    )
-    args = parser.parse_args(argv)
-    if args.udp:
-        if not 3 <= args.nodes <= 5:
-            parser.error("--udp runs 3 to 5 agents")
-        return _udp_demo(args.nodes)
-    if not 3 <= args.nodes <= 200:
-        parser.error("--nodes must be between 3 and 200")
-    if not 0.0 <= args.loss < 1.0:
-        parser.error("--loss must be in [0, 1)")
-    if args.speed <= 0:
-        parser.error("--speed must be > 0")
-    clock = trio.testing.MockClock(rate=args.speed)
-    trio.run(_demo, args.nodes, args.seed, args.loss, clock=clock)
+def run(nodes: int, seed: int, loss: float, speed: float, udp: bool) -> int:
+    """Run `python -m swimnode demo` (its flags checked by the command line)."""
+    if udp:
+        return _udp_demo(nodes)
+    trio.run(_demo, nodes, seed, loss, clock=trio.testing.MockClock(rate=speed))
     return 0

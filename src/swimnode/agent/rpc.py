@@ -16,8 +16,7 @@ import trio
 
 from ..eventhub import EventStream
 from ..net import framing
-from ..net.transport import Address, format_address
-from ..net.udp import TransportError
+from ..net.transport import Address, TransportError, format_address
 from ..protocol.events import Event, MemberEvent, MemberUpdated
 from ..protocol.member import Member
 from ..ring import HashRing, advertised_tokens

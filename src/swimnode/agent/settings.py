@@ -93,21 +93,27 @@ class AgentSettings:
             raise UsageError(str(exc)) from None
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing usage and exiting, so errors stay
-    one line and parsing stays testable."""
+class UsageParser(argparse.ArgumentParser):
+    """argparse that raises `UsageError` instead of printing usage and exiting, so
+    errors stay one line and parsing stays testable. Every command's parser is one."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
 
+AGENT_ABOUT = "Run a swimnode cluster member with a local RPC endpoint."
+
+
 def agent_parser() -> argparse.ArgumentParser:
-    """The `agent` subcommand's flags. Every default is `None` so that a flag the
-    user did not give falls through to the environment, the file and the defaults."""
-    p = _Parser(
-        prog="swimnode agent",
-        description="Run a swimnode cluster member with a local RPC endpoint.",
-    )
+    """The `agent` command's flags, as a parser of their own."""
+    p = UsageParser(prog="swimnode agent", description=AGENT_ABOUT)
+    add_agent_arguments(p)
+    return p
+
+
+def add_agent_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the `agent` command's flags to `p`. Every default is `None` so that a flag
+    the user did not give falls through to the environment, the file and the defaults."""
     p.add_argument("--name", help="member name (default: this host's name)")
     p.add_argument(
         "--bind",
@@ -183,7 +189,6 @@ def agent_parser() -> argparse.ArgumentParser:
         const=True,
         help="allow binding a non-loopback address without encryption keys",
     )
-    return p
 
 
 _KEYS = (
@@ -399,8 +404,17 @@ def load_settings(
     `read_text(path)` reads the config file (`OSError` becomes a `UsageError`); it is a
     parameter so tests need no files.
     """
-    ns = agent_parser().parse_args(list(argv))
-    flags = {k: v for k, v in vars(ns).items() if k not in ("config", "state")}
+    return settings_from_flags(agent_parser().parse_args(list(argv)), env, read_text, default_name)
+
+
+def settings_from_flags(
+    ns: argparse.Namespace,
+    env: Mapping[str, str],
+    read_text: Callable[[str], str],
+    default_name: str,
+) -> AgentSettings:
+    """`load_settings` for flags already parsed (by `add_agent_arguments`' flags)."""
+    flags = {k: v for k, v in vars(ns).items() if k in _KEYS and k != "state"}
     # --state and --state-json fill one list, in order; a later flag wins for a key.
     if ns.state:
         flags["state"] = dict(ns.state)

@@ -24,6 +24,27 @@ DEFAULT_PORT = 7946
 """Port assumed when an address names only a host."""
 
 
+class TransportError(OSError):
+    """The transport could not be set up, e.g. its address is unavailable.
+
+    `str()` is a one-line message meant for the operator, such as
+    ``cannot bind 127.0.0.1:7946: address already in use (udp)``; `errno` is
+    set when the operating system reported one.
+    """
+
+    message: str
+
+    def __init__(self, message: str, error_number: int | None = None) -> None:
+        # A single argument keeps str() free of the "[Errno N]" prefix that
+        # OSError adds when given (errno, strerror).
+        super().__init__(message)
+        self.errno = error_number
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def format_address(address: Address) -> str:
     """`host:port`, with IPv6 hosts in brackets (`[::1]:7946`)."""
     host, port = address

@@ -36,7 +36,7 @@ import trio
 
 from swimnode import counters
 from swimnode.net import framing
-from swimnode.net.transport import Address, Packet, format_address
+from swimnode.net.transport import Address, Packet, TransportError, format_address
 from swimnode.protocol.limits import MAX_DATAGRAM_BYTES
 
 __all__ = ["TransportError", "UdpTransport", "open_udp_transport"]
@@ -52,27 +52,6 @@ _LISTEN_BACKLOG = 128
 # After a failed accept (typically EMFILE: out of file descriptors) retrying
 # at once would just spin; a short pause lets open connections finish.
 _ACCEPT_BACKOFF = 0.1
-
-
-class TransportError(OSError):
-    """The transport could not be set up, e.g. its address is unavailable.
-
-    `str()` is a one-line message meant for the operator, such as
-    ``cannot bind 127.0.0.1:7946: address already in use (udp)``; `errno` is
-    set when the operating system reported one.
-    """
-
-    message: str
-
-    def __init__(self, message: str, error_number: int | None = None) -> None:
-        # A single argument keeps str() free of the "[Errno N]" prefix that
-        # OSError adds when given (errno, strerror).
-        super().__init__(message)
-        self.errno = error_number
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @lru_cache(maxsize=4096)
