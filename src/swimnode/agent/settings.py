@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
@@ -77,6 +76,8 @@ class AgentSettings:
     A `Keyring` shows fingerprints only, so printing settings reveals no key."""
     insecure_plaintext: bool = False
     """Allow binding a non-loopback address without keys."""
+    metrics: Address | None = None
+    """Where to serve Prometheus metrics (`/metrics`), or None for no metrics."""
 
     def node_config(self) -> Config:
         """The node configuration these settings describe."""
@@ -168,6 +169,12 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help=f"RPC endpoint to listen on (default {format_address(DEFAULT_RPC)})",
     )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs the "
+        "[metrics] extra; default off)",
+    )
     p.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="log threshold (default info)")
     p.add_argument(
@@ -206,6 +213,7 @@ _KEYS = (
     "key_file",
     "label",
     "insecure_plaintext",
+    "metrics",
 )
 _BOOL_KEYS = ("log_json", "insecure_plaintext")
 KEYS_ENV = ENV_PREFIX + "KEYS"
@@ -285,6 +293,10 @@ def _env_bool(var: str, value: str) -> bool:
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:
     """Settings from a TOML document; unknown keys and wrong types are errors."""
+    # Imported here: most agents run without a file, and the parser costs an idle
+    # agent about 0.15 MiB of RSS for nothing.
+    import tomllib
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -327,6 +339,7 @@ def merge(
         raise UsageError(f"unknown log level {level!r} (expected {', '.join(LOG_LEVELS)})")
     bind = parse_address(raw["bind"], what="bind address") if "bind" in raw else DEFAULT_BIND
     rpc = parse_address(raw["rpc"], what="rpc address") if "rpc" in raw else DEFAULT_RPC
+    metrics = parse_address(raw["metrics"], what="metrics address") if "metrics" in raw else None
     advertise = (
         parse_address(raw["advertise"], what="advertise address") if "advertise" in raw else None
     )
@@ -372,6 +385,7 @@ def merge(
         key_file=None if key_file is None else str(key_file),
         keyring=keyring,
         insecure_plaintext=insecure,
+        metrics=metrics,
     )
     config = settings.node_config()  # validates the name and the profile's knobs
     check_state(settings.state, config)
