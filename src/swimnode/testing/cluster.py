@@ -10,33 +10,25 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import trio
 
 from ..net.keyring import Keyring
-from ..net.transport import Address
 from ..node import Node, open_node, secure
 from ..protocol.config import Config, Profile
-from ..protocol.events import Event, EventsLost
-from ..protocol.member import MemberState
+from ..protocol.core import SwimCore
+from .clusterviews import ClusterViews, Observed
 from .network import Network
 
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    """One event as seen by one node, at a simulated time."""
-
-    time: float
-    observer: str
-    event: Event
+__all__ = ["Observed", "SimCluster", "open_sim_cluster", "seed_trio_scheduler"]
 
 
-class SimCluster:
-    """A set of nodes sharing one in-memory network. Create with `open_sim_cluster`."""
+class SimCluster(ClusterViews):
+    """A set of nodes sharing one in-memory network. Create with `open_sim_cluster`.
+    The views (`converged`, `all_see`, `events_of`, ...) are `ClusterViews`'."""
 
     def __init__(
         self,
@@ -49,40 +41,16 @@ class SimCluster:
         record: bool = True,
         keyring: Keyring | None = None,
     ) -> None:
+        super().__init__(seed=seed, profile=profile, overrides=overrides)
         self.network = network
         self.keyring = keyring
         """Keys every node gets unless started with its own (None: plaintext)."""
         self.record = record
         """Whether `log` records events (costly at a thousand nodes: N² joins)."""
-        self.seed = seed
-        self.profile: Profile = profile
-        self.overrides = overrides
-        self.log: list[Observed] = []
         self.nodes: dict[str, Node] = {}
         self._nursery = nursery
         self._scopes: dict[str, trio.CancelScope] = {}
         self._stopped: dict[str, trio.Event] = {}
-        self._seed_address: Address | None = None
-        self._starts = 0
-
-    @staticmethod
-    def address_of(name: str) -> Address:
-        """The simulated address of the node called `name`."""
-        return (name, 7946)
-
-    @property
-    def names(self) -> list[str]:
-        """Names of the running nodes."""
-        return list(self.nodes)
-
-    def config_for(self, name: str, **overrides: Any) -> Config:
-        """The config a node of this cluster gets (profile, seed node, own seed)."""
-        self._starts += 1
-        values = dict(self.overrides)
-        values.update(overrides)
-        values.setdefault("seeds", (self._seed_address,) if self._seed_address else ())
-        values.setdefault("seed", self.seed * 1_000_003 + self._starts)
-        return Config.profile(self.profile, name, bind=self.address_of(name), **values)
 
     async def start(
         self,
@@ -96,8 +64,6 @@ class SimCluster:
         if name in self.nodes:
             raise ValueError(f"node {name!r} is already running")
         config = self.config_for(name, **overrides)
-        if self._seed_address is None:
-            self._seed_address = config.bind
         keys = self.keyring if keyring == "cluster" else keyring
         node: Node = await self._nursery.start(self._run, config, keys)
         return node
@@ -143,43 +109,10 @@ class SimCluster:
         await self.nodes[name].leave()
         await stopped.wait()
 
-    def view(self, observer: str) -> dict[str, MemberState]:
-        """What `observer` believes: member name -> state."""
-        return {m.name: m.state for m in self.nodes[observer].members()}
-
-    def all_see(
-        self, name: str, states: Iterable[MemberState], observers: Iterable[str] | None = None
-    ) -> bool:
-        """Whether every observer (default: every running node but `name`) holds
-        `name` in one of `states` (a forgotten member counts as not seen)."""
-        wanted = set(states)
-        obs = [o for o in (observers if observers is not None else self.nodes) if o != name]
-        return all(self.view(o).get(name) in wanted for o in obs)
-
-    def app_state(self, observer: str, owner: str) -> dict[str, Any] | None:
-        """`owner`'s application state as `observer` holds it (None if unknown)."""
-        member = self.nodes[observer].core.member(owner)
-        return dict(member.app_state) if member is not None else None
-
-    def state_converged(self) -> bool:
-        """Every running node holds every running node's exact current state."""
-        truth = {n: dict(node.local_member.app_state) for n, node in self.nodes.items()}
-        return all(self.app_state(o, n) == truth[n] for o in self.nodes for n in self.nodes)
-
-    def converged(self) -> bool:
-        """Every running node lists every running node alive, and nothing else live."""
-        running = set(self.nodes)
-        # Cheap counts first: at a thousand nodes the full comparison is a million
-        # records, and polling it would dominate a benchmark.
-        for node in self.nodes.values():
-            if node.core.n_live != len(running) or node.core.active_suspicions:
-                return False
-        for observer in running:
-            live = {m.name for m in self.nodes[observer].members() if m.is_live}
-            alive = {m.name for m in self.nodes[observer].members() if m.state is MemberState.ALIVE}
-            if live != running or alive != running:
-                return False
-        return True
+    @property
+    def cores(self) -> dict[str, SwimCore]:
+        """The protocol core of every running node, by name."""
+        return {name: node.core for name, node in self.nodes.items()}
 
     async def wait_for(
         self,
@@ -195,19 +128,6 @@ class SimCluster:
                 return trio.current_time() - start
             await trio.sleep(step)
         return None
-
-    def events_of(
-        self, kind: str, subject: str | None = None, observer: str | None = None
-    ) -> list[Observed]:
-        """Recorded events of one kind, optionally about one member or seen by one."""
-        return [
-            o
-            for o in self.log
-            if o.event.kind == kind
-            and not isinstance(o.event, EventsLost)
-            and (subject is None or o.event.member.name == subject)
-            and (observer is None or o.observer == observer)
-        ]
 
 
 def seed_trio_scheduler(seed: int) -> None:
