@@ -34,6 +34,7 @@ from ..net.keyring import KEY_ACTIONS, generate_key, parse_key
 from ..net.transport import Address, TransportError, format_address
 from ..ring import TOKEN_SPACE, range_size
 from . import client as rpcclient
+from . import simulate
 from .settings import (
     AGENT_ABOUT,
     DEFAULT_RPC,
@@ -128,10 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help=DEMO_ABOUT.split(",")[0] + ".", description=DEMO_ABOUT)
     _add_demo_arguments(demo)
     demo.set_defaults(run=_demo)
+    sim = sub.add_parser("simulate", help=simulate.HELP, description=simulate.ABOUT)
+    simulate.add_arguments(sim)
+    sim.set_defaults(run=simulate.run)  # loads the simulator (never Trio) when it runs
     return root
 
 
-COMMANDS = ("agent", *CLIENT_ABOUT, "keys", "keygen", "demo")
+COMMANDS = ("agent", *CLIENT_ABOUT, "keys", "keygen", "demo", "simulate")
 """Every command, in the order `--help` lists them."""
 
 

@@ -1,0 +1,100 @@
+"""`python -m swimnode simulate`: flags, output, errors, and no Trio."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from swimnode.agent import cli, simulate
+
+SMALL = ["simulate", "--nodes", "12", "--duration", "25", "--seed", "3"]
+
+
+def test_json_report(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([*SMALL, "--json", "--set", "probe_interval=0.8", "--loss", "0.01"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scenario_nodes"] == 12
+    assert report["scenario_overrides"] == {"probe_interval": 0.8}
+    assert report["first_failed_s"] is not None and report["all_failed_s"] is not None
+    assert report["rounds_100"] is not None
+    assert report["msgs_per_node_s"] > 0
+    assert report["crash_curve"][-1][1] == 1.0
+
+
+def test_table_with_a_partition_and_slow_nodes(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [*SMALL, "--slow", "2", "--partition", "0.25@2+20", "--crash", "0"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "converged again after the heal" in out
+    assert "first suspicion" not in out  # nothing crashed
+    assert "real-time factor" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nodes", "2"], "--nodes must be at least 3"),
+        (["--loss", "1.5"], "--loss must be in [0, 1)"),
+        (["--partition", "half@3"], "expected FRACTION@T+DURATION"),
+        (["--partition", "1.5@3+4"], "0 < FRACTION < 1"),
+        (["--set", "nope=1"], "expected FIELD=VALUE with a config field"),
+        (["--set", "probe_interval=fast"], "--set probe_interval: expected float"),
+        (["--set", "probe_timeout=5"], "probe_timeout must not exceed probe_interval"),
+        (["--set", "lifeguard_buddy=maybe"], "expected true or false"),
+        (["--nodes", "12", "--crash", "11"], "at least 2 healthy nodes"),
+    ],
+)
+def test_bad_flags_are_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["simulate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("swimnode simulate: ")
+
+
+def test_plot_without_matplotlib_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    assert cli.main([*SMALL, "--plot", "out.png"]) == 2
+    assert "swimnode[plot]" in capsys.readouterr().err
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    class Tty:
+        def __init__(self, tty: bool) -> None:
+            self.text, self.tty = "", tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+        def write(self, s: str) -> None:
+            self.text += s
+
+        def flush(self) -> None:
+            pass
+
+    for tty in (True, False):
+        stream = Tty(tty)
+        bar = simulate.ProgressBar(stream)  # type: ignore[arg-type]
+        bar._start -= simulate.PROGRESS_AFTER  # as if the run had lasted a while
+        bar.update("scenario", 0.5)
+        bar.clear()
+        assert ("50%" in stream.text) is tty
+
+
+def test_simulate_imports_no_trio() -> None:
+    code = (
+        "import contextlib, io, sys\n"
+        "from swimnode.agent import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    code = cli.main(['simulate', '--nodes', '5', '--duration', '5'])\n"
+        "print(code, 'trio' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.split() == ["0", "False"]
