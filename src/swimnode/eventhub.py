@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -43,7 +44,7 @@ class EventHub:
         """End every subscription once its buffer is drained."""
         self.closed = True
         for sub in self._subscribers:
-            sub._wakeup.set()
+            sub._wake()
 
     def subscribe(self) -> EventStream:
         """A new subscription that sees every event published from now on."""
@@ -67,6 +68,7 @@ class EventStream:
         self._buffer: deque[MemberEvent | _Gap] = deque()
         self._wakeup = trio.Event()
         self._closed = False
+        self._notify: Callable[[], None] | None = None
 
     def _push(self, event: MemberEvent) -> None:
         buf = self._buffer
@@ -76,23 +78,50 @@ class EventStream:
             buf[-1].count += 1
         else:
             buf.append(_Gap())
+        self._wake()
+
+    def _wake(self) -> None:
         self._wakeup.set()
+        if self._notify is not None:
+            self._notify()
+
+    def set_notify(self, callback: Callable[[], None] | None) -> None:
+        """Also call `callback()` whenever an event arrives or the stream ends.
+
+        It runs on the node's Trio thread, inside the protocol's path, so it must be
+        quick and must not raise. It lets another event loop or thread wait for
+        events (`swimnode.aio`, `swimnode.blocking`) and take them with
+        `receive_nowait`, with this stream's buffer and `EventsLost` rule.
+        """
+        self._notify = callback
+
+    def receive_nowait(self) -> Event | None:
+        """The next event if one is buffered, else None; never waits."""
+        if not self._buffer:
+            return None
+        item = self._buffer.popleft()
+        return EventsLost(item.count) if isinstance(item, _Gap) else item
+
+    @property
+    def finished(self) -> bool:
+        """True once the stream is closed or its node stopped, and nothing is left."""
+        return not self._buffer and (self._closed or self._hub.closed)
 
     def close(self) -> None:
         """Stop receiving events."""
         self._closed = True
         self._hub._unsubscribe(self)
-        self._wakeup.set()
+        self._wake()
 
     def __aiter__(self) -> EventStream:
         return self
 
     async def __anext__(self) -> Event:
         while True:
-            if self._buffer:
-                item = self._buffer.popleft()
-                return EventsLost(item.count) if isinstance(item, _Gap) else item
-            if self._closed or self._hub.closed:
+            event = self.receive_nowait()
+            if event is not None:
+                return event
+            if self.finished:
                 raise StopAsyncIteration
             self._wakeup = trio.Event()
             await self._wakeup.wait()
