@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from swimnode.protocol.config import Config
 from swimnode.testing.netlab import LAB_IPV4, LAB_IPV6, Host, Lab, unavailable_reason
+from swimnode.testing.processes import detection_bound
 
 _REASON = unavailable_reason()
 pytestmark = [
@@ -39,10 +43,11 @@ def seed_flags(seeds: list[Host]) -> list[str]:
 
 
 def start_cluster(lab: Lab, *extra: str) -> None:
-    """Every host's agent with the lab key; the first two hosts are static seeds
-    for the first half, a seed file names them for the second half."""
+    """Every host's agent with the lab key; the first and the last host are static
+    seeds for the first half of the hosts, a seed file names them for the second."""
     key = ["--key-file", str(lab.write_key())]
-    seeds = lab.hosts[:2]
+    # One seed on each side of the trunk, so either half can find the other.
+    seeds = [lab.hosts[0], lab.hosts[-1]]
     seed_file = str(lab.write_seed_file(seeds))
     for host in lab.hosts:
         if host.index < len(lab.hosts) // 2:
@@ -101,3 +106,130 @@ def test_eight_hosts_join_by_static_seeds_and_seed_file(lab8: Lab) -> None:
         }
     # The safety rule: the root namespace has no address and no route in the lab.
     assert in_lab(root_routes()) == []
+
+
+def bound(lab: Lab) -> float:
+    """The lan profile's detection bound for the lab's size: a protocol guarantee."""
+    return detection_bound(Config.lan("x"), len(lab.hosts))
+
+
+def states_of(lab: Lab, observers: list[Host], name: str) -> dict[str, str | None]:
+    """How each observer lists `name` (None: not listed or no answer)."""
+    return {h.agent_name: (lab.view(h) or {}).get(name) for h in observers}
+
+
+def total(lab: Lab, hosts: list[Host], counter: str) -> int:
+    return sum(lab.stats(h).get(counter, 0) for h in hosts)
+
+
+def test_sigstop_short_is_tolerated_long_is_failed_then_refuted(lab8: Lab) -> None:
+    start_cluster(lab8)
+    joined(lab8)
+    victim, others = lab8.hosts[3], [h for h in lab8.hosts if h.index != 3]
+    name = victim.agent_name
+
+    # 2 s stopped: within Lifeguard's patience (a suspicion lasts at least 4 s on
+    # lan at this size), so nobody may declare it dead, during or after.
+    lab8.signal(victim, signal.SIGSTOP)
+    seen: set[str | None] = set()
+    until = time.monotonic() + 2.0
+    while time.monotonic() < until:
+        seen.update(states_of(lab8, others, name).values())
+        time.sleep(0.2)
+    lab8.signal(victim, signal.SIGCONT)
+    lab8.wait(lambda: False, 3.0)  # let any suspicion run its course
+    seen.update(states_of(lab8, others, name).values())
+    assert "dead" not in seen and total(lab8, lab8.hosts, "deaths_declared") == 0
+
+    # Stopped until every other host lists it failed (within the detection bound),
+    # then continued: it must refute and be alive everywhere within 10 s.
+    lab8.signal(victim, signal.SIGSTOP)
+    try:
+        failed = lab8.wait(lambda: lab8.all_see(others, {name: "dead"}), bound(lab8))
+    finally:
+        lab8.signal(victim, signal.SIGCONT)
+    assert failed, states_of(lab8, others, name)
+    back = lab8.wait(lambda: lab8.all_see(lab8.hosts, {name: "alive"}), 10.0)
+    assert back, f"{states_of(lab8, lab8.hosts, name)}\n{lab8.log_tail(victim)}"
+
+
+def test_wrong_key_and_plaintext_hosts_stay_out() -> None:
+    with Lab(10) as lab:
+        good, wrong, plain = lab.hosts[:8], lab.hosts[8], lab.hosts[9]
+        key = ["--key-file", str(lab.write_key())]
+        for host in good:
+            lab.start_agent(host, *key, *seed_flags(good[:1]))
+        if not lab.wait(lambda: all_alive(lab, good), 60.0):
+            pytest.fail(f"no convergence: {[lab.view(h) for h in good]}")
+        suspicions = total(lab, good, "suspicions_raised")
+        other_key = str(lab.write_key_file(lab.workdir / "other-key"))
+        lab.start_agent(wrong, "--key-file", other_key, *seed_flags(good[:3]))
+        lab.start_agent(plain, "--insecure-plaintext", *seed_flags(good[:3]))
+
+        def rejected() -> bool:
+            # A plaintext agent without a label sends unframed packets: they fail the
+            # header check before the plaintext one.
+            plaintext = ("security_dropped_plaintext", "security_dropped_bad_header")
+            return total(lab, good, "security_dropped_auth") > 0 and any(
+                total(lab, good, counter) > 0 for counter in plaintext
+            )
+
+        # The intruders knock on their seeds from the start (join attempts over TCP).
+        assert lab.wait(rejected, 30.0), [lab.stats(h) for h in good[:3]]
+        lab.wait(lambda: False, 5.0)  # several probe periods with them knocking
+        intruders = {wrong.agent_name: "", plain.agent_name: ""}
+        assert lab.all_see(good, intruders), [lab.view(h) for h in good]
+        assert all_alive(lab, good)
+        assert total(lab, good, "suspicions_raised") == suspicions
+        for intruder in (wrong, plain):
+            assert lab.view(intruder) == {intruder.agent_name: "alive"}
+
+
+def set_state(lab: Lab, host: Host, key: str, value: str) -> None:
+    lab.rpc(host, "state_set", key=key, value=value)
+
+
+def app_states(lab: Lab, host: Host) -> dict[str, object] | None:
+    listing = lab.members(host)
+    return None if listing is None else {m["name"]: m["app_state"] for m in listing}
+
+
+def one_cluster_with_equal_state(lab: Lab) -> bool:
+    if not all_alive(lab, lab.hosts):
+        return False
+    states = [app_states(lab, h) for h in lab.hosts]
+    return all(s == states[0] for s in states)
+
+
+def partitioned(lab: Lab, expected: str) -> bool:
+    """Whether each half lists every host of the other half as `expected`
+    ("" for not listed at all: reclaimed)."""
+    left, right = lab.halves
+    return lab.all_see(left, {h.agent_name: expected for h in right}) and lab.all_see(
+        right, {h.agent_name: expected for h in left}
+    )
+
+
+def test_partition_short_and_longer_than_dead_reclaim_time(lab8: Lab) -> None:
+    start_cluster(lab8)
+    joined(lab8)
+    reclaim = Config.lan("x").dead_reclaim_time
+    for rounds, (hold, forgotten) in enumerate(((20.0, False), (reclaim, True))):
+        started = time.monotonic()
+        lab8.partition()
+        try:
+            assert lab8.wait(lambda: partitioned(lab8, "dead"), bound(lab8)), [
+                lab8.view(h) for h in lab8.hosts
+            ]
+            # State written on both sides while they cannot hear each other.
+            for host in lab8.halves[0][:1] + lab8.halves[1][:1]:
+                set_state(lab8, host, "written", f"round {rounds} by {host.agent_name}")
+            if forgotten:
+                # Reaping runs every dead_reclaim_time / 10 after the reclaim time.
+                gone = lab8.wait(lambda: partitioned(lab8, ""), bound(lab8) + reclaim * 1.2)
+                assert gone, [lab8.view(h) for h in lab8.hosts]
+            lab8.wait(lambda: False, hold - (time.monotonic() - started))
+        finally:
+            lab8.heal()
+        healed = lab8.wait(lambda: one_cluster_with_equal_state(lab8), 30.0)
+        assert healed, [app_states(lab8, h) for h in lab8.hosts]
