@@ -17,7 +17,7 @@ from swimnode.agent import client as rpcclient
 from swimnode.agent import rpc
 from swimnode.agent.daemon import Agent
 from swimnode.agent.keyqueries import register_key_handlers
-from swimnode.agent.settings import UsageError, agent_parser, load_settings
+from swimnode.agent.settings import AgentSettings, UsageError, agent_parser, load_settings
 from swimnode.net.keyring import Keyring, fingerprint, generate_key, parse_key
 from swimnode.net.security import DROP_REASONS, SecureTransport
 from swimnode.net.udp import open_udp_transport
@@ -136,7 +136,13 @@ async def test_keys_rpc_on_a_loopback_cluster() -> None:
             assert isinstance(transport, SecureTransport)
             async with open_node(config, transport=transport) as node:
                 register_key_handlers(node, rings[name])
-                agents[name] = Agent(node, udp, security=transport, keyring=rings[name])
+                agents[name] = Agent(
+                    node,
+                    udp,
+                    AgentSettings(name, profile="local"),
+                    security=transport,
+                    keyring=rings[name],
+                )
                 task_status.started()
                 await trio.sleep_forever()
 

@@ -10,12 +10,9 @@ from swimnode import counters
 from swimnode.protocol.codec import MESSAGE_NAMES
 from swimnode.testing import Network, open_sim_cluster
 
-SNAPSHOT_EXTRAS = {"awareness", "members_live", "members_known", "suspicions_active", "incarnation"}
-"""Gauges `node.stats()` adds beside the counters."""
-
 
 def declared_core(name: str) -> bool:
-    if name in counters.CORE or name in SNAPSHOT_EXTRAS:
+    if name in counters.CORE or name in counters.GAUGES:
         return True
     return any(
         name in (counters.sent_key(m), counters.sent_bytes_key(m), counters.received_key(m))
@@ -40,7 +37,7 @@ async def test_a_busy_cluster_counts_only_declared_names(
 
 def test_always_reported_names_belong_to_a_family() -> None:
     families = {
-        "": counters.CORE,
+        "": {**counters.CORE, **counters.AGENT},
         counters.TRANSPORT_PREFIX: counters.TRANSPORT,
         counters.SECURITY_PREFIX: counters.SECURITY,
     }

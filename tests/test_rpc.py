@@ -13,6 +13,7 @@ import trio
 from swimnode.agent import client as rpcclient
 from swimnode.agent import rpc
 from swimnode.agent.daemon import Agent
+from swimnode.agent.settings import AgentSettings
 from swimnode.eventhub import EventHub, EventStream
 from swimnode.net.transport import Address
 from swimnode.net.udp import open_udp_transport
@@ -54,6 +55,9 @@ class FakeAgent:
 
     def stats(self) -> dict[str, int]:
         return {"probes": 7, "transport_send_errors": 1}
+
+    def info(self) -> dict[str, Any]:
+        return {"name": "a"}
 
     def events(self) -> EventStream:
         return self.hub.subscribe()
@@ -213,7 +217,7 @@ async def test_real_agent_serves_state_and_ring() -> None:
         async with open_udp_transport(config.bind) as udp, trio.open_nursery() as nursery:
             node = Node(config, udp)
             await nursery.start(node.run)
-            agent = Agent(node, udp)
+            agent = Agent(node, udp, AgentSettings("solo", profile="local"))
             listener = await rpc.open_rpc_listener(("127.0.0.1", 0))
             address = listener.socket.getsockname()[:2]
             nursery.start_soon(rpc.serve_rpc, listener, agent)

@@ -2,11 +2,14 @@
 
 The protocol core, the transports, the security layer, the agent's `stats` and any
 metrics exporter read their names from here; nothing else spells a counter name.
-Three families exist: the core's (`node.stats()`), the UDP/TCP transport's
-(`UdpTransport.stats`, reported by the agent with the prefix `transport_`) and the
-security layer's (`SecureTransport.stats`, prefix `security_`). Counters are created
-on first use; the ones marked `always` are reported by the agent even at zero, so
-scripts find the same keys on a quiet agent as on a busy one.
+Four families exist: the core's (`node.stats()`), the UDP/TCP transport's
+(`UdpTransport.stats`, reported by the agent with the prefix `transport_`), the
+security layer's (`SecureTransport.stats`, prefix `security_`) and the agent's own
+(no prefix). Counters are created on first use; the ones marked `always` are reported
+by the agent even at zero, so scripts find the same keys on a quiet agent as on a
+busy one. `node.stats()` also reports the gauges declared in `GAUGES` (values that go
+up and down, read when asked), and `swimnode.metrics` derives every Prometheus name
+from these declarations.
 
 This module imports nothing, so every layer can use it.
 """
@@ -19,6 +22,10 @@ TRANSPORT: dict[str, str] = {}
 """Transport counter name (without its `transport_` prefix) -> what it counts."""
 SECURITY: dict[str, str] = {}
 """Security counter name (without its `security_` prefix) -> what it counts."""
+AGENT: dict[str, str] = {}
+"""The agent's own counter name -> what it counts."""
+GAUGES: dict[str, str] = {}
+"""Gauge name (a key of `node.stats()`) -> what it measures."""
 TRANSPORT_PREFIX = "transport_"
 SECURITY_PREFIX = "security_"
 _ALWAYS: list[str] = []
@@ -43,6 +50,14 @@ def _transport(name: str, help: str, *, always: bool = True) -> str:
 
 def _security(name: str, help: str) -> str:
     return _declare(SECURITY, SECURITY_PREFIX, name, help, True)
+
+
+def _agent(name: str, help: str) -> str:
+    return _declare(AGENT, "", name, help, True)
+
+
+def _gauge(name: str, help: str) -> str:
+    return _declare(GAUGES, "", name, help, False)
 
 
 # ----- the protocol core ------------------------------------------------------------
@@ -106,6 +121,18 @@ QUERY_RESPONSES_LATE = _core(
 )
 
 
+# ----- gauges the core reports beside its counters -------------------------------------
+
+AWARENESS = _gauge("awareness", "Lifeguard local health score (0 is healthy).")
+MEMBERS_LIVE = _gauge("members_live", "Live (alive or suspect) members, this node included.")
+MEMBERS_KNOWN = _gauge("members_known", "Known members, dead and left ones included.")
+SUSPICIONS_ACTIVE = _gauge("suspicions_active", "Suspicion timers running.")
+INCARNATION = _gauge("incarnation", "This node's incarnation.")
+BROADCAST_QUEUE_DEPTH = _gauge(
+    "broadcast_queue_depth", "Broadcasts queued for gossip, waiting for retransmission."
+)
+
+
 def sent_key(message: str) -> str:
     """Messages of type `message` sent (e.g. `sent_ping`)."""
     return f"sent_{message}"
@@ -150,6 +177,12 @@ SECURITY_DROPPED_OVERSIZE = _security("dropped_oversize", "Frame larger than the
 SECURITY_SEND_OVERSIZE = _security("send_oversize", "Outgoing frames over the limit, not sent.")
 SECURITY_REPLAY_CACHE_EVICTIONS = _security(
     "replay_cache_evictions", "Replay-cache entries evicted early (cache full)."
+)
+
+# ----- the agent ---------------------------------------------------------------------
+
+EVENTS_LOST = _agent(
+    "events_lost", "Membership events the agent's log or event handlers missed (fell behind)."
 )
 
 SECURITY_DROP_REASONS: tuple[str, ...] = tuple(n for n in SECURITY if n.startswith("dropped_"))

@@ -1,7 +1,7 @@
 """Command line: `python -m swimnode COMMAND ...`.
 
-Commands: `agent` runs a member; `members`, `stats`, `monitor`, `leave`, `state`,
-`ring` and `keys` talk to a running agent over its RPC endpoint; `keygen` prints a new
+Commands: `agent` runs a member; `members`, `stats`, `info`, `monitor`, `leave`,
+`state`, `ring` and `keys` talk to a running agent over its RPC endpoint; `keygen` prints a new
 encryption key; `demo` tells the SWIM story on a small cluster. `--version` prints
 the package's version. The commands form one argparse tree (`build_parser`); the
 modules that load Trio are imported only by the commands that run on it.
@@ -35,6 +35,7 @@ from ..net.transport import Address, TransportError, format_address
 from ..ring import TOKEN_SPACE, range_size
 from . import client as rpcclient
 from . import simulate
+from .info import render_info
 from .settings import (
     AGENT_ABOUT,
     DEFAULT_RPC,
@@ -60,6 +61,7 @@ STATE_CELL_WIDTH = 40
 CLIENT_ABOUT = {
     "members": "List the members the agent knows.",
     "stats": "Show the agent's protocol and transport counters.",
+    "info": "Show the agent's name, addresses, versions, timers, keys and members.",
     "monitor": "Print the membership, then stream changes until interrupted.",
     "leave": "Make the agent leave the cluster gracefully and exit.",
     "state": "Read and write application state through the agent.",
@@ -522,6 +524,11 @@ def _stats(args: ClientArgs) -> int:
     return EXIT_OK
 
 
+def _info(args: ClientArgs) -> int:
+    print(render_info(rpcclient.call(args.rpc, "info")["info"], args.json))
+    return EXIT_OK
+
+
 def _leave(args: ClientArgs) -> int:
     # The agent answers once its leave has been disseminated (or timed out), which
     # takes up to its profile's leave timeout.
@@ -548,6 +555,7 @@ def _monitor(args: ClientArgs) -> int:
 _CLIENT_COMMANDS: dict[str, Callable[[ClientArgs], int]] = {
     "members": _members,
     "stats": _stats,
+    "info": _info,
     "monitor": _monitor,
     "leave": _leave,
     "state": _state,

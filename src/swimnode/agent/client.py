@@ -6,6 +6,8 @@ A client sends one request, ``{"command": NAME, ...arguments}``, and reads one r
 
 * ``members`` -> ``{"members": [MEMBER, ...]}``
 * ``stats`` -> ``{"stats": {counter: int}}``
+* ``info`` -> ``{"info": {...}}``: the agent's name, addresses, versions, profile,
+  timers, key fingerprints, members by state and uptime (`swimnode.agent.info.agent_info`)
 * ``leave`` -> ``{}`` once the leave has been disseminated (the agent then exits)
 * ``monitor`` -> ``{"members": [...]}``, then one frame per membership change,
   ``{"event": KIND, "member": MEMBER}`` (``updated`` adds ``"changed_keys": [...]``) or

@@ -8,6 +8,7 @@ signal during the leave stops at once.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -15,6 +16,8 @@ import os
 import signal
 import stat
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -37,6 +40,7 @@ from ..node import Node, open_node, secure
 from ..protocol.events import EventsLost, MemberUpdated
 from ..protocol.member import Member
 from . import rpc
+from .info import agent_info
 from .keyqueries import KeyQueryError, register_key_handlers, run_key_query
 from .settings import (
     EXIT_INTERRUPTED,
@@ -59,17 +63,24 @@ class Agent:
         self,
         node: Node,
         transport: UdpTransport,
+        settings: AgentSettings,
         *,
         security: SecureTransport | None = None,
         keyring: Keyring | None = None,
     ) -> None:
         self.node = node
         self.transport = transport
+        self.settings = settings
         self.security = security
         """The security layer over `transport`, when keys or a label are set."""
         self.keyring = keyring
+        self.metrics_address: Address | None = None
+        """Where `/metrics` is served, once bound (`--metrics`)."""
+        self.events_lost = 0
+        """Membership events this agent's log or handlers missed."""
         self.exit_requested = trio.Event()
         self._leave_done: trio.Event | None = None
+        self._started = time.monotonic()
 
     @property
     def name(self) -> str:
@@ -93,10 +104,24 @@ class Agent:
         and the security layer's, prefixed `security_` (zero without one)."""
         out = dict.fromkeys(counters.ALWAYS_REPORTED, 0)
         out.update(self.node.stats())
+        out[counters.EVENTS_LOST] = self.events_lost
         out.update({counters.TRANSPORT_PREFIX + k: v for k, v in self.transport.stats.items()})
         if self.security is not None:
             out.update({counters.SECURITY_PREFIX + k: v for k, v in self.security.stats.items()})
         return dict(sorted(out.items()))
+
+    def info(self) -> dict[str, Any]:
+        """The `info` report (`info.agent_info`): key fingerprints, never keys."""
+        return agent_info(
+            config=self.node.config,
+            profile=self.settings.profile,
+            bind=self.transport.local_address,
+            rpc=self.settings.rpc,
+            metrics=self.metrics_address,
+            fingerprints=self.keyring.fingerprints if self.keyring is not None else [],
+            members=self.node.members(),
+            uptime=time.monotonic() - self._started,
+        )
 
     async def keys(self, action: str, key: str | None, timeout: float | None) -> dict[str, Any]:  # noqa: ASYNC109
         """Run a cluster-wide key query (`keyqueries.run_key_query`) and return its
@@ -151,6 +176,7 @@ class Agent:
         """One log line per membership change, until the node stops."""
         async for event in events:
             if isinstance(event, EventsLost):
+                self.events_lost += event.count
                 log.warning(
                     "missed %d membership events (logging fell behind)",
                     event.count,
@@ -285,28 +311,62 @@ async def run_agent(settings: AgentSettings) -> None:
     address cannot be bound, `UsageError` for a bad key file."""
     config = settings.node_config()
     keyring = load_keyring(settings)
-    listener = await rpc.open_rpc_listener(settings.rpc)
-    async with (
-        listener,
-        open_udp_transport(config.bind, advertise=config.advertise) as udp,
-    ):
+    exporter = load_exporter(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        listener = await stack.enter_async_context(await rpc.open_rpc_listener(settings.rpc))
+        metrics_listener = None
+        if settings.metrics is not None:
+            metrics_listener = await stack.enter_async_context(
+                await rpc.open_tcp_listener(settings.metrics, "metrics endpoint")
+            )
+        udp = await stack.enter_async_context(
+            open_udp_transport(config.bind, advertise=config.advertise)
+        )
         # Wrapped here rather than inside open_node so `stats` can read its counters.
         transport = secure(udp, config, keyring)
         security = transport if isinstance(transport, SecureTransport) else None
         async with open_node(
             config, transport=transport, seed_source=seed_source(settings)
         ) as node:
-            await _serve(
-                settings, node, Agent(node, udp, security=security, keyring=keyring), listener
-            )
+            agent = Agent(node, udp, settings, security=security, keyring=keyring)
+            metrics = None
+            if exporter is not None and metrics_listener is not None:
+                agent.metrics_address = metrics_listener.socket.getsockname()[:2]
+                metrics = (exporter, metrics_listener)
+            await _serve(settings, node, agent, listener, metrics)
     log.info("agent stopped", extra={"fields": {"event": "stopped"}})
 
 
+Exporter = Callable[[Agent, trio.SocketListener, EventStream], Awaitable[None]]
+"""Serves an agent's metrics on a listener, fed by its events (`httpmetrics.export`)."""
+
+
+def load_exporter(settings: AgentSettings) -> Exporter | None:
+    """The metrics exporter when `--metrics` is given; raises `UsageError` when
+    `prometheus_client` is missing. Loaded only then: it costs memory at every start."""
+    if settings.metrics is None:
+        return None
+    try:
+        from . import httpmetrics
+    except ImportError as exc:
+        if not (exc.name or "").startswith("prometheus_client"):
+            raise
+        raise UsageError(
+            "--metrics needs the prometheus_client package: pip install 'swimnode[metrics]'"
+        ) from None
+    return httpmetrics.export
+
+
 async def _serve(
-    settings: AgentSettings, node: Node, agent: Agent, listener: trio.SocketListener
+    settings: AgentSettings,
+    node: Node,
+    agent: Agent,
+    listener: trio.SocketListener,
+    metrics: tuple[Exporter, trio.SocketListener] | None,
 ) -> None:
     # Subscribe before the first checkpoint so the join's events are all logged.
     events = node.events()
+    metric_events = node.events() if metrics is not None else None
     # load_settings has checked these against the same limits, so none is refused.
     for key, value in settings.state:
         node.set_state(key, value)
@@ -332,6 +392,9 @@ async def _serve(
         nursery.start_soon(rpc.serve_rpc, listener, agent)
         nursery.start_soon(agent.log_events, events)
         nursery.start_soon(agent.leave_on_signal)
+        if metrics is not None and metric_events is not None:
+            export, metrics_listener = metrics
+            nursery.start_soon(export, agent, metrics_listener, metric_events)
         await agent.exit_requested.wait()
         nursery.cancel_scope.cancel()
 

@@ -109,6 +109,10 @@ class Controlled(Protocol):
     def stats(self) -> dict[str, int]:
         """Protocol and transport counters."""
 
+    def info(self) -> dict[str, Any]:
+        """The agent's identity, versions, settings and member counts
+        (`info.agent_info`)."""
+
     def events(self) -> EventStream:
         """A new subscription to membership events."""
 
@@ -124,14 +128,19 @@ class Controlled(Protocol):
 
 async def open_rpc_listener(address: Address) -> trio.SocketListener:
     """Bind the RPC endpoint; raises `TransportError` with a one-line message."""
+    return await open_tcp_listener(address, "RPC endpoint")
+
+
+async def open_tcp_listener(address: Address, what: str) -> trio.SocketListener:
+    """Bind a TCP listener for the agent's endpoint `what` (RPC, metrics); raises
+    `TransportError` with a one-line message naming it."""
     host, port = address
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise TransportError(
-            f"cannot bind RPC endpoint {format_address(address)}: "
-            f"{reason[:1].lower() + reason[1:]}",
+            f"cannot bind {what} {format_address(address)}: {reason[:1].lower() + reason[1:]}",
             exc.errno,
         ) from None
     # open_tcp_listeners may return one listener per address family of a name; the
@@ -273,6 +282,10 @@ def _state_delete(request: Mapping[str, Any], target: Controlled) -> dict[str, A
     return {"member": target.name, "key": key, "deleted": target.delete_state(key)}
 
 
+def _info(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
+    return {"info": target.info()}
+
+
 def _ring(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
     vnodes = _arg(request, "vnodes", int, 100)
     if not 1 <= vnodes <= MAX_VNODES:
@@ -288,6 +301,7 @@ _STATE_COMMANDS = {
     "state_set": _state_set,
     "state_delete": _state_delete,
     "ring": _ring,
+    "info": _info,
 }
 
 

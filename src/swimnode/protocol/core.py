@@ -131,13 +131,14 @@ class SwimCore:
         return self.membership.active_suspicions
 
     def stats_snapshot(self) -> dict[str, int]:
-        """Protocol counters, the awareness score and member counts."""
+        """Protocol counters and the gauges of `counters.GAUGES`."""
         out = dict(self.stats)
-        out["awareness"] = self.prober.awareness.score
-        out["members_live"] = self.n_live
-        out["members_known"] = len(self.membership.table)
-        out["suspicions_active"] = self.active_suspicions
-        out["incarnation"] = self.incarnation
+        out[counters.AWARENESS] = self.prober.awareness.score
+        out[counters.MEMBERS_LIVE] = self.n_live
+        out[counters.MEMBERS_KNOWN] = len(self.membership.table)
+        out[counters.SUSPICIONS_ACTIVE] = self.active_suspicions
+        out[counters.INCARNATION] = self.incarnation
+        out[counters.BROADCAST_QUEUE_DEPTH] = len(self.broadcasts)
         return out
 
     def state_digest(self, name: str) -> Digest | None:
