@@ -40,6 +40,9 @@ from ..node import Node, open_node, secure
 from ..protocol.events import EventsLost, MemberUpdated
 from ..protocol.member import Member
 from . import rpc
+from .handlerrunner import HandlerRunner
+from .handlers import HandlerError, check_command
+from .handlers import describe as describe_handlers
 from .info import agent_info
 from .keyqueries import KeyQueryError, register_key_handlers, run_key_query
 from .settings import (
@@ -168,6 +171,18 @@ class Agent:
         finally:
             self._leave_done.set()
 
+    def count_lost(self, count: int) -> None:
+        """Count membership events the log or the handlers missed (`events_lost`)."""
+        self.events_lost += count
+
+    async def run_handlers(self, runner: HandlerRunner, events: EventStream) -> None:
+        """Run the event handlers for every membership event, until the node stops."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.run)
+            async for event in events:
+                runner.submit_member_event(event)
+            nursery.cancel_scope.cancel()
+
     def request_exit(self) -> None:
         """Ask `run_agent` to return."""
         self.exit_requested.set()
@@ -176,7 +191,7 @@ class Agent:
         """One log line per membership change, until the node stops."""
         async for event in events:
             if isinstance(event, EventsLost):
-                self.events_lost += event.count
+                self.count_lost(event.count)
                 log.warning(
                     "missed %d membership events (logging fell behind)",
                     event.count,
@@ -311,6 +326,7 @@ async def run_agent(settings: AgentSettings) -> None:
     address cannot be bound, `UsageError` for a bad key file."""
     config = settings.node_config()
     keyring = load_keyring(settings)
+    check_handlers(settings)
     exporter = load_exporter(settings)
     async with contextlib.AsyncExitStack() as stack:
         listener = await stack.enter_async_context(await rpc.open_rpc_listener(settings.rpc))
@@ -335,6 +351,16 @@ async def run_agent(settings: AgentSettings) -> None:
                 metrics = (exporter, metrics_listener)
             await _serve(settings, node, agent, listener, metrics)
     log.info("agent stopped", extra={"fields": {"event": "stopped"}})
+
+
+def check_handlers(settings: AgentSettings) -> None:
+    """Raise `UsageError` when an event handler names a script that is missing or
+    not executable."""
+    for spec in settings.event_handlers:
+        try:
+            check_command(spec)
+        except HandlerError as exc:
+            raise UsageError(str(exc)) from None
 
 
 Exporter = Callable[[Agent, trio.SocketListener, EventStream], Awaitable[None]]
@@ -367,6 +393,7 @@ async def _serve(
     # Subscribe before the first checkpoint so the join's events are all logged.
     events = node.events()
     metric_events = node.events() if metrics is not None else None
+    handler_events = node.events() if settings.event_handlers else None
     # load_settings has checked these against the same limits, so none is refused.
     for key, value in settings.state:
         node.set_state(key, value)
@@ -392,6 +419,19 @@ async def _serve(
         nursery.start_soon(rpc.serve_rpc, listener, agent)
         nursery.start_soon(agent.log_events, events)
         nursery.start_soon(agent.leave_on_signal)
+        if handler_events is not None:
+            runner = HandlerRunner(
+                settings.event_handlers,
+                node.name,
+                format_address(node.address),
+                on_lost=agent.count_lost,
+            )
+            log.info(
+                "event handlers: %s",
+                describe_handlers(settings.event_handlers),
+                extra={"fields": {"event": "handlers", "count": len(settings.event_handlers)}},
+            )
+            nursery.start_soon(agent.run_handlers, runner, handler_events)
         if metrics is not None and metric_events is not None:
             export, metrics_listener = metrics
             nursery.start_soon(export, agent, metrics_listener, metric_events)

@@ -19,6 +19,7 @@ from ..net.keyring import Keyring, parse_key
 from ..net.transport import Address, format_address
 from ..protocol.appstate import StateLimits, StateStore
 from ..protocol.config import Config, Profile
+from .handlers import HandlerError, HandlerSpec, parse_handler
 
 DEFAULT_BIND: Address = ("127.0.0.1", 7946)
 DEFAULT_RPC: Address = ("127.0.0.1", 7373)
@@ -78,6 +79,8 @@ class AgentSettings:
     """Allow binding a non-loopback address without keys."""
     metrics: Address | None = None
     """Where to serve Prometheus metrics (`/metrics`), or None for no metrics."""
+    event_handlers: tuple[HandlerSpec, ...] = ()
+    """Commands to run on events (`--event-handler [FILTER=]COMMAND`), in order."""
 
     def node_config(self) -> Config:
         """The node configuration these settings describe."""
@@ -175,6 +178,15 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (needs the "
         "[metrics] extra; default off)",
     )
+    p.add_argument(
+        "--event-handler",
+        dest="event_handlers",
+        metavar="[FILTER=]COMMAND",
+        action="append",
+        help="shell command to run on events FILTER accepts (member-join, member-failed, "
+        "member-leave, member-update, member-suspect, member-alive, user[:NAME], "
+        "query[:NAME], comma-separated; default all); repeatable",
+    )
     p.add_argument("--config", metavar="FILE.toml", help="read settings from a TOML file")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="log threshold (default info)")
     p.add_argument(
@@ -214,11 +226,13 @@ _KEYS = (
     "label",
     "insecure_plaintext",
     "metrics",
+    "event_handlers",
 )
 _BOOL_KEYS = ("log_json", "insecure_plaintext")
 KEYS_ENV = ENV_PREFIX + "KEYS"
 """Comma-separated base64 keys, first primary: an alternative to a key file."""
-_LIST_KEYS = ("seeds", "seed_files", "seed_dns")
+_LIST_KEYS = ("seeds", "seed_files", "seed_dns", "event_handlers")
+_NOT_IN_ENV = ("event_handlers",)  # a command may hold commas, the list separator
 
 
 def _split_assignment(text: str) -> tuple[str, str]:
@@ -243,6 +257,8 @@ def _json_state(text: str) -> tuple[str, Any]:
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in _KEYS:
+        if key in _NOT_IN_ENV:
+            continue
         var = ENV_PREFIX + key.upper()
         value = env.get(var)
         if value is None or value == "":
@@ -386,10 +402,18 @@ def merge(
         keyring=keyring,
         insecure_plaintext=insecure,
         metrics=metrics,
+        event_handlers=_handlers(raw.get("event_handlers", ())),
     )
     config = settings.node_config()  # validates the name and the profile's knobs
     check_state(settings.state, config)
     return settings
+
+
+def _handlers(texts: Sequence[str]) -> tuple[HandlerSpec, ...]:
+    try:
+        return tuple(parse_handler(t) for t in texts)
+    except HandlerError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _parse_dns_seed(text: str) -> Address:

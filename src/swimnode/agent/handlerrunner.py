@@ -1,0 +1,174 @@
+"""Running the agent's event handlers (`handlers.HandlerSpec`) on Trio: a bounded
+queue, one command at a time, each within a timeout.
+
+A command runs as `/bin/sh -c COMMAND` in a session of its own, so a timeout kills
+the shell and everything it started (SIGKILL to the process group). Its stdout and
+stderr are kept up to a limit and logged when it fails; the agent never waits on a
+handler anywhere but in this runner's own task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from ..net.transport import format_address
+from ..protocol.events import Event, EventsLost
+from ..protocol.member import Member
+from .cli import to_json_value
+from .handlers import MEMBER_EVENTS, HandlerSpec, handler_env
+
+log = logging.getLogger("swimnode.agent.handlers")
+
+QUEUE_SIZE = 256
+"""Handler runs waiting at most; more are dropped, counted and logged."""
+TIMEOUT = 30.0
+"""Longest a handler may run before it is killed (seconds)."""
+_OUTPUT_LOG_LIMIT = 300
+
+
+def member_line(member: Member) -> str:
+    """One stdin line: name, address, state, application state as compact JSON (bytes
+    as `{"$base64": ...}`, as in every JSON output of the command line)."""
+    state = json.dumps(to_json_value(dict(member.app_state)), separators=(",", ":"))
+    return f"{member.name}\t{format_address(member.address)}\t{member.state.label}\t{state}\n"
+
+
+def members_input(members: Iterable[Member]) -> bytes:
+    """The stdin of a handler run for these members."""
+    return "".join(member_line(m) for m in members).encode()
+
+
+@dataclass(slots=True)
+class Job:
+    """One handler run waiting in the queue."""
+
+    spec: HandlerSpec
+    event: str
+    members: list[Member] = field(default_factory=list)
+
+
+class HandlerRunner:
+    """Queues handler runs for events and runs them one at a time."""
+
+    def __init__(
+        self,
+        specs: Sequence[HandlerSpec],
+        self_name: str,
+        self_address: str,
+        *,
+        on_lost: Callable[[int], None],
+        timeout: float = TIMEOUT,
+        queue_size: int = QUEUE_SIZE,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.specs = list(specs)
+        self._self = (self_name, self_address)
+        self._on_lost = on_lost
+        self._timeout = timeout
+        self._base_env = dict(os.environ if base_env is None else base_env)
+        self._send, self._receive = trio.open_memory_channel[Job](queue_size)
+
+    def submit_member_event(self, event: Event) -> None:
+        """Queue a run of every handler that takes this membership event. A gap in
+        the events (`EventsLost`) is counted and logged: handlers missed those."""
+        if isinstance(event, EventsLost):
+            self._lost(event.count, "events")
+            return
+        kind = MEMBER_EVENTS.get(event.kind)
+        if kind is None:
+            return
+        for spec in self.specs:
+            if spec.accepts(kind):
+                self.submit(Job(spec, kind, [event.member]))
+
+    def submit(self, job: Job) -> None:
+        """Queue `job` without waiting; when the queue is full it is dropped, counted
+        (`on_lost`) and logged."""
+        try:
+            self._send.send_nowait(job)
+        except trio.WouldBlock:
+            self._lost(1, f"{job.event} for {job.spec.command!r}")
+
+    def _lost(self, count: int, what: str) -> None:
+        self._on_lost(count)
+        log.warning(
+            "event handlers fell behind: dropped %d %s",
+            count,
+            what,
+            extra={"fields": {"event": "handler_dropped", "count": count}},
+        )
+
+    async def run(self) -> None:
+        """Run queued jobs in order, one at a time, until cancelled."""
+        held: Job | None = None
+        while True:
+            job = held if held is not None else await self._receive.receive()
+            job, held = self._merge(job)
+            await self._run_one(job)
+
+    def _merge(self, job: Job) -> tuple[Job, Job | None]:
+        """`job` with the runs of the same handler and membership event waiting right
+        behind it (one stdin line each, as Serf coalesces member events), and the
+        first waiting job that is not one of them."""
+        while True:
+            try:
+                nxt = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                return job, None
+            if nxt.spec is not job.spec or nxt.event != job.event:
+                return job, nxt
+            job.members.extend(nxt.members)
+
+    async def _run_one(self, job: Job) -> None:
+        name, address = self._self
+        env = handler_env(self._base_env, job.event, name, address)
+        command = job.spec.command
+        result: subprocess.CompletedProcess[bytes] | None = None
+        with trio.move_on_after(self._timeout):
+            try:
+                result = await trio.run_process(
+                    ["/bin/sh", "-c", command],
+                    stdin=members_input(job.members),
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    env=env,
+                    check=False,
+                    start_new_session=True,
+                    deliver_cancel=_kill_group,
+                )
+            except OSError as exc:
+                log.error("event handler %r could not start: %s", command, exc)
+                return
+        if result is None:
+            log.error(
+                "event handler %r for %s ran over %g s and was killed",
+                command,
+                job.event,
+                self._timeout,
+                extra={"fields": {"event": "handler_timeout", "handler_event": job.event}},
+            )
+        elif result.returncode != 0:
+            output = (result.stderr or result.stdout).decode(errors="replace").strip()
+            log.error(
+                "event handler %r for %s exited with %d: %s",
+                command,
+                job.event,
+                result.returncode,
+                output[:_OUTPUT_LOG_LIMIT].replace("\n", " | ") or "(no output)",
+                extra={"fields": {"event": "handler_failed", "handler_event": job.event}},
+            )
+
+
+async def _kill_group(process: trio.Process) -> None:
+    # The shell's children are in its session: kill them all, not only the shell.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
