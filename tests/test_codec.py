@@ -14,6 +14,7 @@ from swimnode.protocol.codec import (
     MAX_MESSAGES_PER_PACKET,
     PROTOCOL_VERSION,
     DecodeError,
+    decode_message,
     decode_packet,
     encode_message,
     encode_packet,
@@ -341,3 +342,14 @@ def test_bit_flipped_packets_only_raise_decode_error(
 )
 def test_arbitrary_msgpack_values_only_raise_decode_error(body: Any) -> None:
     _decode_or_decode_error(raw_packet(body))
+
+
+def test_decoded_names_and_hosts_are_interned() -> None:
+    # Built at run time, so neither string is a compile-time constant (those are
+    # interned anyway and would prove nothing).
+    name, host = "".join(["member", "-7"]), "".join(["10.0.0", ".7"])
+    first = decode_message(encode_message(Alive(name, (host, 7946), 3)))
+    second = decode_message(encode_message(Alive(name, (host, 7946), 4)))
+    assert isinstance(first, Alive) and isinstance(second, Alive)
+    assert first.name == name and first.name is second.name
+    assert first.address[0] is second.address[0]

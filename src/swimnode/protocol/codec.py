@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -256,16 +257,21 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
 }
 
 
+# Names and hosts are interned: a node keeps each member's name in several tables and
+# hears it over and over, and every copy decoded would otherwise stay alive in them
+# (about a fifth of a member record's memory; docs/scale.md). Limits are checked first.
+
+
 def _name(v: object) -> str:
     if type(v) is not str or not v or len(v.encode()) > MAX_NAME_BYTES:
         raise DecodeError("bad member name")
-    return v
+    return sys.intern(v)
 
 
 def _host(v: object) -> str:
     if type(v) is not str or not v or len(v) > MAX_HOST_CHARS:
         raise DecodeError("bad host")
-    return v
+    return sys.intern(v)
 
 
 def _port(v: object) -> int:
