@@ -58,6 +58,7 @@ class SimNode:
         "address",
         "alive",
         "core",
+        "deadlines",
         "held_in",
         "held_out",
         "held_streams",
@@ -83,6 +84,8 @@ class SimNode:
         """Packets on their way to this node or waiting for it (the queue limit)."""
         self.wake = math.inf
         """The time of this node's one valid timer entry in the heap."""
+        self.deadlines = (math.inf, math.inf, math.inf)
+        """The core's deadline per `Timer` concern, as read after the last call."""
         self.held_in: list[tuple[SimNode, Address, bytes, bool]] = []
         self.held_out: list[tuple[Address, bytes]] = []
         self.held_streams: list[tuple[int, Address, bytes]] = []
@@ -217,8 +220,10 @@ class FastSim(LinkModel):
     def _fire(self, node: SimNode, now: float) -> None:
         node.wake = math.inf
         core = node.core
-        for timer in _TIMERS:
-            if core.next_deadline(timer) <= now:
+        # The deadlines read at the last pump still hold: a core's deadlines move
+        # only when a call changes its state, and every call is followed by a pump.
+        for timer, deadline in zip(_TIMERS, node.deadlines, strict=True):
+            if deadline <= now:
                 core.handle_timer(timer, now)
         self._pump(node)
 
@@ -246,11 +251,12 @@ class FastSim(LinkModel):
         # A stream's result is new input, whose output is carried out in turn.
         while self._carry_out(node, core.take_output(), now):
             pass
-        deadline = min(
+        deadlines = node.deadlines = (
             core.next_deadline(Timer.PROBE),
             core.next_deadline(Timer.GOSSIP),
             core.next_deadline(Timer.SYNC),
         )
+        deadline = min(deadlines)
         # A deadline already past is due now (as `trio.move_on_at` would fire).
         if deadline < now:
             deadline = now
