@@ -19,10 +19,11 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 import pytest
 
 import swimnode.aio
+import swimnode.blocking
 from swimnode import Config, EventsLost, JoinError, MemberEvent, MemberUpdated, NodeNotRunning
 from swimnode.aio import AioNode
 from swimnode.protocol.events import Event
-from swimnode.testing.processes import detection_bound, free_ports
+from swimnode.testing.processes import detection_bound, free_ports, wait_for
 
 LOOPBACK = "127.0.0.1"
 STEP = 15.0  # bound for anything that should happen within a few protocol periods
@@ -43,6 +44,24 @@ with start_node(config) as node:
         if line.strip() == "leave":
             node.leave()
             break
+"""
+
+
+# An asyncio program whose aio node leaves on exit, waiting for Ctrl-C.
+INTERRUPTED = """
+import asyncio, sys
+import swimnode.aio
+import swimnode.blocking
+from swimnode import Config
+
+async def main():
+    port, seed = int(sys.argv[1]), int(sys.argv[2])
+    config = Config.local("prog", bind=("127.0.0.1", port), seeds=(("127.0.0.1", seed),))
+    async with swimnode.aio.open_node(config, leave_on_exit=True):
+        print("ready", flush=True)
+        await asyncio.sleep(60)
+
+asyncio.run(main())
 """
 
 
@@ -72,9 +91,9 @@ def all_see(nodes: list[AioNode], name: str, state: str) -> bool:
 
 
 @contextmanager
-def peer_process(name: str, port: int, seed_port: int) -> Iterator[subprocess.Popen[str]]:
+def python(program: str, *args: object) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", PEER, name, str(port), str(seed_port)],
+        [sys.executable, "-c", program, *map(str, args)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -125,7 +144,7 @@ def test_three_aio_nodes_and_a_blocking_peer_process() -> None:
                 )
 
             await until(converged)
-            with peer_process("peer", ports[3], ports[0]) as proc:
+            with python(PEER, "peer", ports[3], ports[0]) as proc:
                 assert proc.stdout is not None
                 ready = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), STEP)
                 assert ready.strip() == "ready", proc.stderr.read() if proc.stderr else ""
@@ -212,6 +231,24 @@ def test_errors_cancellation_and_timeouts_the_asyncio_way() -> None:
         assert not swimnode.aio._guests  # the guest run stopped with its last node
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_ctrl_c_leaves_and_closes() -> None:
+    ports = free_ports(2)
+    with (
+        swimnode.blocking.start_node(local("watcher", ports[0])) as watcher,
+        python(INTERRUPTED, ports[1], ports[0]) as proc,
+    ):
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+
+        def watched(state: str) -> bool:
+            return {m.name: m.state.label for m in watcher.members()}.get("prog") == state
+
+        assert wait_for(lambda: watched("alive"), STEP)
+        os.kill(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=STEP)
+        assert wait_for(lambda: watched("left"), STEP)
+    assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr  # asyncio.run's own
 
 
 def test_with_uvloop() -> None:

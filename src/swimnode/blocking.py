@@ -243,7 +243,12 @@ class BlockingNode(NodeView):
     def close(self) -> None:
         """Stop the node (after a graceful leave if `leave_on_exit`) and wait until
         its sockets are closed; the same as leaving the `with` block. A node that
-        failed while running raises its error here."""
+        failed while running raises its error here. From an event callback it only
+        asks the node to stop."""
+        if self._thread.in_thread():
+            # From a callback: waiting here would wait for this very thread.
+            self._runner.request_stop()
+            return
         if not self._closed:
             self._closed = True
             with contextlib.suppress(NodeNotRunning):
