@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -186,6 +187,9 @@ def test_events_end_when_the_node_stops_and_a_slow_reader_loses_events() -> None
         assert all(isinstance(e, MemberUpdated) for e in first[:4])
         assert first[4] == EventsLost(6)
         assert rest == []
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):  # its sockets are closed
+            with socket.socket(socket.AF_INET, kind) as sock:
+                sock.bind((LOOPBACK, port))
 
     asyncio.run(asyncio.wait_for(main(), 30))
 

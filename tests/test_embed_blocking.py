@@ -149,6 +149,12 @@ def test_mixed_cluster_seen_from_a_blocking_node() -> None:
 
             bnode.set_state("role", "worker")
             until(lambda: {m.name: m.app_state for m in tnode.members()}["blocking"].get("role"))
+
+            async def set_aio_state() -> None:
+                anode.set_state("role", "web")
+
+            asyncio.run_coroutine_threadsafe(set_aio_state(), loop).result(STEP)
+            until(lambda: {m.name: m.app_state for m in bnode.members()}["aio"].get("role"))
             trio.from_thread.run(tnode.leave, trio_token=token)
             until(lambda: view(bnode)["trio"] == "left")
             agent.kill()
@@ -172,6 +178,16 @@ def test_events_end_when_the_node_stops_and_a_slow_reader_loses_events() -> None
     assert list(stream) == []  # ended: the node has stopped
     with pytest.raises(NodeNotRunning):
         node.set_state("k", 0)
+
+
+def test_join_and_leave_block_until_done() -> None:
+    ports = free_ports(2)
+    with start_node(local("a", ports[0])) as a, start_node(local("b", ports[1])) as b:
+        assert b.join([a.address]) == 1
+        assert {m.name for m in b.live_members()} == {"a", "b"}
+        b.leave()
+        assert not b.running
+        until(lambda: view(a)["b"] == "left")
 
 
 def test_bad_config_fails_before_any_thread_starts() -> None:
