@@ -15,8 +15,13 @@ the simulator:
 
     python tools/bench_fastsim.py --agree --nodes 100 --seeds 20
 
-prints the medians side by side and their relative difference. Both modes end with
-one JSON line.
+prints the medians side by side and their relative difference. With
+`--false-failures` it compares bench_false_positives.py's scenario instead (the
+lifeguard configuration, slow members, crashes and restarts, `--loss`, `--hours`):
+
+    python tools/bench_fastsim.py --agree --false-failures --nodes 100 --loss 0.1 --seeds 5
+
+Both modes end with one JSON line (with the load average at the start).
 """
 
 from __future__ import annotations
@@ -29,15 +34,18 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import trio
 import trio.testing
 
 import bench_detection
 import bench_dissemination
+import bench_false_positives
 from swimnode.protocol.config import Config
 from swimnode.protocol.suspicion import suspicion_bounds
+from swimnode.testing.fastcluster import FastCluster
+from swimnode.testing.fastsim import FastSim
 from swimnode.testing.scenarios import detection_trial, dissemination_trial
 
 KEEP = [
@@ -127,6 +135,70 @@ def agree(nodes: int, seeds: int, first: int, loss: float) -> dict[str, Any]:
     return {"nodes": nodes, "seeds": seeds, "loss": loss, "rows": rows, "wall_s": walls}
 
 
+FF_FIGURES = ("false_failures", "false_failures_slow", "false_suspicions", "detect_median_s")
+
+
+def fast_false_positives(label: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`bench_false_positives.run_config` on the discrete-event simulator: the same
+    scripted slow spells and crash/restarts, played with `call_at` in the order its
+    `play` sorts them, and judged by its own `analyse`."""
+    fp = bench_false_positives
+    sc = fp.make_scenario(args)
+    sim = FastSim(args.seed, loss=args.loss)
+    cluster = FastCluster(args.nodes, seed=args.seed, sim=sim, **fp.CONFIGS[label])
+    cluster.wait_for(cluster.converged, timeout=120, step=1.0)
+    sim.run_for(fp.WARMUP)
+    t0 = sim.now
+    crash_inc: dict[int, int] = {}
+
+    def act(what: str, member: str, arg: Any) -> None:
+        address = cluster.address_of(member)
+        if what in ("slow", "fast"):
+            sim.set_slow(address, arg)
+        elif what == "crash":
+            crash_inc[arg] = cluster.cores[member].incarnation
+            cluster.crash(member)
+        else:
+            cluster.start(member)
+
+    actions: list[tuple[float, int, tuple[str, str, Any]]] = []
+    for start, end, member, delay in sc.slow:
+        actions += [(start, 1, ("slow", member, delay)), (end, 0, ("fast", member, 0.0))]
+    for i, c in enumerate(sc.crashes):
+        actions += [(c.at, 2, ("crash", c.member, i)), (c.restart_at, 3, ("restart", c.member, i))]
+    actions.sort(key=lambda a: (a[0], a[1]))
+    for at, _, step in actions:
+        sim.call_at(t0 + at, lambda step=step: act(*step))  # type: ignore[misc]
+    sim.run_until(t0 + sc.duration)
+    # analyse reads only the event log and the names, which both clusters share.
+    return fp.analyse(cast(Any, cluster), sc, t0, crash_inc, args)
+
+
+def agree_false_failures(nodes: int, seeds: int, first: int, loss: float, hours: float) -> Any:
+    trio_f: dict[str, list[float]] = {k: [] for k in FF_FIGURES}
+    fast_f: dict[str, list[float]] = {k: [] for k in FF_FIGURES}
+    for seed in range(first, first + seeds):
+        argv = ["--nodes", str(nodes), "--hours", str(hours), "--seed", str(seed)]
+        args = bench_false_positives.parse_args([*argv, "--loss", str(loss), "--jobs", "1"])
+        t = bench_false_positives.run_config("lifeguard", args)
+        f = fast_false_positives("lifeguard", args)
+        for key in FF_FIGURES:
+            for into, result in ((trio_f, t), (fast_f, f)):
+                if result[key] is not None:
+                    into[key].append(float(result[key]))
+        print(f"false failures, seed {seed} done", file=sys.stderr, flush=True)
+    rows = []
+    for key in FF_FIGURES:
+        a, b = _median(trio_f[key]), _median(fast_f[key])
+        diff = None if not a or b is None else round((b - a) / a, 3)
+        rows.append({"figure": key, "trio": a, "fast": b, "rel_diff": diff})
+    print(f"lifeguard, N={nodes}, loss {loss}, {hours:g} h, slow members: medians")
+    print(f"{'figure':<22}{'trio':>10}{'fast':>10}{'diff':>10}")
+    for r in rows:
+        print(f"{r['figure']:<22}{r['trio']!s:>10}{r['fast']!s:>10}{r['rel_diff']!s:>10}")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -137,6 +209,12 @@ def main() -> int:
     parser.add_argument("--agree", action="store_true", help="compare with the Trio simulation")
     parser.add_argument("--seeds", type=int, default=20, help="--agree: seeds per figure")
     parser.add_argument("--loss", type=float, default=0.0, help="--agree: datagram loss")
+    parser.add_argument(
+        "--false-failures",
+        action="store_true",
+        help="--agree: bench_false_positives' scenario instead (lifeguard; try --loss 0.1)",
+    )
+    parser.add_argument("--hours", type=float, default=0.1, help="--false-failures: length")
     args, extra = parser.parse_known_args()
     try:
         sizes = [int(x) for x in args.nodes.split(",")]
@@ -144,8 +222,10 @@ def main() -> int:
         parser.error("--nodes takes comma-separated integers")
     load = os.getloadavg()[0]
     print(f"load average at start: {load:.2f}", file=sys.stderr)
-    if args.agree:
-        result: Any = agree(sizes[0], args.seeds, args.seed, args.loss)
+    if args.agree and args.false_failures:
+        result: Any = agree_false_failures(sizes[0], args.seeds, args.seed, args.loss, args.hours)
+    elif args.agree:
+        result = agree(sizes[0], args.seeds, args.seed, args.loss)
     else:
         result = scale(sizes, args.duration, args.seed, extra)
     print(json.dumps({"load_at_start": round(load, 2), "results": result}))

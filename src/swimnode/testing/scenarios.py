@@ -474,14 +474,14 @@ def _observe(
 
 def dissemination_trial(nodes: int, loss: float, seed: int) -> dict[str, float | None]:
     """`tools/bench_dissemination.py`'s spread of one key on the discrete-event
-    simulator: converge, settle 30 s, then one random node sets a key under `loss`;
+    simulator: converge, wait 50 s, then one random node sets a key under `loss`;
     rounds (of `state_gossip_interval`) until 50%, 99% and 100% hold it."""
     sim = FastSim(seed)
     cluster = FastCluster(nodes, seed=seed, sim=sim, record=False)
     if cluster.wait_for(cluster.converged, timeout=120 + nodes * 0.3, step=1.0) is None:
         raise RuntimeError(f"{nodes} nodes did not converge")
     interval = cluster.cores["n0"].config.state_gossip_interval
-    sim.run_for(30)
+    sim.run_for(30 + 20)  # the bench's settling, then its 20 s of idle measurement
     sim.loss = loss
     origin = random.Random(seed).choice(cluster.names)
     start = sim.now
