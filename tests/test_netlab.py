@@ -320,3 +320,41 @@ def test_small_mtu_no_datagram_larger_than_the_mtu(mtu_run: MtuRun) -> None:
     # datagram budget stays Config.udp_payload (1400 bytes) whatever the link, and
     # the 40-member run at 576 fragmented (docs/deploy.md, "What the lab showed").
     assert mtu_run.fragments_created == 0
+
+
+def test_ipv6_only_join_and_crash_detection() -> None:
+    with Lab(8, ipv4=False) as lab:
+        start_cluster(lab)
+        joined(lab)
+        assert all(h.address.startswith("[fd00:") for h in lab.hosts)
+        listing = lab.members(lab.hosts[5]) or []
+        assert {m["address"] for m in listing} == {h.address for h in lab.hosts}
+        victim, others = lab.hosts[2], [h for h in lab.hosts if h.index != 2]
+        lab.kill(victim)
+        dead = lab.wait(lambda: lab.all_see(others, {victim.agent_name: "dead"}), bound(lab))
+        assert dead, states_of(lab, others, victim.agent_name)
+
+
+SLOW_WINDOW = 40.0
+"""Seconds watched with one host at 64 kbit/s (the issue asks 2 minutes; 40 s keeps
+the module within its time budget and spans 40 probe periods and a push-pull)."""
+
+
+def test_one_slow_host_causes_no_false_failures(lab8: Lab) -> None:
+    start_cluster(lab8)
+    joined(lab8)
+    slow, fast = lab8.hosts[-1], lab8.hosts[:-1]
+    lab8.limit_rate(slow, "64kbit")
+    seen: dict[str, set[str]] = {}
+    until = time.monotonic() + SLOW_WINDOW
+    while time.monotonic() < until:
+        for host in fast:
+            for name, state in (lab8.view(host) or {}).items():
+                seen.setdefault(name, set()).add(state)
+        time.sleep(1.0)
+    false_failures = {n: s for n, s in seen.items() if n != slow.agent_name and "dead" in s}
+    assert false_failures == {}, seen
+    assert lab8.all_see(fast, {h.agent_name: "alive" for h in fast})
+    # What happens to the slow host itself is reported, not asserted (docs/deploy.md).
+    print(f"slow host as the others listed it: {sorted(seen.get(slow.agent_name, ()))}")
+    print(f"slow host's counters: {lab8.stats(slow)}")
