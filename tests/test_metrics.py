@@ -24,7 +24,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from swimnode import counters
 from swimnode.agent.httpmetrics import MAX_REQUEST_HEAD, respond
-from swimnode.metrics import COUNTER_SERIES, GAUGE_NAMES, SUSPICION_RESOLUTION, SwimCollector
+from swimnode.metrics import (
+    COUNTER_SERIES,
+    GAUGE_NAMES,
+    PROBE_RTT,
+    SUSPICION_RESOLUTION,
+    SwimCollector,
+)
 from swimnode.node import Node
 from swimnode.protocol.codec import MESSAGE_NAMES
 from swimnode.testing import open_sim_cluster
@@ -63,7 +69,8 @@ def test_every_declared_counter_has_one_conventional_series() -> None:
             for key in (counters.sent_key, counters.sent_bytes_key, counters.received_key)
         ),
     }
-    assert set(COUNTER_SERIES) == declared
+    rtt = {*counters.PROBE_RTT_BUCKETS, counters.PROBE_RTT_SUM_US}
+    assert set(COUNTER_SERIES) == declared - rtt
     assert set(GAUGE_NAMES) == set(counters.GAUGES)
     # No two counters share a series, and every name follows Prometheus' conventions.
     places = [(s.family, s.label) for s in COUNTER_SERIES.values()]
@@ -100,6 +107,7 @@ async def test_collector_follows_a_crash(mock_clock: trio.testing.MockClock) -> 
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(observe)
+            await trio.sleep(10)  # a few probe periods, acked
             before = parse(generate_latest(registry).decode())
             cluster.crash("n1")
             assert await cluster.wait_for(lambda: state_of(node, "n1") == "dead", 60) is not None
@@ -115,6 +123,11 @@ async def test_collector_follows_a_crash(mock_clock: trio.testing.MockClock) -> 
     assert value(after, "swimnode_deaths_declared_total") == 1
     assert value(after, "swimnode_probes_total") > value(before, "swimnode_probes_total")
     assert value(after, "swimnode_messages_sent_total", type="ping") > 0
+    # Probes acked before the crash, each within the simulated link's few milliseconds.
+    acked = value(before, PROBE_RTT + "_count")
+    assert acked >= 5
+    assert value(before, PROBE_RTT + "_bucket", le="0.025") == acked
+    assert 0 < value(before, PROBE_RTT + "_sum") / acked < 0.025
     assert value(before, "swimnode_dropped_packets_total", reason="malformed") == 0
     assert value(after, "swimnode_awareness") >= 0
     # n0 saw n1 suspected, then dead: one suspicion timed to its end.
@@ -202,11 +215,17 @@ def test_live_agent_metrics_through_a_crash_and_a_flood(cluster: LocalCluster) -
     victim = cluster.start("m1", seeds=[seed])
     assert wait_for(lambda: cluster.converged(["m0", "m1"]), STEP)
 
-    before = scrape(metrics_port)
+    def after_an_acked_probe() -> Samples | None:
+        got = scrape(metrics_port)
+        return got if value(got, PROBE_RTT + "_count") >= 1 else None
+
+    before = wait_for(after_an_acked_probe, STEP, step=0.2)
+    assert before is not None, "no probe was acked"
     assert value(before, "swimnode_members", state="alive") == 2
     assert value(before, "swimnode_members", state="dead") == 0
     assert value(before, "swimnode_transport_receive_overflow_total") >= 0
     assert value(before, "swimnode_events_lost_total") == 0
+    assert value(before, PROBE_RTT + "_sum") > 0
     assert ("process_resident_memory_bytes", ()) in before
 
     victim.kill()

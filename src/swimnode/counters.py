@@ -73,6 +73,18 @@ PROBES = _core("probes", "Probes started.", always=True)
 INDIRECT_PROBES = _core("indirect_probes", "Ping-reqs sent.", always=True)
 PROBE_FAILURES = _core("probe_failures", "Probes that got no ack.", always=True)
 STALE_ACKS = _core("stale_acks", "Acks that matched no running probe or relay.")
+PROBE_RTT_BOUNDS_MS: tuple[int, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+"""Upper bounds (ms) of the probe round-trip-time buckets: loopback answers in well
+under a millisecond, a LAN in a few, a WAN in tens to hundreds."""
+PROBE_RTT_BUCKETS: tuple[str, ...] = (
+    *[
+        _core(f"probe_rtt_bucket_{ms}ms", f"Direct probes acked within ({lower}, {ms}] ms.")
+        for lower, ms in zip((0, *PROBE_RTT_BOUNDS_MS), PROBE_RTT_BOUNDS_MS, strict=False)
+    ],
+    _core("probe_rtt_bucket_inf", "Direct probes acked after the largest bound."),
+)
+"""Non-cumulative bucket counters, one per bound and one beyond them, in order."""
+PROBE_RTT_SUM_US = _core("probe_rtt_sum_us", "Round-trip times of the acked probes, summed (µs).")
 SUSPICIONS_RAISED = _core(
     "suspicions_raised", "Failed probes that turned an alive member suspect.", always=True
 )

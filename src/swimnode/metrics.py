@@ -80,9 +80,15 @@ _PER_TYPE = (
 )
 
 
+_PROBE_RTT = frozenset((*counters.PROBE_RTT_BUCKETS, counters.PROBE_RTT_SUM_US))
+"""Core counters that make up the probe round-trip histogram rather than series."""
+
+
 def _counter_series() -> dict[str, Series]:
     out: dict[str, Series] = {}
     for name, help in counters.CORE.items():
+        if name in _PROBE_RTT:
+            continue
         if name.startswith(_DROPPED):
             reason = ("reason", name.removeprefix(_DROPPED))
             out[name] = Series(
@@ -122,6 +128,7 @@ COUNTER_SERIES: Mapping[str, Series] = _counter_series()
 GAUGE_NAMES: Mapping[str, str] = {name: PREFIX + name for name in counters.GAUGES}
 """Every declared gauge's `stats()` key -> its Prometheus name."""
 MEMBERS = PREFIX + "members"
+PROBE_RTT = PREFIX + "probe_rtt_seconds"
 SUSPICION_RESOLUTION = PREFIX + "suspicion_resolution_seconds"
 SUSPICION_BUCKETS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
 """Upper bounds (s): the `local` profile settles a suspicion in about a second, `lan`
@@ -148,6 +155,20 @@ class _Histogram:
             cumulative += count
             out.append((bound, float(cumulative)))
         return out
+
+
+def _probe_rtt(stats: Mapping[str, int]) -> HistogramMetricFamily:
+    """The probe round-trip histogram, from the core's bucket counters."""
+    family = HistogramMetricFamily(
+        PROBE_RTT, "Round trip of direct probes acked before the probe timeout."
+    )
+    bounds = [*(f"{ms / 1000:g}" for ms in counters.PROBE_RTT_BOUNDS_MS), "+Inf"]
+    cumulative, buckets = 0, []
+    for bound, key in zip(bounds, counters.PROBE_RTT_BUCKETS, strict=True):
+        cumulative += stats.get(key, 0)
+        buckets.append((bound, float(cumulative)))
+    family.add_metric([], buckets, stats.get(counters.PROBE_RTT_SUM_US, 0) / 1_000_000)
+    return family
 
 
 class SwimCollector(Collector):
@@ -217,6 +238,7 @@ class SwimCollector(Collector):
         for state, count in counts.items():
             by_state.add_metric([state.label], count)
         yield by_state
+        yield _probe_rtt(stats)
         histogram = HistogramMetricFamily(
             SUSPICION_RESOLUTION,
             "Time from a member's suspicion to its death or refutation, as seen here.",

@@ -207,7 +207,7 @@ class SwimCore:
             case Ping():
                 self._on_ping(source, msg)
             case Ack():
-                self.prober.on_ack(msg.seq)
+                self.prober.on_ack(msg.seq, now)
             case Nack():
                 self.prober.on_nack(msg.seq, msg.sender)
             case PingReq():

@@ -10,6 +10,7 @@ due.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class _Probe:
     incarnation: int
     timeout_at: float  # when it turns indirect, unless acked
     ends_at: float  # the end of its period
+    sent_at: float
     acked: bool = False
     indirect: bool = False
     helpers: frozenset[str] = frozenset()  # asked to probe; only their nacks count
@@ -137,7 +139,13 @@ class Prober:
             return
         seq = self._next_seq()
         self._probe = _Probe(
-            seq, target.name, target.address, target.incarnation, now + timeout, now + interval
+            seq,
+            target.name,
+            target.address,
+            target.incarnation,
+            now + timeout,
+            now + interval,
+            now,
         )
         parts = [codec.encode_message(Ping(seq, target.name, core.name))]
         if target.state is SUSPECT and core.config.lifeguard_buddy:
@@ -230,10 +238,12 @@ class Prober:
 
     # ----- answers -----------------------------------------------------------------
 
-    def on_ack(self, seq: int) -> None:
+    def on_ack(self, seq: int, now: float) -> None:
         """An ack arrived: for our probe, or for one we relay."""
         probe = self._probe
         if probe is not None and probe.seq == seq:
+            if not probe.acked and not probe.indirect:
+                self._count_rtt(now - probe.sent_at)
             probe.acked = True
             return
         relay = self._relays.pop(seq, None)
@@ -245,6 +255,15 @@ class Prober:
             )
             return
         core.stats[counters.STALE_ACKS] += 1
+
+    def _count_rtt(self, rtt: float) -> None:
+        # Counters rather than a histogram object: stats() stays a dict of ints that
+        # every driver already reports, and the metrics exporter rebuilds the
+        # histogram from them (swimnode.metrics).
+        stats = self._core.stats
+        index = bisect.bisect_left(counters.PROBE_RTT_BOUNDS_MS, rtt * 1000)
+        stats[counters.PROBE_RTT_BUCKETS[index]] += 1
+        stats[counters.PROBE_RTT_SUM_US] += round(rtt * 1_000_000)
 
     def on_nack(self, seq: int, sender: str) -> None:
         probe = self._probe
