@@ -14,7 +14,8 @@ SMALL = ["simulate", "--nodes", "12", "--duration", "25", "--seed", "3"]
 
 
 def test_json_report(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main([*SMALL, "--json", "--set", "probe_interval=0.8", "--loss", "0.01"]) == 0
+    argv = [*SMALL, "--json", "--set", "probe_interval=0.8", "--loss", "0.01", "--window", "5"]
+    assert cli.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["scenario_nodes"] == 12
     assert report["scenario_overrides"] == {"probe_interval": 0.8}
@@ -38,6 +39,7 @@ def test_table_with_a_partition_and_slow_nodes(capsys: pytest.CaptureFixture[str
     [
         (["--nodes", "2"], "--nodes must be at least 3"),
         (["--loss", "1.5"], "--loss must be in [0, 1)"),
+        (["--window", "0"], "--window must be > 0"),
         (["--partition", "half@3"], "expected FRACTION@T+DURATION"),
         (["--partition", "1.5@3+4"], "0 < FRACTION < 1"),
         (["--set", "nope=1"], "expected FIELD=VALUE with a config field"),

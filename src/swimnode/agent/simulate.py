@@ -59,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--duration", type=float, default=60.0, help="simulated seconds after t0 (default 60)"
     )
+    p.add_argument(
+        "--window",
+        type=float,
+        default=10.0,
+        help="simulated seconds of steady state whose traffic is measured (default 10)",
+    )
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument(
         "--set",
@@ -126,8 +132,8 @@ def scenario_from(ns: argparse.Namespace) -> Scenario:
     for flag, value in (("--latency", ns.latency), ("--jitter", ns.jitter)):
         if not 0 <= value < 60_000:
             raise UsageError(f"{flag} must be between 0 and 60000 ms")
-    if ns.duration <= 0 or ns.slow_delay < 0:
-        raise UsageError("--duration must be > 0 and --slow-delay >= 0")
+    if ns.duration <= 0 or ns.window <= 0 or ns.slow_delay < 0:
+        raise UsageError("--duration and --window must be > 0, and --slow-delay >= 0")
     sc = Scenario(
         nodes=ns.nodes,
         profile=ns.profile,
@@ -140,6 +146,7 @@ def scenario_from(ns: argparse.Namespace) -> Scenario:
         slow_delay=ns.slow_delay,
         partition=None if ns.partition is None else parse_partition(ns.partition),
         duration=ns.duration,
+        window=ns.window,
         seed=ns.seed,
     )
     try:
