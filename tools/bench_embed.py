@@ -12,7 +12,9 @@ clusters run side by side, so they share the machine's load), then measures:
   thread reading `node.events()`), over `--events` own `set_state` updates per
   node, one at a time;
 - crash detection: seconds from SIGKILL of the last node to the first survivor and
-  to every survivor declaring it failed (one crash per flavour: noisy).
+  to every survivor declaring it failed (one crash per flavour: noisy);
+- and, in this process, the CPU cost of one wakeup of a Trio task under `trio.run`
+  and in the guest run `swimnode.aio` uses (what an idle node pays per wakeup).
 
     python tools/bench_embed.py --nodes 10 --window 20 --events 100
 
@@ -39,7 +41,7 @@ from typing import IO, Any
 
 import benchlib
 
-FLAVOURS = ("trio", "aio", "blocking")
+FLAVOURS = ("trio", "aio", "aio-uvloop", "blocking")
 LOOPBACK = "127.0.0.1"
 
 
@@ -141,7 +143,9 @@ def run_trio_worker(name: str, port: int, seed: int, nodes: int) -> None:
     trio.run(main)
 
 
-def run_aio_worker(name: str, port: int, seed: int, nodes: int) -> None:
+def run_aio_worker(
+    name: str, port: int, seed: int, nodes: int, run: Callable[[Any], object] = asyncio.run
+) -> None:
     import swimnode.aio
 
     async def main() -> None:
@@ -168,7 +172,13 @@ def run_aio_worker(name: str, port: int, seed: int, nodes: int) -> None:
                 probe.report()
             task.cancel()
 
-    asyncio.run(main())
+    run(main())
+
+
+def run_uvloop_worker(name: str, port: int, seed: int, nodes: int) -> None:
+    import uvloop
+
+    run_aio_worker(name, port, seed, nodes, uvloop.run)
 
 
 def run_blocking_worker(name: str, port: int, seed: int, nodes: int) -> None:
@@ -202,6 +212,7 @@ def run_blocking_worker(name: str, port: int, seed: int, nodes: int) -> None:
 WORKERS: dict[str, Callable[[str, int, int, int], None]] = {
     "trio": run_trio_worker,
     "aio": run_aio_worker,
+    "aio-uvloop": run_uvloop_worker,
     "blocking": run_blocking_worker,
 }
 
@@ -374,6 +385,40 @@ def measure(flavours: list[str], nodes: int, window: float, events: int) -> dict
                 w.proc.wait(10)
 
 
+def wakeup_cost(wakeups: int) -> dict[str, float]:
+    """CPU microseconds (all threads) per wakeup of a Trio task sleeping 0.5 ms at a
+    time: under `trio.run` (the Trio and blocking flavours), and in the guest run
+    `swimnode.aio` uses, on asyncio's default loop and on uvloop if installed."""
+    import trio
+
+    from swimnode.aio import TrioGuest
+
+    async def sleeper() -> None:
+        for _ in range(wakeups):
+            await trio.sleep(0.0005)
+
+    async def guest() -> None:
+        async with TrioGuest() as host:
+            await host.run(sleeper)
+
+    runs: dict[str, Callable[[], object]] = {
+        "trio.run": lambda: trio.run(sleeper),
+        "guest on asyncio": lambda: asyncio.run(guest()),
+    }
+    try:
+        import uvloop
+
+        runs["guest on uvloop"] = lambda: uvloop.run(guest())
+    except ImportError:
+        pass
+    costs = {}
+    for label, run in runs.items():
+        start = time.process_time()
+        run()
+        costs[label] = (time.process_time() - start) / wakeups * 1e6
+    return costs
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--worker"]:
         flavour, name, port, seed, nodes = sys.argv[2:7]
@@ -385,7 +430,14 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=10, help="nodes (processes) per flavour")
     parser.add_argument("--window", type=float, default=20.0, help="idle seconds measured")
     parser.add_argument("--events", type=int, default=100, help="latency samples per node")
-    parser.add_argument("--flavours", default=",".join(FLAVOURS))
+    parser.add_argument(
+        "--flavours",
+        default="trio,aio,blocking",
+        help=f"comma-separated, of {', '.join(FLAVOURS)} (aio-uvloop needs uvloop)",
+    )
+    parser.add_argument(
+        "--wakeups", type=int, default=4000, help="wakeups timed for the cost of one (0: skip)"
+    )
     args = parser.parse_args()
     flavours = args.flavours.split(",")
     if unknown := set(flavours) - set(FLAVOURS):
@@ -402,6 +454,9 @@ def main() -> int:
             f"{row['event_p50_ms']:>12.3f}{row['event_p99_ms']:>12.3f}"
             f"{row['detect_first_s']:>12.2f}{row['detect_all_s']:>12.2f}"
         )
+    wakeups = wakeup_cost(args.wakeups) if args.wakeups else {}
+    for label, cost in wakeups.items():
+        print(f"one wakeup, {label}: {cost:.1f} us of CPU")
     if "trio" in result:
         base = result["trio"]["idle_cpu_ms_per_s"]
         for row in result.values():
@@ -414,6 +469,7 @@ def main() -> int:
                 "events_per_node": args.events,
                 "load1": load,
                 "flavours": result,
+                "wakeup_cpu_us": wakeups,
             }
         )
     )
