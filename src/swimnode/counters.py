@@ -121,6 +121,12 @@ STATE_DELTAS_UNKNOWN_MEMBER = _core(
     "state_deltas_unknown_member", "State deltas dropped because their member is unknown."
 )
 TOMBSTONES_COLLECTED = _core("tombstones_collected", "Application-state tombstones expired.")
+USER_EVENTS_SENT = _core("user_events_sent", "User events this node sent.")
+USER_EVENTS_RECEIVED = _core("user_events_received", "User events delivered here (each once).")
+USER_EVENTS_DUPLICATE = _core("user_events_duplicate", "Copies of user events already delivered.")
+USER_EVENTS_TOO_OLD = _core(
+    "user_events_too_old", "User events older than the Lamport window, dropped."
+)
 QUERIES_STARTED = _core("queries_started", "Queries this node asked.")
 QUERIES_RECEIVED = _core("queries_received", "Queries received (each once).")
 QUERIES_DUPLICATE = _core("queries_duplicate", "Copies of queries already received.")

@@ -156,6 +156,16 @@ class Node:
         self._pump_soon()
         return deleted
 
+    def send_event(self, name: str, payload: bytes = b"", *, coalesce: bool = True) -> int:
+        """Send a user event to every member, this node included: each delivers it
+        once, as a `UserEvent` in `events()` (deduplicated by its Lamport time, which
+        is returned). `coalesce` tells event handlers that only the latest event of
+        this name matters. Raises `ValueError` for a name over 64 bytes, a payload
+        over 512 bytes, or more than 10 events a second."""
+        ltime = self.core.send_event(name, payload, coalesce, trio.current_time())
+        self._pump_soon()
+        return ltime
+
     def stats(self) -> dict[str, int]:
         """Protocol counters, the awareness score and member counts."""
         return self.core.stats_snapshot()

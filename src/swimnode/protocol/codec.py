@@ -39,6 +39,7 @@ from .messages import (
     StateSyn,
     Suspect,
     Sync,
+    UserEventMessage,
 )
 
 PROTOCOL_VERSION = 1
@@ -54,6 +55,9 @@ MAX_QUERY_PAYLOAD = 512
 MAX_QUERY_RESPONSE_PAYLOAD = 64 * 1024
 """A response goes to one member, over the stream when it does not fit a datagram."""
 MAX_QUERY_TIMEOUT_MS = 10 * 60 * 1000
+MAX_EVENT_NAME_BYTES = 64
+MAX_EVENT_PAYLOAD = 512
+"""A user event rides in datagrams beside other news, as a query does."""
 _U64 = (1 << 64) - 1
 _VERSION = bytes([PROTOCOL_VERSION])
 
@@ -72,7 +76,8 @@ _VERSION = bytes([PROTOCOL_VERSION])
     _STATE_ACK,
     _QUERY,
     _QUERY_RESPONSE,
-) = range(1, 15)
+    _USER_EVENT,
+) = range(1, 16)
 MESSAGE_NAMES = {
     _PING: "ping",
     _ACK: "ack",
@@ -88,6 +93,7 @@ MESSAGE_NAMES = {
     _STATE_ACK: "stateack",
     _QUERY: "query",
     _QUERY_RESPONSE: "queryresponse",
+    _USER_EVENT: "userevent",
 }
 """Type tag -> name, for counters."""
 # Counter names per tag, built once: packets carry dozens of messages.
@@ -96,7 +102,11 @@ SENT_KEYS = {
     for tag, name in MESSAGE_NAMES.items()
 }
 RECEIVED_KEYS = {tag: counters.received_key(name) for tag, name in MESSAGE_NAMES.items()}
-_RECEIVED_BY_TYPE: dict[type, str] = {}
+# Filled on first use from each class's name; the user event's class is named apart
+# from the `UserEvent` users receive, so its counter name is given here.
+_RECEIVED_BY_TYPE: dict[type, str] = {
+    UserEventMessage: counters.received_key(MESSAGE_NAMES[_USER_EVENT])
+}
 
 
 def received_key(msg: Message) -> str:
@@ -253,6 +263,16 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
     StateAck: _encode_state_ack,
     Query: _encode_query,
     QueryResponse: lambda m: [_QUERY_RESPONSE, m.id, m.sender, m.payload],
+    UserEventMessage: lambda m: [
+        _USER_EVENT,
+        m.ltime,
+        m.origin,
+        m.origin_address[0],
+        m.origin_address[1],
+        m.name,
+        m.payload,
+        m.coalesce,
+    ],
     Sync: _encode_sync,
 }
 
@@ -316,6 +336,7 @@ _ARITY = {
     _STATE_ACK: 4,
     _QUERY: 8,
     _QUERY_RESPONSE: 4,
+    _USER_EVENT: 8,
 }
 
 
@@ -415,6 +436,20 @@ def _decode_query(item: list[Any]) -> Query:
     )
 
 
+def _decode_user_event(item: list[Any]) -> UserEventMessage:
+    name = item[5]
+    if type(name) is not str or not name or len(name.encode()) > MAX_EVENT_NAME_BYTES:
+        raise DecodeError("bad user event name")
+    return UserEventMessage(
+        _uint(item[1]),
+        _name(item[2]),
+        (_host(item[3]), _port(item[4])),
+        name,
+        _payload(item[6], MAX_EVENT_PAYLOAD),
+        _bool(item[7]),
+    )
+
+
 def _decode_sync(item: list[Any]) -> Sync:
     members = item[3]
     if type(members) is not list or len(members) > MAX_SYNC_MEMBERS:
@@ -449,4 +484,5 @@ _DECODERS: dict[int, Callable[[list[Any]], Message]] = {
     _QUERY_RESPONSE: lambda i: QueryResponse(
         _uint(i[1]), _name(i[2]), _payload(i[3], MAX_QUERY_RESPONSE_PAYLOAD)
     ),
+    _USER_EVENT: _decode_user_event,
 }

@@ -60,10 +60,12 @@ from .messages import (
     StateSyn,
     Suspect,
     Sync,
+    UserEventMessage,
 )
 from .probing import Prober
 from .queries import Queries, QueryHandler, QueryResult
 from .ratelimit import RateLimiter
+from .userevents import UserEvents
 
 SUSPECT = MemberState.SUSPECT
 _NEWS = (Alive, Suspect, Dead, Left)
@@ -99,6 +101,7 @@ class SwimCore:
         self.anti_entropy = AntiEntropy(self, generation, now)
         self.gossip = Gossip(self, now)
         self.queries = Queries(self)
+        self.user_events = UserEvents(self)
 
     # ----- views -------------------------------------------------------------------
 
@@ -220,10 +223,19 @@ class SwimCore:
                 self.anti_entropy.on_state_ack(source, msg, now)
             case Sync():
                 self.anti_entropy.on_sync(source, msg, reliable, now)
-            case Query():
-                self.queries.receive(msg, now)
-            case QueryResponse():
-                self.queries.response(msg)
+            case Query() | QueryResponse() | UserEventMessage():
+                self._on_operator_message(msg, now)
+
+    def _on_operator_message(
+        self, msg: Query | QueryResponse | UserEventMessage, now: float
+    ) -> None:
+        # What operators send through the cluster: queries, their answers, user events.
+        if isinstance(msg, Query):
+            self.queries.receive(msg, now)
+        elif isinstance(msg, QueryResponse):
+            self.queries.response(msg)
+        else:
+            self.user_events.receive(msg)
 
     def _on_ping(self, source: Address, ping: Ping) -> None:
         if ping.target != self.name:
@@ -309,6 +321,13 @@ class SwimCore:
     def set_seeds(self, found: Iterable[Address]) -> None:
         """Seeds found by a seed source, used beside `config.seeds`."""
         self.anti_entropy.set_seeds(found)
+
+    def send_event(self, name: str, payload: bytes, coalesce: bool, now: float) -> int:
+        """Send a user event to every member, us included (each delivers it once, as
+        a `UserEvent`); returns its Lamport time. Raises `ValueError` over the size
+        limits (`codec.MAX_EVENT_NAME_BYTES`, `codec.MAX_EVENT_PAYLOAD`) or the rate
+        limit (`userevents.RATE_LIMIT`)."""
+        return self.user_events.send(name, payload, coalesce, now)
 
     def start_query(self, kind: str, payload: bytes, timeout: float | None, now: float) -> int:
         """Ask every member (us included); returns the query's id, and a

@@ -68,6 +68,21 @@ class MemberUpdated:
 
 
 @dataclass(frozen=True, slots=True)
+class UserEvent:
+    """A user event reached this node (each event once, the sender included):
+    `name` and `payload` as sent, `ltime` its Lamport time, `coalesce` whether only
+    the latest event of its name matters. `member` is the sender as this node
+    knows it (alive, incarnation 0, if it knows nothing more yet)."""
+
+    member: Member
+    name: str
+    payload: bytes
+    ltime: int
+    coalesce: bool = True
+    kind: ClassVar[str] = "user"
+
+
+@dataclass(frozen=True, slots=True)
 class EventsLost:
     """This subscriber fell behind and `count` events were dropped for it."""
 
@@ -83,5 +98,8 @@ MemberEvent = (
     | MemberLeft
     | MemberRejoined
     | MemberUpdated
+    | UserEvent
 )
+"""Everything the core emits: membership changes, and user events (whose `member`
+is their sender)."""
 Event = MemberEvent | EventsLost

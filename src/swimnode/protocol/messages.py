@@ -172,6 +172,21 @@ class QueryResponse:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class UserEventMessage:
+    """A user event on its way to every member (Serf's user events): `name` and a
+    small `payload` from `origin`, stamped with its Lamport time `ltime`; members
+    deliver each (origin, ltime, name, payload) once. `coalesce` tells handlers that
+    only the latest event of this name matters."""
+
+    ltime: int
+    origin: str
+    origin_address: Address
+    name: str
+    payload: bytes
+    coalesce: bool
+
+
 Message = (
     Ping
     | Ack
@@ -187,5 +202,6 @@ Message = (
     | StateAck
     | Query
     | QueryResponse
+    | UserEventMessage
 )
 MembershipNews = Alive | Suspect | Dead | Left

@@ -1,0 +1,121 @@
+"""User events: the wire format, the core's Lamport clock, deduplication and limits,
+and delivery to every member once on the simulated network (MockClock)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from swimnode import counters
+from swimnode.eventhub import EventStream
+from swimnode.protocol import codec
+from swimnode.protocol.config import Config
+from swimnode.protocol.core import SwimCore
+from swimnode.protocol.events import Event, UserEvent
+from swimnode.protocol.messages import UserEventMessage
+from swimnode.protocol.userevents import EVENT_WINDOW, RATE_LIMIT
+from swimnode.testing import Network, open_sim_cluster
+
+SOURCE = ("127.0.0.1", 9000)
+
+
+def core(name: str = "a") -> SwimCore:
+    return SwimCore(Config.local(name, bind=("127.0.0.1", 7946)), now=0.0, rng=random.Random(1))
+
+
+def message(ltime: int, name: str = "deploy", payload: bytes = b"v1") -> UserEventMessage:
+    return UserEventMessage(ltime, "b", ("127.0.0.1", 7947), name, payload, True)
+
+
+def packet(*messages: UserEventMessage) -> bytes:
+    return codec.encode_packet([codec.encode_message(m) for m in messages])
+
+
+def delivered(c: SwimCore) -> list[UserEvent]:
+    return [e for e in c.take_output().events if isinstance(e, UserEvent)]
+
+
+def test_codec_round_trip_and_limits() -> None:
+    m = message(7, "deploy", b"\x00" * codec.MAX_EVENT_PAYLOAD)
+    [decoded] = codec.decode_packet(packet(m))
+    assert decoded == m
+    for bad in (message(1, "x" * 65), message(1, ""), message(1, payload=b"x" * 513)):
+        with pytest.raises(codec.DecodeError):
+            codec.decode_packet(packet(bad))
+
+
+def test_sender_delivers_once_and_ticks_its_clock() -> None:
+    c = core()
+    assert c.send_event("deploy", b"v1", True, 0.0) == 0
+    assert c.send_event("deploy", b"v1", True, 0.0) == 1
+    events = delivered(c)
+    assert [(e.name, e.payload, e.ltime, e.member.name) for e in events] == [
+        ("deploy", b"v1", 0, "a"),
+        ("deploy", b"v1", 1, "a"),
+    ]
+    assert c.stats[counters.USER_EVENTS_SENT] == 2
+
+
+def test_copies_are_delivered_once_and_the_clock_witnesses() -> None:
+    c = core()
+    c.handle_packet(0.0, SOURCE, packet(message(40)))
+    c.handle_packet(0.1, SOURCE, packet(message(40), message(40, payload=b"v2")))
+    events = delivered(c)
+    assert [(e.ltime, e.payload, e.member.name) for e in events] == [
+        (40, b"v1", "b"),
+        (40, b"v2", "b"),
+    ]
+    assert c.stats[counters.USER_EVENTS_DUPLICATE] == 1
+    # Lamport: what we send now comes after what we saw.
+    assert c.send_event("next", b"", False, 1.0) == 41
+
+
+def test_events_older_than_the_window_are_dropped() -> None:
+    c = core()
+    c.handle_packet(0.0, SOURCE, packet(message(EVENT_WINDOW + 100)))
+    c.handle_packet(0.0, SOURCE, packet(message(50)))  # far behind the clock now
+    assert [e.ltime for e in delivered(c)] == [EVENT_WINDOW + 100]
+    assert c.stats[counters.USER_EVENTS_TOO_OLD] == 1
+
+
+def test_size_and_rate_limits() -> None:
+    c = core()
+    with pytest.raises(ValueError, match="payload is 513 bytes; the limit is 512"):
+        c.send_event("x", b"x" * 513, True, 0.0)
+    with pytest.raises(ValueError, match=r"name must be 1\.\.64 bytes"):
+        c.send_event("", b"", True, 0.0)
+    for i in range(RATE_LIMIT):
+        c.send_event(f"e{i}", b"", True, 0.5)
+    with pytest.raises(ValueError, match=r"at most 10 user events per 1 s; try again in 1.00 s"):
+        c.send_event("more", b"", True, 0.5)
+    c.send_event("later", b"", True, 1.6)  # the window has passed
+    assert c.stats[counters.USER_EVENTS_SENT] == RATE_LIMIT + 1
+
+
+def drain(stream: EventStream) -> list[Event]:
+    out = []
+    while (event := stream.receive_nowait()) is not None:
+        out.append(event)
+    return out
+
+
+async def test_every_member_gets_each_event_once_despite_loss(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with open_sim_cluster(8, seed=11, network=Network(seed=11, loss=0.2)) as cluster:
+        assert await cluster.wait_for(cluster.converged, timeout=60) is not None
+        streams = {name: node.events() for name, node in cluster.nodes.items()}
+        first = cluster.nodes["n2"].send_event("deploy", b"v1")
+        second = cluster.nodes["n5"].send_event("restart", b"", coalesce=False)
+        await trio.sleep(30)
+        for name, stream in streams.items():
+            got = sorted(
+                (e.member.name, e.name, e.payload, e.coalesce)
+                for e in drain(stream)
+                if isinstance(e, UserEvent)
+            )
+            assert got == [("n2", "deploy", b"v1", True), ("n5", "restart", b"", False)], name
+        assert (first, second) == (0, 0)  # neither had seen the other's yet
