@@ -156,7 +156,8 @@ class NodeThread:
         return self._serve(runner, owns_thread=False)
 
     def _serve(self, runner: NodeRunner, *, owns_thread: bool) -> BlockingNode:
-        assert self._nursery is not None
+        if self._nursery is None:
+            raise RuntimeError("start the NodeThread first (`with NodeThread() as thread:`)")
         node: Node = self.run(self._nursery.start, runner.serve)
         self._runners.append(runner)
         return BlockingNode(runner, node, self, owns_thread=owns_thread)
@@ -165,12 +166,13 @@ class NodeThread:
         """Stop every node still hosted here (each leaving first if it was started
         with `leave_on_exit`), then end the thread."""
         atexit.unregister(self.close)
+        if self._token is None:  # never started
+            return
         if not self.in_thread():
             with contextlib.suppress(NodeNotRunning):
                 self.run(self._stop_nodes)
-        if self._token is not None:
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._stop.set)
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._stop.set)
         if not self.in_thread() and self._thread.is_alive():
             self._thread.join()
 
