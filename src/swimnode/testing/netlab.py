@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -67,6 +68,8 @@ NETNS_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
 _COMMAND_TIMEOUT = 20.0
 _NAME = re.compile(rf"^{re.escape(PREFIX)}(\d+)-")
+_LAB_NUMBERS = itertools.count()
+"""Labs of one process get distinct names."""
 
 
 class LabError(RuntimeError):
@@ -216,7 +219,7 @@ class Lab:
             raise ValueError(f"{len(mtus)} MTUs given for {hosts} hosts")
         if ipv6 and min(mtus) < 1280:
             raise ValueError("IPv6 needs an MTU of at least 1280")
-        self.tag = f"{PREFIX}{os.getpid()}-{id(self) % 10000:04d}"
+        self.tag = f"{PREFIX}{os.getpid()}-{next(_LAB_NUMBERS)}"
         self.profile = profile
         self.bridge_ns = f"{self.tag}-br"
         self.hosts = [
