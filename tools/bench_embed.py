@@ -17,6 +17,7 @@ clusters run side by side, so they share the machine's load), then measures:
   and in the guest run `swimnode.aio` uses (what an idle node pays per wakeup).
 
     python tools/bench_embed.py --nodes 10 --window 20 --events 100
+    python tools/bench_embed.py --nodes 0      # only the cost of one wakeup
 
 Prints a table, then one JSON line.
 """
@@ -388,7 +389,9 @@ def measure(flavours: list[str], nodes: int, window: float, events: int) -> dict
 def wakeup_cost(wakeups: int) -> dict[str, float]:
     """CPU microseconds (all threads) per wakeup of a Trio task sleeping 0.5 ms at a
     time: under `trio.run` (the Trio and blocking flavours), and in the guest run
-    `swimnode.aio` uses, on asyncio's default loop and on uvloop if installed."""
+    `swimnode.aio` uses, on asyncio's default loop and on uvloop if installed; and
+    of a plain asyncio task doing the same, the wait a native asyncio driver of the
+    core would have."""
     import trio
 
     from swimnode.aio import TrioGuest
@@ -401,9 +404,15 @@ def wakeup_cost(wakeups: int) -> dict[str, float]:
         async with TrioGuest() as host:
             await host.run(sleeper)
 
+    async def asyncio_sleeper() -> None:
+        # What a native asyncio driver of the core would pay to wait, for comparison.
+        for _ in range(wakeups):
+            await asyncio.sleep(0.0005)
+
     runs: dict[str, Callable[[], object]] = {
         "trio.run": lambda: trio.run(sleeper),
         "guest on asyncio": lambda: asyncio.run(guest()),
+        "plain asyncio task": lambda: asyncio.run(asyncio_sleeper()),
     }
     try:
         import uvloop
@@ -427,7 +436,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--nodes", type=int, default=10, help="nodes (processes) per flavour")
+    parser.add_argument(
+        "--nodes", type=int, default=10, help="nodes (processes) per flavour (0: wakeups only)"
+    )
     parser.add_argument("--window", type=float, default=20.0, help="idle seconds measured")
     parser.add_argument("--events", type=int, default=100, help="latency samples per node")
     parser.add_argument(
@@ -443,7 +454,7 @@ def main() -> int:
     if unknown := set(flavours) - set(FLAVOURS):
         parser.error(f"unknown flavour(s): {', '.join(sorted(unknown))}")
     benchlib.compile_package()
-    result = measure(flavours, args.nodes, args.window, args.events)
+    result = measure(flavours, args.nodes, args.window, args.events) if args.nodes else {}
     load = os.getloadavg()[0]
     print(f"{args.nodes} nodes per flavour, idle window {args.window:g} s, load {load:.2f}")
     header = ("flavour", "idle ms/s", "RSS MiB", "ev p50 ms", "ev p99 ms", "detect 1st", "all")
