@@ -37,11 +37,12 @@ def test_client_commands_do_not_import_trio() -> None:
                 contextlib.redirect_stderr(io.StringIO()):
             for argv in (["members", "--help"], ["keys", "--help"], ["keygen"],
                          ["stats", "--rpc", closed], ["ring", "--rpc", closed],
-                         ["keys", "list", "--rpc", closed], ["info", "--rpc", closed]):
+                         ["keys", "list", "--rpc", closed], ["info", "--rpc", closed],
+                         ["event", "deploy", "v1", "--rpc", closed]):
                 codes.append(cli.main(argv))
         print(json.dumps({"codes": codes, "trio": "trio" in sys.modules}))
     """)
-    assert result == {"codes": [0, 0, 0, 1, 1, 1, 1], "trio": False}
+    assert result == {"codes": [0, 0, 0, 1, 1, 1, 1, 1], "trio": False}
 
 
 def test_agent_and_demo_import_trio_only_to_run() -> None:

@@ -17,7 +17,13 @@ from swimnode.agent import client as rpcclient
 from swimnode.agent.handlerrunner import HandlerRunner, Job, member_line
 from swimnode.agent.handlers import FILTER_KINDS, HandlerError, HandlerSpec, parse_handler
 from swimnode.agent.settings import UsageError, load_settings
-from swimnode.protocol.events import MemberFailed, MemberJoined, MemberLeft, MemberSuspected
+from swimnode.protocol.events import (
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberSuspected,
+    UserEvent,
+)
 from swimnode.protocol.member import Member, MemberState
 from swimnode.testing.processes import LocalCluster, free_ports, wait_for
 
@@ -93,11 +99,11 @@ async def test_runner_runs_in_order_coalesces_and_survives_failures(
     with trio.fail_after(WAIT):
         async with trio.open_nursery() as nursery:
             # Queued before the runner starts: the two joins coalesce into one run.
-            runner.submit_member_event(MemberJoined(member("n1")))
-            runner.submit_member_event(MemberJoined(member("n2")))
-            runner.submit_member_event(MemberFailed(member("n1", MemberState.DEAD)))
-            runner.submit_member_event(MemberLeft(member("n2", MemberState.LEFT)))
-            runner.submit_member_event(MemberSuspected(member("n3", MemberState.SUSPECT)))
+            runner.submit_event(MemberJoined(member("n1")))
+            runner.submit_event(MemberJoined(member("n2")))
+            runner.submit_event(MemberFailed(member("n1", MemberState.DEAD)))
+            runner.submit_event(MemberLeft(member("n2", MemberState.LEFT)))
+            runner.submit_event(MemberSuspected(member("n3", MemberState.SUSPECT)))
             for _ in range(8):  # the queue holds 8 and 7 runs wait already: 7 are lost
                 runner.submit(Job(record, "member-update", [member("n4")]))
             nursery.start_soon(runner.run)
@@ -129,23 +135,35 @@ async def test_runner_runs_in_order_coalesces_and_survives_failures(
 # ----- agents ---------------------------------------------------------------------
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30, check=False)
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
     with LocalCluster(profile="local", log_dir=tmp_path) as c:
         yield c
 
 
-def test_five_agents_handler_sees_one_failure_and_one_leave(
+RECORD = """#!/bin/sh
+{{
+  echo "EVENT $SWIMNODE_EVENT${{SWIMNODE_USER_EVENT:+:$SWIMNODE_USER_EVENT}} $SWIMNODE_SELF_NAME"
+  cat
+  [ "$SWIMNODE_EVENT" = user ] && echo " from $SWIMNODE_USER_SENDER"
+}} >> {out}
+"""
+
+
+def test_five_agents_handler_sees_a_failure_a_leave_and_a_user_event(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
     out = tmp_path / "events.txt"
     script = tmp_path / "record.sh"
-    script.write_text(
-        f'#!/bin/sh\n{{ echo "EVENT $SWIMNODE_EVENT $SWIMNODE_SELF_NAME"; cat; }} >> {out}\n'
-    )
+    script.write_text(RECORD.format(out=out))
     script.chmod(0o755)
     names = [f"n{i}" for i in range(5)]
-    seed = cluster.start("n0", args=["--event-handler", f"member-failed,member-leave={script}"])
+    handler = f"member-failed,member-leave,user:deploy={script}"
+    seed = cluster.start("n0", args=["--event-handler", handler])
     assert seed.wait_ready(STEP)
     for name in names[1:]:
         cluster.start(name, seeds=[seed], args=["--state", f"role={name}"])
@@ -160,23 +178,30 @@ def test_five_agents_handler_sees_one_failure_and_one_leave(
 
     victim.kill()
     assert wait_for(lambda: cluster.all_see("n1", "dead", [seed]), STEP)
-    left = subprocess.run(
-        [*CLI, "leave", "--rpc", f"127.0.0.1:{leaver.rpc_port}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    left = run_cli("leave", "--rpc", f"127.0.0.1:{leaver.rpc_port}")
     assert left.returncode == 0, left.stderr
     assert wait_for(lambda: out.exists() and "member-leave" in out.read_text(), STEP)
+    # A user event sent through another agent; one of a name the handler ignores.
+    sender = cluster.agents["n3"]
+    for args in (["deploy", "v1.2"], ["other", "x"]):
+        sent = run_cli("event", *args, "--rpc", f"127.0.0.1:{sender.rpc_port}")
+        assert sent.returncode == 0 and sent.stdout.startswith(f"event {args[0]} sent"), sent
+    # Too large: refused in one line, the agent unaffected.
+    refused = run_cli("event", "big", "x" * 600, "--rpc", f"127.0.0.1:{sender.rpc_port}")
+    assert refused.returncode == 1 and refused.stderr.splitlines() == [
+        "swimnode event: the agent refused: user event payload is 600 bytes; the limit is 512"
+    ]
+    assert wait_for(lambda: "user:deploy" in out.read_text(), STEP)
     time.sleep(1.0)  # room for a duplicate to show up, if there were one
     assert out.read_text().splitlines() == [
         "EVENT member-failed n0",
         f'n1\t{victim.address}\tdead\t{{"role":"n1"}}',
         "EVENT member-leave n0",
         f'n2\t{leaver.address}\tleft\t{{"role":"n2"}}',
+        "EVENT user:deploy n0",
+        "v1.2 from n3",
     ]
-    assert seed.running
+    assert seed.running and sender.running
 
 
 @pytest.mark.parametrize(
@@ -233,3 +258,26 @@ def test_handlers_from_flags_and_file() -> None:
     toml = "event_handlers = './one.sh'\n"
     with pytest.raises(UsageError, match="event_handlers must be a list of strings"):
         load()
+
+
+async def test_user_events_run_with_their_payload_and_coalesce(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    record = HandlerSpec(
+        f'{{ echo "$SWIMNODE_USER_EVENT $SWIMNODE_USER_LTIME"; cat; echo; }} >> {out}',
+        (("user", None),),
+    )
+    runner = HandlerRunner([record], "me", "127.0.0.1:7946", on_lost=lambda n: None)
+    sender = member("n1")
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            # Waiting together: the three coalescing "deploy" events run once, with
+            # the latest; the non-coalescing ones each run.
+            for ltime, payload in enumerate((b"a", b"b", b"c")):
+                runner.submit_event(UserEvent(sender, "deploy", payload, ltime))
+            runner.submit_event(UserEvent(sender, "ping", b"1", 3, coalesce=False))
+            runner.submit_event(UserEvent(sender, "ping", b"2", 4, coalesce=False))
+            nursery.start_soon(runner.run)
+            while not (out.exists() and out.read_text().count("\n") >= 6):  # noqa: ASYNC110
+                await trio.sleep(0.05)  # (a subprocess writes the file: no event to wait on)
+            nursery.cancel_scope.cancel()
+    assert out.read_text().splitlines() == ["deploy 2", "c", "ping 3", "1", "ping 4", "2"]

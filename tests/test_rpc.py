@@ -59,6 +59,9 @@ class FakeAgent:
     def info(self) -> dict[str, Any]:
         return {"name": "a"}
 
+    def send_event(self, name: str, payload: bytes, coalesce: bool) -> int:
+        raise ValueError("this fake agent sends no events")
+
     def events(self) -> EventStream:
         return self.hub.subscribe()
 

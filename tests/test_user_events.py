@@ -3,6 +3,7 @@ and delivery to every member once on the simulated network (MockClock)."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -10,11 +11,14 @@ import trio
 import trio.testing
 
 from swimnode import counters
+from swimnode.agent.cli import render_monitor_frame
+from swimnode.agent.rpc import event_to_dict
 from swimnode.eventhub import EventStream
 from swimnode.protocol import codec
 from swimnode.protocol.config import Config
 from swimnode.protocol.core import SwimCore
 from swimnode.protocol.events import Event, UserEvent
+from swimnode.protocol.member import Member, MemberState
 from swimnode.protocol.messages import UserEventMessage
 from swimnode.protocol.userevents import EVENT_WINDOW, RATE_LIMIT
 from swimnode.testing import Network, open_sim_cluster
@@ -119,3 +123,26 @@ async def test_every_member_gets_each_event_once_despite_loss(
             )
             assert got == [("n2", "deploy", b"v1", True), ("n5", "restart", b"", False)], name
         assert (first, second) == (0, 0)  # neither had seen the other's yet
+
+
+def test_rpc_and_monitor_shapes() -> None:
+    sender = Member("n1", ("127.0.0.1", 7947), 0, MemberState.ALIVE, 0.0)
+    frame = event_to_dict(UserEvent(sender, "deploy", b"v1.2", 7))
+    assert frame["event"] == "user" and frame["member"]["name"] == "n1"
+    assert (frame["name"], frame["payload"], frame["ltime"], frame["coalesce"]) == (
+        "deploy",
+        b"v1.2",
+        7,
+        True,
+    )
+    assert render_monitor_frame(frame, as_json=False) == (
+        "user      deploy from n1 (Lamport time 7) v1.2"
+    )
+    assert json.loads(render_monitor_frame(dict(frame, payload=b"\xff"), as_json=True)) == {
+        "event": "user",
+        "name": "deploy",
+        "ltime": 7,
+        "coalesce": True,
+        "sender": "n1",
+        "payload": {"$base64": "/w=="},
+    }

@@ -1,10 +1,11 @@
 """Command line: `python -m swimnode COMMAND ...`.
 
 Commands: `agent` runs a member; `members`, `stats`, `info`, `monitor`, `leave`,
-`state`, `ring` and `keys` talk to a running agent over its RPC endpoint; `keygen` prints a new
-encryption key; `demo` tells the SWIM story on a small cluster. `--version` prints
-the package's version. The commands form one argparse tree (`build_parser`); the
-modules that load Trio are imported only by the commands that run on it.
+`state`, `ring`, `keys` and `event` talk to a running agent over its RPC endpoint;
+`keygen` prints a new encryption key; `demo` tells the SWIM story on a small cluster.
+`--version` prints the package's version. The commands form one argparse tree
+(`build_parser`); the modules that load Trio are imported only by the commands that
+run on it.
 
 Exit codes: 0 success, 1 runtime failure (agent unreachable, port busy, refused
 request, missing key, ...), 2 usage error (bad flags, environment or configuration
@@ -72,6 +73,10 @@ KEYS_ABOUT = (
     "install a new key, make it primary (use), remove an old one. Every live member is "
     "asked and reported on."
 )
+EVENT_ABOUT = (
+    "Send a user event to every member through the agent: each member delivers it "
+    "once (monitor, event handlers, node.events())."
+)
 KEYGEN_ABOUT = (
     "Print a new random encryption key (32 bytes, base64) for a key file or "
     "`swimnode keys install`."
@@ -126,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help=KEYS_ABOUT.split(":")[0] + ".", description=KEYS_ABOUT)
     _add_keys_arguments(keys)
     keys.set_defaults(run=_keys)
+    event = sub.add_parser("event", help=EVENT_ABOUT.split(":")[0] + ".", description=EVENT_ABOUT)
+    _add_event_arguments(event)
+    event.set_defaults(run=_event)
     keygen = sub.add_parser("keygen", help=KEYGEN_ABOUT, description=KEYGEN_ABOUT)
     keygen.set_defaults(run=_keygen)
     demo = sub.add_parser("demo", help=DEMO_ABOUT.split(",")[0] + ".", description=DEMO_ABOUT)
@@ -137,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     return root
 
 
-COMMANDS = ("agent", *CLIENT_ABOUT, "keys", "keygen", "demo", "simulate")
+COMMANDS = ("agent", *CLIENT_ABOUT, "keys", "event", "keygen", "demo", "simulate")
 """Every command, in the order `--help` lists them."""
 
 
@@ -384,6 +392,8 @@ def render_monitor_frame(frame: dict[str, Any], as_json: bool) -> str:
     member = frame.get("member")
     if member is None:
         return json.dumps(frame) if as_json else f"{frame['event']}: {frame.get('count')}"
+    if frame["event"] == "user":
+        return _render_user_event(frame, member, as_json)
     flat = {"event": frame["event"], **member_json(member)}
     if "changed_keys" in frame:
         flat["changed_keys"] = list(frame["changed_keys"])
@@ -396,6 +406,25 @@ def render_monitor_frame(frame: dict[str, Any], as_json: bool) -> str:
     if flat.get("changed_keys"):
         line += f" keys {','.join(flat['changed_keys'])}"
     return line
+
+
+def _render_user_event(frame: dict[str, Any], sender: Mapping[str, Any], as_json: bool) -> str:
+    if as_json:
+        fields = ("name", "ltime", "coalesce")
+        out = {"event": "user", **{k: frame[k] for k in fields}, "sender": sender["name"]}
+        out["payload"] = to_json_value(frame["payload"])
+        return json.dumps(out)
+    line = f"{'user':<9} {frame['name']} from {sender['name']} (Lamport time {frame['ltime']})"
+    if frame["payload"]:
+        line += " " + display_value(_text_or_bytes(frame["payload"]))
+    return line
+
+
+def _text_or_bytes(payload: bytes) -> str | bytes:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return payload
 
 
 def render_state_value(value: Any, as_json: bool) -> str:
@@ -652,6 +681,32 @@ def _keys(ns: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _add_event_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="event name (1 to 64 bytes)")
+    p.add_argument(
+        "payload", nargs="?", default="", metavar="PAYLOAD", help="text, at most 512 bytes"
+    )
+    p.add_argument(
+        "--coalesce",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="handlers may run only the latest of several events of this name "
+        "waiting together (default: --coalesce)",
+    )
+    _add_rpc(p)
+
+
+def _event(ns: argparse.Namespace) -> int:
+    payload = ns.payload.encode()
+    reply = rpcclient.call(
+        rpc_address(ns, os.environ),
+        "event",
+        {"name": ns.name, "payload": payload, "coalesce": ns.coalesce},
+    )
+    print(f"event {reply['name']} sent (Lamport time {reply['ltime']})")
     return EXIT_OK
 
 

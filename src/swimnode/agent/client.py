@@ -12,6 +12,9 @@ A client sends one request, ``{"command": NAME, ...arguments}``, and reads one r
 * ``monitor`` -> ``{"members": [...]}``, then one frame per membership change,
   ``{"event": KIND, "member": MEMBER}`` (``updated`` adds ``"changed_keys": [...]``) or
   ``{"event": "events_lost", "count": N}``, until either side closes the connection.
+* ``event`` ``{name, payload?: bytes, coalesce?: bool}`` -> ``{"name", "ltime"}``: send a
+  user event to every member (monitor frames of ``user`` events add ``"name"``,
+  ``"payload"``, ``"ltime"`` and ``"coalesce"``; ``member`` is the sender)
 * ``state_get`` ``{key, member?}`` -> ``{"member", "key", "found": bool, "value"}``
 * ``state_list`` ``{member?}`` -> ``{"member", "state": {key: value}}``
 * ``state_set`` ``{key, value}`` -> ``{"member", "key"}``

@@ -37,7 +37,7 @@ from ..net.seeds import (
 from ..net.transport import Address, format_address
 from ..net.udp import UdpTransport, open_udp_transport
 from ..node import Node, open_node, secure
-from ..protocol.events import EventsLost, MemberUpdated
+from ..protocol.events import EventsLost, MemberUpdated, UserEvent
 from ..protocol.member import Member
 from . import rpc
 from .handlerrunner import HandlerRunner
@@ -171,6 +171,11 @@ class Agent:
         finally:
             self._leave_done.set()
 
+    def send_event(self, name: str, payload: bytes, coalesce: bool) -> int:
+        """Send a user event to every member; returns its Lamport time. `ValueError`
+        (one line) over the size or rate limits."""
+        return self.node.send_event(name, payload, coalesce=coalesce)
+
     def count_lost(self, count: int) -> None:
         """Count membership events the log or the handlers missed (`events_lost`)."""
         self.events_lost += count
@@ -180,7 +185,7 @@ class Agent:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(runner.run)
             async for event in events:
-                runner.submit_member_event(event)
+                runner.submit_event(event)
             nursery.cancel_scope.cancel()
 
     def request_exit(self) -> None:
@@ -197,6 +202,9 @@ class Agent:
                     event.count,
                     extra={"fields": {"event": "events_lost", "count": event.count}},
                 )
+                continue
+            if isinstance(event, UserEvent):
+                _log_user_event(event)
                 continue
             m = event.member
             address = format_address(m.address)
@@ -230,6 +238,24 @@ class Agent:
         # The receiver is closed now, so a second Ctrl-C interrupts a slow leave.
         await self.leave()
         self.request_exit()
+
+
+def _log_user_event(event: UserEvent) -> None:
+    fields = {
+        "event": "user",
+        "name": event.name,
+        "sender": event.member.name,
+        "ltime": event.ltime,
+        "bytes": len(event.payload),
+    }
+    log.info(
+        "user event %s from %s (Lamport time %d, %d bytes)",
+        event.name,
+        event.member.name,
+        event.ltime,
+        len(event.payload),
+        extra={"fields": fields},
+    )
 
 
 class LoggedSeeds(SeedSource):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ..net.transport import format_address
-from ..protocol.events import Event, EventsLost
+from ..protocol.events import Event, EventsLost, UserEvent
 from ..protocol.member import Member
 from .cli import to_json_value
 from .handlers import MEMBER_EVENTS, HandlerSpec, handler_env
@@ -54,6 +54,8 @@ class Job:
     spec: HandlerSpec
     event: str
     members: list[Member] = field(default_factory=list)
+    user: UserEvent | None = None
+    """The user event, for `event == "user"` (its payload is the stdin)."""
 
 
 class HandlerRunner:
@@ -77,11 +79,16 @@ class HandlerRunner:
         self._base_env = dict(os.environ if base_env is None else base_env)
         self._send, self._receive = trio.open_memory_channel[Job](queue_size)
 
-    def submit_member_event(self, event: Event) -> None:
-        """Queue a run of every handler that takes this membership event. A gap in
-        the events (`EventsLost`) is counted and logged: handlers missed those."""
+    def submit_event(self, event: Event) -> None:
+        """Queue a run of every handler that takes this event. A gap in the events
+        (`EventsLost`) is counted and logged: handlers missed those."""
         if isinstance(event, EventsLost):
             self._lost(event.count, "events")
+            return
+        if isinstance(event, UserEvent):
+            for spec in self.specs:
+                if spec.accepts("user", event.name):
+                    self.submit(Job(spec, "user", [event.member], event))
             return
         kind = MEMBER_EVENTS.get(event.kind)
         if kind is None:
@@ -116,9 +123,10 @@ class HandlerRunner:
             await self._run_one(job)
 
     def _merge(self, job: Job) -> tuple[Job, Job | None]:
-        """`job` with the runs of the same handler and membership event waiting right
-        behind it (one stdin line each, as Serf coalesces member events), and the
-        first waiting job that is not one of them."""
+        """`job` merged with the runs of the same handler waiting right behind it,
+        as Serf coalesces: membership events of one kind become one run with a stdin
+        line each; of coalescing user events of one name only the latest runs.
+        Returns it with the first waiting job that could not be merged."""
         while True:
             try:
                 nxt = self._receive.receive_nowait()
@@ -126,18 +134,32 @@ class HandlerRunner:
                 return job, None
             if nxt.spec is not job.spec or nxt.event != job.event:
                 return job, nxt
-            job.members.extend(nxt.members)
+            if job.user is None:
+                job.members.extend(nxt.members)
+            elif _coalesces(job.user, nxt.user):
+                job = nxt
+            else:
+                return job, nxt
 
     async def _run_one(self, job: Job) -> None:
         name, address = self._self
-        env = handler_env(self._base_env, job.event, name, address)
+        extra: dict[str, str] = {}
+        stdin = members_input(job.members)
+        if job.user is not None:
+            extra = {
+                "SWIMNODE_USER_EVENT": job.user.name,
+                "SWIMNODE_USER_LTIME": str(job.user.ltime),
+                "SWIMNODE_USER_SENDER": job.user.member.name,
+            }
+            stdin = job.user.payload
+        env = handler_env(self._base_env, job.event, name, address, extra)
         command = job.spec.command
         result: subprocess.CompletedProcess[bytes] | None = None
         with trio.move_on_after(self._timeout):
             try:
                 result = await trio.run_process(
                     ["/bin/sh", "-c", command],
-                    stdin=members_input(job.members),
+                    stdin=stdin,
                     capture_stdout=True,
                     capture_stderr=True,
                     env=env,
@@ -166,6 +188,10 @@ class HandlerRunner:
                 output[:_OUTPUT_LOG_LIMIT].replace("\n", " | ") or "(no output)",
                 extra={"fields": {"event": "handler_failed", "handler_event": job.event}},
             )
+
+
+def _coalesces(first: UserEvent, then: UserEvent | None) -> bool:
+    return then is not None and first.coalesce and then.coalesce and first.name == then.name
 
 
 async def _kill_group(process: trio.Process) -> None:

@@ -1,14 +1,16 @@
 """Serf-style event handlers: `agent --event-handler [FILTER=]COMMAND`.
 
-A handler is a shell command run for each membership event its filter accepts, with
-the event in `SWIMNODE_*` environment variables and the affected members on stdin,
-one per line: name, address, state and application state as JSON, tab-separated.
+A handler is a shell command run for each event its filter accepts, with the event
+in `SWIMNODE_*` environment variables; a membership event puts the affected members
+on stdin, one per line (name, address, state and application state as JSON,
+tab-separated), a user event its payload.
 
 Handlers never hold up the protocol: events wait in a bounded queue (overflow is
 counted under `events_lost` and logged) and one command runs at a time, in order, each
 within a timeout; a command that fails or hangs is logged (and a hanging one killed,
 with everything it started), and the agent goes on with the next. Events of one kind
-already waiting when a command starts are handed to it together, one stdin line each.
+already waiting when a command starts are handed to it together, one stdin line each;
+of coalescing user events of one name waiting together, only the latest runs.
 
 This module parses and checks handlers (no Trio: the settings use it); `handlerrunner`
 runs them.
@@ -89,7 +91,11 @@ def parse_handler(text: str) -> HandlerSpec:
 
 
 def handler_env(
-    base: Mapping[str, str], event: str, self_name: str, self_address: str
+    base: Mapping[str, str],
+    event: str,
+    self_name: str,
+    self_address: str,
+    extra: Mapping[str, str],
 ) -> dict[str, str]:
     """The environment a handler runs in: the agent's, plus the event's variables."""
     return {
@@ -97,6 +103,7 @@ def handler_env(
         "SWIMNODE_EVENT": event,
         "SWIMNODE_SELF_NAME": self_name,
         "SWIMNODE_SELF_ADDRESS": self_address,
+        **extra,
     }
 
 

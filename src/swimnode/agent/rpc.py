@@ -17,7 +17,7 @@ import trio
 from ..eventhub import EventStream
 from ..net import framing
 from ..net.transport import Address, TransportError, format_address
-from ..protocol.events import Event, MemberEvent, MemberUpdated
+from ..protocol.events import Event, MemberEvent, MemberUpdated, UserEvent
 from ..protocol.member import Member
 from ..ring import HashRing, advertised_tokens
 from .client import (
@@ -54,6 +54,15 @@ def event_to_dict(event: Event) -> dict[str, Any]:
             "event": event.kind,
             "member": member_to_dict(event.member),
             "changed_keys": sorted(event.changed_keys),
+        }
+    if isinstance(event, UserEvent):
+        return {
+            "event": event.kind,
+            "member": member_to_dict(event.member),
+            "name": event.name,
+            "payload": event.payload,
+            "ltime": event.ltime,
+            "coalesce": event.coalesce,
         }
     if hasattr(event, "member"):
         return {"event": event.kind, "member": member_to_dict(event.member)}
@@ -112,6 +121,9 @@ class Controlled(Protocol):
     def info(self) -> dict[str, Any]:
         """The agent's identity, versions, settings and member counts
         (`info.agent_info`)."""
+
+    def send_event(self, name: str, payload: bytes, coalesce: bool) -> int:
+        """Send a user event; its Lamport time. `ValueError` (one line) if refused."""
 
     def events(self) -> EventStream:
         """A new subscription to membership events."""
@@ -286,6 +298,14 @@ def _info(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
     return {"info": target.info()}
 
 
+def _event(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
+    name = _arg(request, "name", str)
+    ltime = target.send_event(
+        name, _arg(request, "payload", bytes, b""), _arg(request, "coalesce", bool, True)
+    )
+    return {"name": name, "ltime": ltime}
+
+
 def _ring(request: Mapping[str, Any], target: Controlled) -> dict[str, Any]:
     vnodes = _arg(request, "vnodes", int, 100)
     if not 1 <= vnodes <= MAX_VNODES:
@@ -302,6 +322,7 @@ _STATE_COMMANDS = {
     "state_delete": _state_delete,
     "ring": _ring,
     "info": _info,
+    "event": _event,
 }
 
 
