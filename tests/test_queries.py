@@ -28,7 +28,8 @@ from swimnode.protocol.codec import DecodeError, decode_packet, encode_message, 
 from swimnode.protocol.config import Config
 from swimnode.protocol.contract import QueryFinished
 from swimnode.protocol.core import SwimCore
-from swimnode.protocol.messages import Query, QueryResponse
+from swimnode.protocol.messages import Query, QueryAck, QueryResponse
+from swimnode.protocol.queries import QueryProgress
 from swimnode.testing import open_sim_cluster
 
 Q = Query(2**64 - 1, "node-a", ("10.0.0.1", 7946), "keys.list", b"\x00" * 512, 600_000)
@@ -115,8 +116,12 @@ def test_a_query_is_handled_once_and_rebroadcast() -> None:
     [query] = mine  # the origin answers itself too
     assert query.id == query_id and query.payload == b"hi"
     assert query.timeout_ms == 2000  # an answer is useless 2 s after receipt
-    # Alone, the origin has every answer it expects at once.
-    [finished] = a.take_output().signals
+    # Alone, the origin has every answer it expects at once, each signalled as it came.
+    *progress, finished = a.take_output().signals
+    assert progress == [
+        QueryProgress(query_id, "a", None, answering=True),
+        QueryProgress(query_id, "a", b"A"),
+    ]
     assert isinstance(finished, QueryFinished)
     assert finished.result.id == query_id
     assert finished.result.responses == {"a": b"A"} and finished.result.missing == []
@@ -126,11 +131,12 @@ def test_a_query_is_handled_once_and_rebroadcast() -> None:
     assert got == [query]  # handled once
     assert b.stats["queries_duplicate"] == 2
     assert b.broadcasts.pending(("query", "a", query.id))
-    # b answers the origin directly.
+    # b acks and answers the origin directly.
     out = b.take_output()
-    [(dest, reply)] = out.datagrams
-    assert dest == a.address
-    assert decode_packet(reply)[0] == QueryResponse(query.id, "b", b"B")
+    assert {dest for dest, _ in out.datagrams} == {a.address}
+    replies = [m for _, data in out.datagrams for m in decode_packet(data)]
+    assert QueryAck(query.id, "b", True) in replies
+    assert QueryResponse(query.id, "b", b"B") in replies
 
 
 def test_start_query_checks_limits() -> None:
@@ -148,7 +154,9 @@ def test_large_responses_go_over_the_stream() -> None:
     query = Query(1, "b", ("b", 1), "k", b"", 1000)
     a.handle_packet(0.0, ("b", 1), encode_packet([encode_message(query)]))
     out = a.take_output()
-    assert out.datagrams == []
+    # The ack fits a datagram (with news riding along); the answer does not.
+    [(_, ack)] = out.datagrams
+    assert decode_packet(ack)[0] == QueryAck(1, "a", True)
     assert [dest for _, dest, _ in out.streams] == [("b", 1)]
     [(_, _, data)] = out.streams
     assert decode_packet(data) == [QueryResponse(1, "a", b"x" * 5000)]
@@ -197,12 +205,13 @@ async def test_a_silent_member_is_reported_missing(mock_clock: trio.testing.Mock
     async with open_sim_cluster(4, seed=42) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=30) is not None
         for name, node in cluster.nodes.items():
-            if name != "n2":
-                node.register_query_handler("ping", lambda q: b"pong")
+            # n2 has a responder that never answers, so an answer could still come.
+            node.register_query_handler("ping", recorder([], None if name == "n2" else b"pong"))
         start = trio.current_time()
         result = await cluster.nodes["n0"].query("ping", timeout=2.0)
         assert result.missing == ["n2"]
         assert set(result.responses) == {"n0", "n1", "n3"}
+        assert result.acks == {"n0", "n1", "n2", "n3"}
         assert trio.current_time() - start >= 2.0 - 1e-9  # it waited until the timeout
         # The origin asked the silent member directly before giving up.
         assert cluster.nodes["n0"].stats()["queries_resent"] == 1

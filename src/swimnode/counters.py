@@ -131,6 +131,9 @@ QUERIES_STARTED = _core("queries_started", "Queries this node asked.")
 QUERIES_RECEIVED = _core("queries_received", "Queries received (each once).")
 QUERIES_DUPLICATE = _core("queries_duplicate", "Copies of queries already received.")
 QUERIES_RESENT = _core("queries_resent", "Queries resent to members still silent.")
+QUERIES_NOT_SELECTED = _core(
+    "queries_not_selected", "Queries whose filters did not select this node (passed on only)."
+)
 QUERIES_UNHANDLED = _core("queries_unhandled", "Queries of a kind with no handler here.")
 QUERY_HANDLER_ERRORS = _core("query_handler_errors", "Query handlers that raised.")
 QUERY_RESPONSES_SENT = _core("query_responses_sent", "Query responses sent.")

@@ -41,7 +41,8 @@ from .protocol.contract import (
 from .protocol.core import SwimCore
 from .protocol.events import MemberEvent
 from .protocol.member import Member
-from .protocol.queries import QueryHandler, QueryResult
+from .protocol.messages import Query
+from .protocol.queries import QueryHandler, QueryProgress, QueryResult
 
 log = logging.getLogger("swimnode")
 member_log = logging.getLogger("swimnode.members")
@@ -101,6 +102,7 @@ class Node:
         self._query_handlers: dict[str, QueryHandler] = {}
         self._joins: dict[int, _Waiter] = {}
         self._queries: dict[int, _Waiter] = {}
+        self._query_progress: dict[int, Callable[[QueryProgress], object]] = {}
 
     # ----- public API ----------------------------------------------------------------
 
@@ -201,19 +203,39 @@ class Node:
         payload: bytes = b"",
         *,
         timeout: float | None = None,  # noqa: ASYNC109
+        names: Iterable[str] = (),
+        state: Iterable[tuple[str, str]] = (),
+        on_progress: Callable[[QueryProgress], object] | None = None,
     ) -> QueryResult:
-        """Ask every member (us included) and gather the answers.
+        """Ask every member the filters select (us included) and gather the answers.
 
-        Returns once every member that is live now has answered, or after `timeout`
-        seconds (default `default_query_timeout`: a few dozen gossip rounds). Raises
-        `ValueError` if `kind` or `payload` is over the codec's limits. (`timeout` is
-        part of the query, which members use to drop stale answers, so it is a
-        parameter rather than the caller's cancel scope.)
+        `names` selects members by name, `state` by `(key, regex)` on their
+        application state (all must match). `on_progress`, if given, is called with
+        each ack and answer as it arrives (in the node's task: it must be quick).
+        Returns once every selected member that is live now has answered (or acked
+        without a responder), or after `timeout` seconds (default
+        `default_query_timeout`: a few dozen gossip rounds). Raises `ValueError` if
+        `kind`, `payload` or a filter is over the codec's limits or a regex is bad.
+        (`timeout` is part of the query, which members use to drop stale answers, so
+        it is a parameter rather than the caller's cancel scope.)
         """
-        query_id = self.core.start_query(kind, payload, timeout, trio.current_time())
-        finished = await self._wait_for(self._queries, query_id)
+        filters = (tuple(names), tuple(state))
+        query_id = self.core.start_query(kind, payload, timeout, trio.current_time(), filters)
+        if on_progress is not None:
+            self._query_progress[query_id] = on_progress
+        try:
+            finished = await self._wait_for(self._queries, query_id)
+        finally:
+            self._query_progress.pop(query_id, None)
         assert isinstance(finished, QueryFinished)
         return finished.result
+
+    def answer_query(self, query: Query, payload: bytes) -> None:
+        """Answer `query` after the fact: for a handler that returned None because
+        its answer takes time (the agent's event handlers do). Raises `ValueError`
+        over 64 KiB."""
+        self.core.answer_query(query, payload)
+        self._pump_soon()
 
     async def wait_stopped(self) -> None:
         """Wait until the node's tasks have all ended (after `leave()` or cancel)."""
@@ -358,6 +380,10 @@ class Node:
                 self._wake(self._joins, signal.join_id, signal)
             case QueryFinished():
                 self._wake(self._queries, signal.result.id, signal)
+            case QueryProgress():
+                callback = self._query_progress.get(signal.id)
+                if callback is not None:
+                    callback(signal)
             case LeaveFinished():
                 self._left.set()
             case RejoinFailed(error, retry_in):

@@ -10,6 +10,7 @@ the current version raises `DecodeError`, the only exception `decode_packet` rai
 from __future__ import annotations
 
 import itertools
+import re
 import struct
 import sys
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from .messages import (
     Ping,
     PingReq,
     Query,
+    QueryAck,
     QueryResponse,
     StateAck,
     StateDigests,
@@ -55,6 +57,9 @@ MAX_QUERY_PAYLOAD = 512
 MAX_QUERY_RESPONSE_PAYLOAD = 64 * 1024
 """A response goes to one member, over the stream when it does not fit a datagram."""
 MAX_QUERY_TIMEOUT_MS = 10 * 60 * 1000
+MAX_QUERY_FILTERS = 16
+"""Names, and state filters, a query may carry (each list)."""
+MAX_QUERY_REGEX_BYTES = 256
 MAX_EVENT_NAME_BYTES = 64
 MAX_EVENT_PAYLOAD = 512
 """A user event rides in datagrams beside other news, as a query does."""
@@ -77,7 +82,8 @@ _VERSION = bytes([PROTOCOL_VERSION])
     _QUERY,
     _QUERY_RESPONSE,
     _USER_EVENT,
-) = range(1, 16)
+    _QUERY_ACK,
+) = range(1, 17)
 MESSAGE_NAMES = {
     _PING: "ping",
     _ACK: "ack",
@@ -94,6 +100,7 @@ MESSAGE_NAMES = {
     _QUERY: "query",
     _QUERY_RESPONSE: "queryresponse",
     _USER_EVENT: "userevent",
+    _QUERY_ACK: "queryack",
 }
 """Type tag -> name, for counters."""
 # Counter names per tag, built once: packets carry dozens of messages.
@@ -239,7 +246,8 @@ def _encode_state_ack(m: StateAck) -> list[Any]:
 
 def _encode_query(m: Query) -> list[Any]:
     host, port = m.origin_address
-    return [_QUERY, m.id, m.origin, host, port, m.kind, m.payload, m.timeout_ms]
+    state = [[key, regex] for key, regex in m.state]
+    return [_QUERY, m.id, m.origin, host, port, m.kind, m.payload, m.timeout_ms, m.names, state]
 
 
 def _encode_sync(m: Sync) -> list[Any]:
@@ -263,6 +271,7 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
     StateAck: _encode_state_ack,
     Query: _encode_query,
     QueryResponse: lambda m: [_QUERY_RESPONSE, m.id, m.sender, m.payload],
+    QueryAck: lambda m: [_QUERY_ACK, m.id, m.sender, m.answering],
     UserEventMessage: lambda m: [
         _USER_EVENT,
         m.ltime,
@@ -334,9 +343,10 @@ _ARITY = {
     _STATE_SYN: 4,
     _STATE_DIGESTS: 3,
     _STATE_ACK: 4,
-    _QUERY: 8,
+    _QUERY: 10,
     _QUERY_RESPONSE: 4,
     _USER_EVENT: 8,
+    _QUERY_ACK: 4,
 }
 
 
@@ -426,6 +436,9 @@ def _decode_query(item: list[Any]) -> Query:
     timeout_ms = _uint(item[7])
     if timeout_ms > MAX_QUERY_TIMEOUT_MS:
         raise DecodeError("query timeout too long")
+    names, state = _list(item[8]), _list(item[9])
+    if len(names) > MAX_QUERY_FILTERS or len(state) > MAX_QUERY_FILTERS:
+        raise DecodeError("too many query filters")
     return Query(
         _uint(item[1]),
         _name(item[2]),
@@ -433,7 +446,24 @@ def _decode_query(item: list[Any]) -> Query:
         _query_kind(item[5]),
         _payload(item[6], MAX_QUERY_PAYLOAD),
         timeout_ms,
+        tuple(_name(n) for n in names),
+        tuple(_state_filter(f) for f in state),
     )
+
+
+def _state_filter(v: object) -> tuple[str, str]:
+    if type(v) is not list or len(v) != 2:
+        raise DecodeError("bad query state filter")
+    key, regex = v
+    if type(key) is not str or not key or len(key.encode()) > MAX_STATE_KEY_BYTES:
+        raise DecodeError("bad query state filter key")
+    if type(regex) is not str or len(regex.encode()) > MAX_QUERY_REGEX_BYTES:
+        raise DecodeError("bad query state filter regex")
+    try:
+        re.compile(regex)
+    except re.error:
+        raise DecodeError("bad query state filter regex") from None
+    return key, regex
 
 
 def _decode_user_event(item: list[Any]) -> UserEventMessage:
@@ -485,4 +515,5 @@ _DECODERS: dict[int, Callable[[list[Any]], Message]] = {
         _uint(i[1]), _name(i[2]), _payload(i[3], MAX_QUERY_RESPONSE_PAYLOAD)
     ),
     _USER_EVENT: _decode_user_event,
+    _QUERY_ACK: lambda i: QueryAck(_uint(i[1]), _name(i[2]), _bool(i[3])),
 }

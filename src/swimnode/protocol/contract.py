@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..net.transport import Address
 from .events import MemberEvent
-from .queries import QueryResult
+from .queries import QueryProgress, QueryResult
 
 
 class Timer(enum.IntEnum):
@@ -74,7 +74,9 @@ class QueryHandlerFailed:
     error: BaseException
 
 
-Signal = JoinFinished | RejoinFailed | LeaveFinished | QueryFinished | QueryHandlerFailed
+Signal = (
+    JoinFinished | RejoinFailed | LeaveFinished | QueryFinished | QueryProgress | QueryHandlerFailed
+)
 """Everything a driver may be told besides events."""
 
 

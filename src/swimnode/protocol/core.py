@@ -54,6 +54,7 @@ from .messages import (
     Ping,
     PingReq,
     Query,
+    QueryAck,
     QueryResponse,
     StateAck,
     StateDigests,
@@ -63,7 +64,7 @@ from .messages import (
     UserEventMessage,
 )
 from .probing import Prober
-from .queries import Queries, QueryHandler, QueryResult
+from .queries import Queries, QueryFilters, QueryHandler, QueryProgress, QueryResult
 from .ratelimit import RateLimiter
 from .userevents import UserEvents
 
@@ -223,19 +224,19 @@ class SwimCore:
                 self.anti_entropy.on_state_ack(source, msg, now)
             case Sync():
                 self.anti_entropy.on_sync(source, msg, reliable, now)
-            case Query() | QueryResponse() | UserEventMessage():
+            case Query() | QueryAck() | QueryResponse() | UserEventMessage():
                 self._on_operator_message(msg, now)
 
     def _on_operator_message(
-        self, msg: Query | QueryResponse | UserEventMessage, now: float
+        self, msg: Query | QueryAck | QueryResponse | UserEventMessage, now: float
     ) -> None:
-        # What operators send through the cluster: queries, their answers, user events.
+        # What operators send through the cluster: queries, acks and answers, events.
         if isinstance(msg, Query):
             self.queries.receive(msg, now)
-        elif isinstance(msg, QueryResponse):
-            self.queries.response(msg)
-        else:
+        elif isinstance(msg, UserEventMessage):
             self.user_events.receive(msg)
+        else:
+            self.queries.response(msg)
 
     def _on_ping(self, source: Address, ping: Ping) -> None:
         if ping.target != self.name:
@@ -329,16 +330,30 @@ class SwimCore:
         limit (`userevents.RATE_LIMIT`)."""
         return self.user_events.send(name, payload, coalesce, now)
 
-    def start_query(self, kind: str, payload: bytes, timeout: float | None, now: float) -> int:
-        """Ask every member (us included); returns the query's id, and a
-        `QueryFinished` signal carries the answers. `timeout` defaults to
-        `queries.default_query_timeout`. Raises `ValueError` if `kind` or `payload`
-        breaks the codec's limits."""
-        return self.queries.start(kind, payload, timeout, now)
+    def start_query(
+        self,
+        kind: str,
+        payload: bytes,
+        timeout: float | None,
+        now: float,
+        filters: QueryFilters = ((), ()),
+    ) -> int:
+        """Ask every member the `(names, state)` filters select (us included);
+        returns the query's id. `QueryProgress` signals each ack and answer as it
+        comes, and a `QueryFinished` signal carries them all. `timeout` defaults to
+        `queries.default_query_timeout`. Raises `ValueError` if `kind`, `payload` or
+        the filters break the codec's limits."""
+        return self.queries.start(kind, payload, timeout, now, filters)
+
+    def answer_query(self, query: Query, payload: bytes) -> None:
+        """Answer `query` later, for a handler that returned None (its answer takes
+        time, as an agent's event handler does). Raises `ValueError` over 64 KiB."""
+        self.queries.answer(query, payload)
 
     def register_query_handler(self, kind: str, handler: QueryHandler | None) -> None:
-        """Answer queries of `kind` with `handler` (None removes it). A member with
-        no handler for a kind stays silent, and the origin lists it as missing."""
+        """Answer queries of `kind` with `handler` (None removes it); the handler of
+        kind `"*"` answers kinds without their own. A member with no handler for a
+        kind acks without one, and the origin expects no answer from it."""
         if handler is None:
             self.queries.handlers.pop(kind, None)
         else:
@@ -354,6 +369,9 @@ class SwimCore:
 
     def signal_query_finished(self, result: QueryResult) -> None:
         self.signal(QueryFinished(result))
+
+    def signal_query_progress(self, progress: QueryProgress) -> None:
+        self.signal(progress)
 
     def signal_query_handler_failed(self, kind: str, error: BaseException) -> None:
         self.signal(QueryHandlerFailed(kind, error))

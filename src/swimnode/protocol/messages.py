@@ -152,6 +152,11 @@ class Query:
     as in Serf, rather than an absolute deadline, so members need not agree on the
     time; a member that hears the query late may answer after the origin has stopped
     listening, which costs one wasted packet.
+
+    `names` and `state` select who answers (Serf's node and tag filters): a member
+    answers, and acks, only if its name is in `names` (when given) and, for every
+    `(key, regex)` in `state`, its application state has `key` with a value the regex
+    matches. Every member passes the query on either way.
     """
 
     id: int
@@ -160,6 +165,18 @@ class Query:
     kind: str
     payload: bytes
     timeout_ms: int
+    names: tuple[str, ...] = ()
+    state: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAck:
+    """A member that `Query` `id` selected got it; `answering` says whether it has a
+    responder for the query's kind (if not, the origin expects no answer from it)."""
+
+    id: int
+    sender: str
+    answering: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,5 +220,6 @@ Message = (
     | Query
     | QueryResponse
     | UserEventMessage
+    | QueryAck
 )
 MembershipNews = Alive | Suspect | Dead | Left

@@ -1,16 +1,21 @@
-"""Cluster-wide queries: a question for every member (Serf's queries, reduced to what
-key management needs).
+"""Cluster-wide queries: a question for every member (Serf's queries).
 
-A query is disseminated like membership news; each member hands its copy to the
-handler registered for its kind once, and sends the answer straight to the origin.
-The origin gathers answers until every member that was live when the query started
-has answered or the timeout passes; halfway through it asks the silent members
-directly. All of it is core state and core timers; a driver only relays the result.
+A query is disseminated like membership news. Filters (`names`, and `(key, regex)`
+pairs on application state) select the members that answer; each selected member
+acks once, saying whether it has a responder for the kind, hands its copy to the
+handler registered for the kind (or the `"*"` fallback) once, and sends the answer
+straight to the origin, at once or later (`answer`). The origin gathers acks and
+answers until every selected member that was live when the query started has
+answered (or acked without a responder), or the timeout passes; halfway through it
+asks the silent members directly. Each ack and answer is also signalled as it comes
+(`QueryProgress`). All of it is core state and core timers; a driver only relays.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -19,7 +24,8 @@ from .. import counters
 from . import codec
 from .broadcasts import log_scale
 from .config import Config
-from .messages import Query, QueryResponse
+from .member import Member
+from .messages import Query, QueryAck, QueryResponse
 
 if TYPE_CHECKING:
     from .core import SwimCore
@@ -29,6 +35,8 @@ QueryHandler = Callable[[Query], bytes | None]
 the node's receive path, so it must be quick and must not block; an exception it
 raises is logged and counted (``query_handler_errors``) and nothing is answered."""
 
+FALLBACK_KIND = "*"
+"""The handler registered under this kind answers queries of kinds without their own."""
 _QUERY_MEMORY = 60.0
 """Seconds a query id is remembered (at least) so late copies are not handled again."""
 _MAX_SEEN_QUERIES = 4096
@@ -56,6 +64,8 @@ class QueryResult:
     member that joined meanwhile may answer too)."""
     timeout: float
     """Seconds the origin was prepared to wait."""
+    acks: frozenset[str] = frozenset()
+    """Selected members that acknowledged the query."""
 
     @property
     def missing(self) -> list[str]:
@@ -73,11 +83,80 @@ class _Collector:
     resend_at: float
     deadline: float
     responses: dict[str, bytes] = field(default_factory=dict)
+    acks: set[str] = field(default_factory=set)
+    silent: set[str] = field(default_factory=set)
+    """Members that acked without a responder: no answer will come from them."""
 
     def result(self) -> QueryResult:
         return QueryResult(
-            self.query.id, self.query.kind, self.expected, dict(self.responses), self.timeout
+            self.query.id,
+            self.query.kind,
+            self.expected,
+            dict(self.responses),
+            self.timeout,
+            frozenset(self.acks),
         )
+
+    @property
+    def complete(self) -> bool:
+        return self.expected <= self.responses.keys() | self.silent
+
+
+@dataclass(frozen=True, slots=True)
+class QueryProgress:
+    """An ack (`payload` None) or an answer to one of our queries, as it arrived."""
+
+    id: int
+    sender: str
+    payload: bytes | None
+    answering: bool = True
+    """For an ack: whether the member has a responder (an answer may follow)."""
+
+
+def selects(query: Query, member: Member) -> bool:
+    """Whether `query`'s filters select `member` (by name, and by application state
+    as this node knows it)."""
+    if query.names and member.name not in query.names:
+        return False
+    state = member.app_state
+    return all(
+        key in state and re.search(regex, _text(state[key])) is not None
+        for key, regex in query.state
+    )
+
+
+def _text(value: object) -> str:
+    # Strings are matched as they are; other values as compact JSON (bytes as hex),
+    # so `--state weight=^3$` matches the number 3.
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=_hex)
+
+
+def _hex(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    raise TypeError(type(value).__name__)
+
+
+def check_filters(names: tuple[str, ...], state: tuple[tuple[str, str], ...]) -> None:
+    """Raise `ValueError` (one line) for filters the codec would refuse."""
+    if len(names) > codec.MAX_QUERY_FILTERS or len(state) > codec.MAX_QUERY_FILTERS:
+        raise ValueError(f"at most {codec.MAX_QUERY_FILTERS} node and state filters each")
+    for key, regex in state:
+        if len(regex.encode()) > codec.MAX_QUERY_REGEX_BYTES:
+            raise ValueError(
+                f"state filter {key!r}: regex over {codec.MAX_QUERY_REGEX_BYTES} bytes"
+            )
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise ValueError(f"state filter {key!r}: bad regex {regex!r}: {exc}") from None
+
+
+QueryFilters = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
+"""`(names, state)` as `Query` carries them."""
+_NO_FILTERS: QueryFilters = ((), ())
 
 
 class Queries:
@@ -94,19 +173,38 @@ class Queries:
         """When the earliest of our queries needs attention (its resend or its end)."""
         return min((min(c.resend_at, c.deadline) for c in self._ours.values()), default=math.inf)
 
-    def start(self, kind: str, payload: bytes, timeout: float | None, now: float) -> int:
-        """Ask every member (us included); returns the query's id. Raises
-        `ValueError` if `kind` or `payload` breaks the codec's limits."""
+    def start(
+        self,
+        kind: str,
+        payload: bytes,
+        timeout: float | None,
+        now: float,
+        filters: QueryFilters = _NO_FILTERS,
+    ) -> int:
+        """Ask every member the filters select (us included); returns the query's id.
+        Raises `ValueError` if `kind`, `payload` or the filters break the codec's
+        limits."""
         core = self._core
         if not kind or len(kind.encode()) > codec.MAX_QUERY_KIND_BYTES:
             raise ValueError(f"query kind must be 1..{codec.MAX_QUERY_KIND_BYTES} bytes")
         if len(payload) > codec.MAX_QUERY_PAYLOAD:
             raise ValueError(f"query payload over {codec.MAX_QUERY_PAYLOAD} bytes")
+        names, state = filters
+        check_filters(names, state)
         if timeout is None:
             timeout = default_query_timeout(core.config, core.n_live)
-        expected = frozenset(m.name for m in core.members() if m.is_live)
         timeout_ms = min(codec.MAX_QUERY_TIMEOUT_MS, max(1, round(timeout * 1000)))
-        query = Query(core.rng.getrandbits(63), core.name, core.address, kind, payload, timeout_ms)
+        query = Query(
+            core.rng.getrandbits(63),
+            core.name,
+            core.address,
+            kind,
+            payload,
+            timeout_ms,
+            tuple(names),
+            tuple(state),
+        )
+        expected = frozenset(m.name for m in core.members() if m.is_live and selects(query, m))
         core.stats[counters.QUERIES_STARTED] += 1
         self._ours[query.id] = _Collector(
             query, expected, timeout, now + timeout / 2, now + timeout
@@ -134,49 +232,72 @@ class Queries:
         seen[key] = expires
         core.stats[counters.QUERIES_RECEIVED] += 1
         core.broadcasts.queue(("query", *key), codec.encode_message(query))
-        self._answer(query)
-
-    def _answer(self, query: Query) -> None:
-        core = self._core
-        handler = self.handlers.get(query.kind)
+        if not selects(query, core.local_member):
+            core.stats[counters.QUERIES_NOT_SELECTED] += 1
+            return
+        handler = self.handlers.get(query.kind) or self.handlers.get(FALLBACK_KIND)
+        self._reply(query, QueryAck(query.id, core.name, handler is not None))
         if handler is None:
             core.stats[counters.QUERIES_UNHANDLED] += 1
             return
         try:
             payload = handler(query)
-            if payload is not None and len(payload) > codec.MAX_QUERY_RESPONSE_PAYLOAD:
-                raise ValueError(
-                    f"handler answered {len(payload)} bytes, over the limit of "
-                    f"{codec.MAX_QUERY_RESPONSE_PAYLOAD}"
-                )
         except Exception as exc:
             core.stats[counters.QUERY_HANDLER_ERRORS] += 1
             core.signal_query_handler_failed(query.kind, exc)
             return
-        if payload is None:
-            return
+        if payload is not None:
+            self.answer(query, payload)
+
+    def answer(self, query: Query, payload: bytes) -> None:
+        """Answer `query` with `payload`, now or later (a handler that returned None
+        may answer afterwards). Raises `ValueError` over the response size limit."""
+        core = self._core
+        if len(payload) > codec.MAX_QUERY_RESPONSE_PAYLOAD:
+            core.stats[counters.QUERY_HANDLER_ERRORS] += 1
+            raise ValueError(
+                f"query answer is {len(payload)} bytes, over the limit of "
+                f"{codec.MAX_QUERY_RESPONSE_PAYLOAD}"
+            )
+        if query.origin != core.name:
+            core.stats[counters.QUERY_RESPONSES_SENT] += 1
+        self._reply(query, QueryResponse(query.id, core.name, payload))
+
+    def _reply(self, query: Query, message: QueryAck | QueryResponse) -> None:
+        core = self._core
         if query.origin == core.name:
             # Our own query: no need for a round trip through the network.
-            self._collect(QueryResponse(query.id, core.name, payload))
-            return
-        core.stats[counters.QUERY_RESPONSES_SENT] += 1
-        response = QueryResponse(query.id, core.name, payload)
-        core.send(query.origin_address, [codec.encode_message(response)])
+            self._collect(message)
+        else:
+            core.send(query.origin_address, [codec.encode_message(message)])
 
-    def _collect(self, response: QueryResponse) -> None:
-        collector = self._ours.get(response.id)
+    def _collect(self, message: QueryAck | QueryResponse) -> None:
+        collector = self._ours.get(message.id)
         if collector is None:
             self._core.stats[counters.QUERY_RESPONSES_LATE] += 1  # or forged, or duplicated
             return
-        # The first answer from a member counts (a second one could only come from
-        # a duplicate or a restart under the same name).
-        collector.responses.setdefault(response.sender, response.payload)
-        if collector.expected <= collector.responses.keys():
+        # The first ack and answer from a member count (a second one could only come
+        # from a duplicate or a restart under the same name).
+        if isinstance(message, QueryAck):
+            if message.sender in collector.acks:
+                return
+            collector.acks.add(message.sender)
+            if not message.answering:
+                collector.silent.add(message.sender)
+            progress = QueryProgress(message.id, message.sender, None, message.answering)
+        else:
+            if message.sender in collector.responses:
+                return
+            collector.responses[message.sender] = message.payload
+            collector.acks.add(message.sender)  # an answer says it got the query
+            progress = QueryProgress(message.id, message.sender, message.payload)
+        self._core.signal_query_progress(progress)
+        if collector.complete:
             self._finish(collector)
 
-    def response(self, response: QueryResponse) -> None:
-        """An answer to a query arrived."""
-        self._collect(response)
+    def response(self, message: QueryAck | QueryResponse) -> None:
+        """An ack or an answer to a query arrived."""
+        self._collect(message)
 
     def run_timers(self, now: float) -> None:
         """Resend our queries that are halfway through, end those that are due."""
@@ -193,7 +314,7 @@ class Queries:
         # member that had it already recognises the id and ignores it.
         core = self._core
         data = codec.encode_message(collector.query)
-        for name in sorted(collector.expected - collector.responses.keys()):
+        for name in sorted(collector.expected - collector.responses.keys() - collector.silent):
             member = core.member(name)
             if member is not None and member.is_live and name != core.name:
                 core.stats[counters.QUERIES_RESENT] += 1
