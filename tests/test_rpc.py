@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from swimnode.protocol.appstate import StateStore
 from swimnode.protocol.config import Config
 from swimnode.protocol.events import MemberFailed, MemberJoined, MemberUpdated
 from swimnode.protocol.member import Member, MemberState
+from swimnode.protocol.queries import QueryFilters, QueryProgress, QueryResult
 from swimnode.ring import TOKEN_SPACE
 
 A = Member("a", ("127.0.0.1", 7946), 0, MemberState.ALIVE, 0.0)
@@ -61,6 +63,16 @@ class FakeAgent:
 
     def send_event(self, name: str, payload: bytes, coalesce: bool) -> int:
         raise ValueError("this fake agent sends no events")
+
+    async def query(
+        self,
+        kind: str,
+        payload: bytes,
+        filters: QueryFilters,
+        timeout: float | None,  # noqa: ASYNC109
+        on_progress: Callable[[QueryProgress], object],
+    ) -> QueryResult:
+        raise ValueError("this fake agent asks nobody")
 
     def events(self) -> EventStream:
         return self.hub.subscribe()

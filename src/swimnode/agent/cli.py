@@ -1,11 +1,11 @@
 """Command line: `python -m swimnode COMMAND ...`.
 
 Commands: `agent` runs a member; `members`, `stats`, `info`, `monitor`, `leave`,
-`state`, `ring`, `keys` and `event` talk to a running agent over its RPC endpoint;
-`keygen` prints a new encryption key; `demo` tells the SWIM story on a small cluster.
-`--version` prints the package's version. The commands form one argparse tree
-(`build_parser`); the modules that load Trio are imported only by the commands that
-run on it.
+`state`, `ring`, `keys`, `event` and `query` talk to a running agent over its RPC
+endpoint; `keygen` prints a new encryption key; `demo` tells the SWIM story on a
+small cluster. `--version` prints the package's version. The commands form one
+argparse tree (`build_parser`); the modules that load Trio are imported only by the
+commands that run on it.
 
 Exit codes: 0 success, 1 runtime failure (agent unreachable, port busy, refused
 request, missing key, ...), 2 usage error (bad flags, environment or configuration
@@ -23,6 +23,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +77,12 @@ KEYS_ABOUT = (
 EVENT_ABOUT = (
     "Send a user event to every member through the agent: each member delivers it "
     "once (monitor, event handlers, node.events())."
+)
+QUERY_ABOUT = (
+    "Ask the members (all, or those --node and --state select) through the agent and "
+    "print their acks and answers as they arrive: a member answers with the responder "
+    "registered for NAME (a library handler, or an agent's event handler for query "
+    "or query:NAME)."
 )
 KEYGEN_ABOUT = (
     "Print a new random encryption key (32 bytes, base64) for a key file or "
@@ -134,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     event = sub.add_parser("event", help=EVENT_ABOUT.split(":")[0] + ".", description=EVENT_ABOUT)
     _add_event_arguments(event)
     event.set_defaults(run=_event)
+    query = sub.add_parser("query", help=QUERY_ABOUT.split(":")[0] + ".", description=QUERY_ABOUT)
+    _add_query_arguments(query)
+    query.set_defaults(run=_query)
     keygen = sub.add_parser("keygen", help=KEYGEN_ABOUT, description=KEYGEN_ABOUT)
     keygen.set_defaults(run=_keygen)
     demo = sub.add_parser("demo", help=DEMO_ABOUT.split(",")[0] + ".", description=DEMO_ABOUT)
@@ -145,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     return root
 
 
-COMMANDS = ("agent", *CLIENT_ABOUT, "keys", "event", "keygen", "demo", "simulate")
+COMMANDS = ("agent", *CLIENT_ABOUT, "keys", "event", "query", "keygen", "demo", "simulate")
 """Every command, in the order `--help` lists them."""
 
 
@@ -707,6 +717,94 @@ def _event(ns: argparse.Namespace) -> int:
         {"name": ns.name, "payload": payload, "coalesce": ns.coalesce},
     )
     print(f"event {reply['name']} sent (Lamport time {reply['ltime']})")
+    return EXIT_OK
+
+
+def _state_filter(text: str) -> tuple[str, str]:
+    key, sep, regex = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=REGEX, got {text!r}")
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"bad regex {regex!r} for {key!r}: {exc}") from None
+    return key, regex
+
+
+def _add_query_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="query name (1 to 64 bytes)")
+    p.add_argument(
+        "payload", nargs="?", default="", metavar="PAYLOAD", help="text, at most 512 bytes"
+    )
+    p.add_argument(
+        "--node",
+        dest="names",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="ask only this member; repeatable",
+    )
+    p.add_argument(
+        "--state",
+        dest="state",
+        action="append",
+        default=[],
+        type=_state_filter,
+        metavar="KEY=REGEX",
+        help="ask only members whose application state KEY matches REGEX; repeatable "
+        "(all must match)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="how long to wait for answers (default: a few dozen gossip rounds; it "
+        "ends sooner once every selected member answered)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object once the query ends")
+    _add_rpc(p)
+
+
+def render_query_frame(frame: Mapping[str, Any]) -> str:
+    """One line of the `query` text output, for an ack or an answer as it arrives."""
+    if "ack" in frame:
+        return f"ack from {frame['ack']}" + ("" if frame["answering"] else " (no responder)")
+    payload = _text_or_bytes(frame["payload"])
+    # A command's output ends with a newline; the line printed here has its own.
+    text = payload.rstrip("\n") if isinstance(payload, str) else display_value(payload)
+    return f"answer from {frame['response']}: {text}"
+
+
+def render_query_summary(done: Mapping[str, Any], as_json: bool) -> str:
+    """The end of a query: a count and who is missing; or the whole result as JSON."""
+    if as_json:
+        out = dict(done)
+        del out["done"]
+        out["responses"] = {
+            k: to_json_value(_text_or_bytes(v)) for k, v in done["responses"].items()
+        }
+        return json.dumps(out, indent=2)
+    line = f"{len(done['responses'])} of {len(done['expected'])} selected members answered"
+    if done["missing"]:
+        line += f"; no answer from {', '.join(done['missing'])}"
+    return line
+
+
+def _query(ns: argparse.Namespace) -> int:
+    args = {
+        "name": ns.name,
+        "payload": ns.payload.encode(),
+        "names": ns.names,
+        "state": [list(f) for f in ns.state],
+        "timeout": ns.timeout,
+    }
+    # The agent waits up to the query's timeout (default or --timeout) between frames.
+    wait = (ns.timeout or rpcclient.MAX_QUERY_TIMEOUT / 10) + 10.0
+    for frame in rpcclient.query(rpc_address(ns, os.environ), args, timeout=wait):
+        if frame.get("done"):
+            print(render_query_summary(frame, ns.json))
+        elif not ns.json:
+            print(render_query_frame(frame), flush=True)
     return EXIT_OK
 
 

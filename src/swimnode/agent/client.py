@@ -15,6 +15,10 @@ A client sends one request, ``{"command": NAME, ...arguments}``, and reads one r
 * ``event`` ``{name, payload?: bytes, coalesce?: bool}`` -> ``{"name", "ltime"}``: send a
   user event to every member (monitor frames of ``user`` events add ``"name"``,
   ``"payload"``, ``"ltime"`` and ``"coalesce"``; ``member`` is the sender)
+* ``query`` ``{name, payload?: bytes, names?: [NAME], state?: [[KEY, REGEX]], timeout?}``
+  -> ``{}``, then ``{"ack": NAME, "answering": bool}`` and ``{"response": NAME,
+  "payload": bytes}`` frames as they arrive, then ``{"done": true, "kind", "expected",
+  "acks", "responses": {NAME: bytes}, "missing", "timeout"}``
 * ``state_get`` ``{key, member?}`` -> ``{"member", "key", "found": bool, "value"}``
 * ``state_list`` ``{member?}`` -> ``{"member", "state": {key: value}}``
 * ``state_set`` ``{key, value}`` -> ``{"member", "key"}``
@@ -153,6 +157,30 @@ def members(address: Address, *, timeout: float = 10.0) -> list[dict[str, Any]]:
     """The agent's member list, as `swimnode.agent.rpc.member_to_dict` shapes."""
     listing: list[dict[str, Any]] = call(address, "members", timeout=timeout)["members"]
     return listing
+
+
+def query(address: Address, args: Mapping[str, Any], *, timeout: float) -> Iterator[dict[str, Any]]:
+    """Yield a query's frames as the agent sends them: ``{"ack": NAME, "answering":
+    bool}`` and ``{"response": NAME, "payload": bytes}`` as they arrive, then the
+    summary ``{"done": true, ...}``. Raises `RpcError`; `timeout` bounds each wait."""
+    with _connect(address, timeout) as sock:
+        try:
+            sock.sendall(encode_frame({**args, "command": "query"}))
+            _checked(_recv_frame(sock))
+            while (frame := _recv_frame(sock)) is not None:
+                if "ok" in frame:
+                    _checked(frame)
+                    continue
+                yield frame
+                if frame.get("done"):
+                    return
+        except TimeoutError:
+            raise RpcError(
+                f"the agent at {format_address(address)} did not answer within {timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise RpcError(f"connection to the agent broke: {exc}") from None
+    raise RpcError("the agent closed the connection before the query ended")
 
 
 def monitor(address: Address, *, timeout: float = 10.0) -> Iterator[dict[str, Any]]:

@@ -39,6 +39,8 @@ from ..net.udp import UdpTransport, open_udp_transport
 from ..node import Node, open_node, secure
 from ..protocol.events import EventsLost, MemberUpdated, UserEvent
 from ..protocol.member import Member
+from ..protocol.messages import Query
+from ..protocol.queries import FALLBACK_KIND, QueryFilters, QueryProgress, QueryResult
 from . import rpc
 from .handlerrunner import HandlerRunner
 from .handlers import HandlerError, check_command
@@ -170,6 +172,21 @@ class Agent:
                 await self.node.leave()
         finally:
             self._leave_done.set()
+
+    async def query(
+        self,
+        kind: str,
+        payload: bytes,
+        filters: QueryFilters,
+        timeout: float | None,  # noqa: ASYNC109
+        on_progress: Callable[[QueryProgress], object],
+    ) -> QueryResult:
+        """Ask the members the `(names, state)` filters select; `on_progress` sees
+        each ack and answer as it comes. `ValueError` (one line) if refused."""
+        names, state = filters
+        return await self.node.query(
+            kind, payload, timeout=timeout, names=names, state=state, on_progress=on_progress
+        )
 
     def send_event(self, name: str, payload: bytes, coalesce: bool) -> int:
         """Send a user event to every member; returns its Lamport time. `ValueError`
@@ -379,6 +396,18 @@ async def run_agent(settings: AgentSettings) -> None:
     log.info("agent stopped", extra={"fields": {"event": "stopped"}})
 
 
+def register_query_responders(node: Node, runner: HandlerRunner) -> None:
+    """Make the event handlers that take queries the node's responders: for every
+    kind (`query`), or for the names they list (`query:NAME`)."""
+    every, names = runner.accepts_queries()
+
+    def respond(query: Query) -> None:
+        runner.submit_query(query)  # the answer comes later, from the command
+
+    for kind in sorted(names) + ([FALLBACK_KIND] if every else []):
+        node.register_query_handler(kind, respond)
+
+
 def check_handlers(settings: AgentSettings) -> None:
     """Raise `UsageError` when an event handler names a script that is missing or
     not executable."""
@@ -451,7 +480,9 @@ async def _serve(
                 node.name,
                 format_address(node.address),
                 on_lost=agent.count_lost,
+                answer=node.answer_query,
             )
+            register_query_responders(node, runner)
             log.info(
                 "event handlers: %s",
                 describe_handlers(settings.event_handlers),

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 import trio
 
 from ..net.transport import format_address
+from ..protocol.codec import MAX_QUERY_RESPONSE_PAYLOAD
 from ..protocol.events import Event, EventsLost, UserEvent
 from ..protocol.member import Member
+from ..protocol.messages import Query
 from .cli import to_json_value
 from .handlers import MEMBER_EVENTS, HandlerSpec, handler_env
 
@@ -56,6 +58,9 @@ class Job:
     members: list[Member] = field(default_factory=list)
     user: UserEvent | None = None
     """The user event, for `event == "user"` (its payload is the stdin)."""
+    query: Query | None = None
+    """The query, for `event == "query"` (its payload is the stdin, and the
+    command's output, when it succeeds, the answer)."""
 
 
 class HandlerRunner:
@@ -68,6 +73,7 @@ class HandlerRunner:
         self_address: str,
         *,
         on_lost: Callable[[int], None],
+        answer: Callable[[Query, bytes], None] = lambda query, payload: None,
         timeout: float = TIMEOUT,
         queue_size: int = QUEUE_SIZE,
         base_env: Mapping[str, str] | None = None,
@@ -75,6 +81,7 @@ class HandlerRunner:
         self.specs = list(specs)
         self._self = (self_name, self_address)
         self._on_lost = on_lost
+        self._answer = answer
         self._timeout = timeout
         self._base_env = dict(os.environ if base_env is None else base_env)
         self._send, self._receive = trio.open_memory_channel[Job](queue_size)
@@ -96,6 +103,19 @@ class HandlerRunner:
         for spec in self.specs:
             if spec.accepts(kind):
                 self.submit(Job(spec, kind, [event.member]))
+
+    def accepts_queries(self) -> tuple[bool, frozenset[str]]:
+        """Whether some handler takes every query, and the query names handlers take."""
+        every = any(spec.accepts("query", None) for spec in self.specs)
+        names = {n for spec in self.specs for kind, n in spec.filters if kind == "query" and n}
+        return every, frozenset(names)
+
+    def submit_query(self, query: Query) -> None:
+        """Queue a run of every handler that takes `query` (a query handler for the
+        node: it answers later, from the command's output, so it returns None)."""
+        for spec in self.specs:
+            if spec.accepts("query", query.kind):
+                self.submit(Job(spec, "query", query=query))
 
     def submit(self, job: Job) -> None:
         """Queue `job` without waiting; when the queue is full it is dropped, counted
@@ -134,6 +154,8 @@ class HandlerRunner:
                 return job, None
             if nxt.spec is not job.spec or nxt.event != job.event:
                 return job, nxt
+            if job.query is not None or nxt.query is not None:
+                return job, nxt
             if job.user is None:
                 job.members.extend(nxt.members)
             elif _coalesces(job.user, nxt.user):
@@ -143,19 +165,11 @@ class HandlerRunner:
 
     async def _run_one(self, job: Job) -> None:
         name, address = self._self
-        extra: dict[str, str] = {}
-        stdin = members_input(job.members)
-        if job.user is not None:
-            extra = {
-                "SWIMNODE_USER_EVENT": job.user.name,
-                "SWIMNODE_USER_LTIME": str(job.user.ltime),
-                "SWIMNODE_USER_SENDER": job.user.member.name,
-            }
-            stdin = job.user.payload
+        extra, stdin, timeout = _job_input(job, self._timeout)
         env = handler_env(self._base_env, job.event, name, address, extra)
         command = job.spec.command
         result: subprocess.CompletedProcess[bytes] | None = None
-        with trio.move_on_after(self._timeout):
+        with trio.move_on_after(timeout):
             try:
                 result = await trio.run_process(
                     ["/bin/sh", "-c", command],
@@ -175,7 +189,7 @@ class HandlerRunner:
                 "event handler %r for %s ran over %g s and was killed",
                 command,
                 job.event,
-                self._timeout,
+                timeout,
                 extra={"fields": {"event": "handler_timeout", "handler_event": job.event}},
             )
         elif result.returncode != 0:
@@ -188,6 +202,36 @@ class HandlerRunner:
                 output[:_OUTPUT_LOG_LIMIT].replace("\n", " | ") or "(no output)",
                 extra={"fields": {"event": "handler_failed", "handler_event": job.event}},
             )
+        elif job.query is not None:
+            self._answer_query(job.query, command, result.stdout)
+
+    def _answer_query(self, query: Query, command: str, output: bytes) -> None:
+        if len(output) > MAX_QUERY_RESPONSE_PAYLOAD:
+            log.error(
+                "event handler %r answered query %s with %d bytes, over the limit of %d",
+                command,
+                query.kind,
+                len(output),
+                MAX_QUERY_RESPONSE_PAYLOAD,
+            )
+            return
+        self._answer(query, output)
+
+
+def _job_input(job: Job, timeout: float) -> tuple[dict[str, str], bytes, float]:
+    """A job's extra environment, its stdin, and how long it may run."""
+    if job.user is not None:
+        env = {
+            "SWIMNODE_USER_EVENT": job.user.name,
+            "SWIMNODE_USER_LTIME": str(job.user.ltime),
+            "SWIMNODE_USER_SENDER": job.user.member.name,
+        }
+        return env, job.user.payload, timeout
+    if job.query is not None:
+        env = {"SWIMNODE_QUERY_NAME": job.query.kind, "SWIMNODE_QUERY_ORIGIN": job.query.origin}
+        # An answer after the query's own timeout would find nobody listening.
+        return env, job.query.payload, min(timeout, job.query.timeout_ms / 1000)
+    return {}, members_input(job.members), timeout
 
 
 def _coalesces(first: UserEvent, then: UserEvent | None) -> bool:

@@ -7,9 +7,10 @@ reply shapes of members, events and the ring.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import trio
@@ -19,6 +20,7 @@ from ..net import framing
 from ..net.transport import Address, TransportError, format_address
 from ..protocol.events import Event, MemberEvent, MemberUpdated, UserEvent
 from ..protocol.member import Member
+from ..protocol.queries import QueryFilters, QueryProgress, QueryResult
 from ..ring import HashRing, advertised_tokens
 from .client import (
     MAX_QUERY_TIMEOUT,
@@ -125,6 +127,16 @@ class Controlled(Protocol):
     def send_event(self, name: str, payload: bytes, coalesce: bool) -> int:
         """Send a user event; its Lamport time. `ValueError` (one line) if refused."""
 
+    async def query(
+        self,
+        kind: str,
+        payload: bytes,
+        filters: QueryFilters,
+        timeout: float | None,  # noqa: ASYNC109
+        on_progress: Callable[[QueryProgress], object],
+    ) -> QueryResult:
+        """Ask the members the filters select; `ValueError` (one line) if refused."""
+
     def events(self) -> EventStream:
         """A new subscription to membership events."""
 
@@ -210,6 +222,8 @@ async def _serve_one(stream: trio.SocketStream, target: Controlled) -> None:
         target.request_exit()
     elif command == "monitor":
         await _monitor(stream, target)
+    elif command == "query":
+        await _query(stream, request, target)
     elif command == "keys":
         try:
             reply = {
@@ -324,6 +338,65 @@ _STATE_COMMANDS = {
     "info": _info,
     "event": _event,
 }
+
+
+def query_result_to_dict(result: QueryResult) -> dict[str, Any]:
+    """The last frame of a `query` reply."""
+    return {
+        "done": True,
+        "kind": result.kind,
+        "expected": sorted(result.expected),
+        "acks": sorted(result.acks),
+        "responses": dict(sorted(result.responses.items())),
+        "missing": result.missing,
+        "timeout": result.timeout,
+    }
+
+
+def _query_request(request: Mapping[str, Any]) -> tuple[str, bytes, QueryFilters, float | None]:
+    names = _arg(request, "names", list, [])
+    state = _arg(request, "state", list, [])
+    if not all(isinstance(n, str) for n in names):
+        raise _BadRequest("names must be strings")
+    if not all(
+        isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f) for f in state
+    ):
+        raise _BadRequest("state must be [key, regex] pairs of strings")
+    filters = (tuple(names), tuple((k, r) for k, r in state))
+    return (
+        _arg(request, "name", str),
+        _arg(request, "payload", bytes, b""),
+        filters,
+        _query_timeout(request),
+    )
+
+
+async def _query(stream: trio.SocketStream, request: Mapping[str, Any], target: Controlled) -> None:
+    # Acks and answers go to the client as they arrive; the last frame sums up.
+    send, receive = trio.open_memory_channel[dict[str, Any]](math.inf)
+
+    def progress(p: QueryProgress) -> None:
+        if p.payload is None:
+            send.send_nowait({"ack": p.sender, "answering": p.answering})
+        else:
+            send.send_nowait({"response": p.sender, "payload": p.payload})
+
+    async def ask() -> None:
+        async with send:
+            try:
+                kind, payload, filters, timeout = _query_request(request)
+                await send.send({"ok": True})
+                result = await target.query(kind, payload, filters, timeout, progress)
+            except (_BadRequest, ValueError) as exc:
+                await send.send({"ok": False, "error": str(exc)})
+                return
+            await send.send(query_result_to_dict(result))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ask)
+        async with receive:
+            async for frame in receive:
+                await stream.send_all(encode_frame(frame))
 
 
 async def _monitor(stream: trio.SocketStream, target: Controlled) -> None:
