@@ -186,6 +186,16 @@ def test_empty_env_values_are_ignored() -> None:
         ([], {"SWIMNODE_STATE": "{"}, {}, "SWIMNODE_STATE: not a JSON object"),
         (["--config", "c.toml"], {}, {"c.toml": 'state = "x"'}, "state must be a table"),
         (["--config", "c.toml"], {}, {"c.toml": "seed_dns = [1]"}, "seed_dns must be a list"),
+        (["--udp-payload", "big"], {}, {}, "udp_payload must be an integer, got 'big'"),
+        ([], {"SWIMNODE_UDP_PAYLOAD": "100"}, {}, "udp_payload must be between 512"),
+        (["--config", "c.toml"], {}, {"c.toml": 'udp_payload = "1"'}, "must be an integer"),
+        (
+            ["--bind", "0.0.0.0:7946", "--insecure-plaintext"],
+            {},
+            {},
+            "binding a wildcard address (0.0.0.0 or ::) needs an advertise address",
+        ),
+        (["--bind", "[::]:7946", "--key-file", "/k"], {}, {}, "needs an advertise address"),
         (
             ["--config", "c.toml"],
             {},
@@ -283,3 +293,19 @@ def test_initial_state_merges_key_by_key() -> None:
     assert dict(load(["--state", "n=1", "--state-json", "n=1"]).state) == {"n": 1}
     assert dict(load(["--state-json", "n=1", "--state", "n=1"]).state) == {"n": "1"}
     assert load([]).state == ()
+
+
+def test_udp_payload_from_every_source() -> None:
+    # The datagram budget follows the path MTU: links below 1428 bytes (IPv4) need it.
+    assert load([], {}, {}).node_config().udp_payload == 1400
+    assert load(["--udp-payload", "548"], {}, {}).node_config().udp_payload == 548
+    env = {"SWIMNODE_UDP_PAYLOAD": "1232"}
+    assert load([], env, {}).node_config().udp_payload == 1232
+    files = {"c.toml": "udp_payload = 1000"}
+    assert load(["--config", "c.toml"], {}, files).node_config().udp_payload == 1000
+    assert load(["--udp-payload", "600", "--config", "c.toml"], env, files).udp_payload == 600
+
+
+def test_wildcard_bind_with_advertise() -> None:
+    s = load(["--bind", "0.0.0.0:7946", "--advertise", "10.0.0.5:7946", "--key-file", "/k"])
+    assert s.node_config().advertise_address == ("10.0.0.5", 7946)

@@ -72,7 +72,8 @@ def test_security_flags_env_and_file() -> None:
         ["--config", "a.toml"],
         {},
         lambda p: (
-            'label = "green"\ninsecure_plaintext = true\nbind = "0.0.0.0:7946"\nkey_file = "/k"\n'
+            'label = "green"\ninsecure_plaintext = true\nbind = "0.0.0.0:7946"\n'
+            'advertise = "10.0.0.5:7946"\nkey_file = "/k"\n'
         ),
         default_name="h",
     )

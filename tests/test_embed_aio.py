@@ -197,21 +197,26 @@ def test_events_end_when_the_node_stops_and_a_slow_reader_loses_events() -> None
 def test_errors_cancellation_and_timeouts_the_asyncio_way() -> None:
     async def main() -> None:
         with pytest.raises(ValueError, match="refusing to bind"):
-            async with swimnode.aio.open_node(Config.local("x", bind=("0.0.0.0", 7946))):
+            async with swimnode.aio.open_node(Config.local("x", bind=("10.0.0.1", 7946))):
                 pass
         assert not swimnode.aio._guests  # nothing was started
         port, unused = free_ports(2)
         async with swimnode.aio.open_node(local("solo", port, join_timeout=1.0)) as node:
             with pytest.raises(JoinError):
                 await node.join([(LOOPBACK, unused)])
+            # A seed that accepts the connection and never answers holds a join for
+            # join_timeout (1 s), longer than these waits.
+            silent = socket.create_server((LOOPBACK, 0))
+            mute = (LOOPBACK, silent.getsockname()[1])
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.2):
-                    await node.query("nobody-answers", timeout=30)
-            task = asyncio.create_task(node.query("nobody-answers", timeout=30))
+                    await node.join([mute])
+            task = asyncio.create_task(node.join([mute]))
             await asyncio.sleep(0.1)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+            silent.close()
             assert node.local_member.state.label == "alive"  # still serving
 
             errors: list[BaseException] = []

@@ -193,7 +193,7 @@ def test_join_and_leave_block_until_done() -> None:
 def test_bad_config_fails_before_any_thread_starts() -> None:
     before = threading.active_count()
     with pytest.raises(ValueError, match="refusing to bind"):
-        start_node(Config.local("x", bind=("0.0.0.0", 7946)))
+        start_node(Config.local("x", bind=("10.0.0.1", 7946)))
     assert threading.active_count() == before
 
 

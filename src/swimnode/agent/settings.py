@@ -81,6 +81,8 @@ class AgentSettings:
     """Where to serve Prometheus metrics (`/metrics`), or None for no metrics."""
     event_handlers: tuple[HandlerSpec, ...] = ()
     """Commands to run on events (`--event-handler [FILTER=]COMMAND`), in order."""
+    udp_payload: int | None = None
+    """Largest datagram to send (`Config.udp_payload`), or None for the default."""
 
     def node_config(self) -> Config:
         """The node configuration these settings describe."""
@@ -92,6 +94,7 @@ class AgentSettings:
                 advertise=self.advertise,
                 seeds=self.seeds,
                 label=self.label,
+                **({} if self.udp_payload is None else {"udp_payload": self.udp_payload}),
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -203,6 +206,12 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
         "--label", metavar="TEXT", help="cluster label: members with another label are ignored"
     )
     p.add_argument(
+        "--udp-payload",
+        metavar="BYTES",
+        help="largest datagram to send (default 1400); below the path MTU minus 28 "
+        "(IPv4) or 48 (IPv6) bytes, so datagrams are never fragmented",
+    )
+    p.add_argument(
         "--insecure-plaintext",
         action="store_const",
         const=True,
@@ -227,8 +236,10 @@ _KEYS = (
     "insecure_plaintext",
     "metrics",
     "event_handlers",
+    "udp_payload",
 )
 _BOOL_KEYS = ("log_json", "insecure_plaintext")
+_INT_KEYS = ("udp_payload",)
 KEYS_ENV = ENV_PREFIX + "KEYS"
 """Comma-separated base64 keys, first primary: an alternative to a key file."""
 _LIST_KEYS = ("seeds", "seed_files", "seed_dns", "event_handlers")
@@ -323,18 +334,24 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
             f"{source}: unknown key {unknown[0]!r} (expected one of: {', '.join(_KEYS)})"
         )
     for key, value in data.items():
-        if key in _LIST_KEYS:
-            if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-                raise UsageError(f"{source}: {key} must be a list of strings")
-        elif key == "state":
-            if not isinstance(value, dict):
-                raise UsageError(f"{source}: state must be a table of key/values")
-        elif key in _BOOL_KEYS:
-            if not isinstance(value, bool):
-                raise UsageError(f"{source}: {key} must be true or false")
-        elif not isinstance(value, str):
-            raise UsageError(f"{source}: {key} must be a string")
+        expected = _toml_type_error(key, value)
+        if expected is not None:
+            raise UsageError(f"{source}: {key} must be {expected}")
     return data
+
+
+def _toml_type_error(key: str, value: object) -> str | None:
+    """What a file's `key` must be, if `value` is not that; None if it is."""
+    if key in _LIST_KEYS:
+        ok = isinstance(value, list) and all(isinstance(s, str) for s in value)
+        return None if ok else "a list of strings"
+    if key == "state":
+        return None if isinstance(value, dict) else "a table of key/values"
+    if key in _BOOL_KEYS:
+        return None if isinstance(value, bool) else "true or false"
+    if key in _INT_KEYS:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    return None if isinstance(value, str) else "a string"
 
 
 def merge(
@@ -403,10 +420,19 @@ def merge(
         insecure_plaintext=insecure,
         metrics=metrics,
         event_handlers=_handlers(raw.get("event_handlers", ())),
+        udp_payload=_integer(raw["udp_payload"], "udp_payload") if "udp_payload" in raw else None,
     )
     config = settings.node_config()  # validates the name and the profile's knobs
     check_state(settings.state, config)
     return settings
+
+
+def _integer(value: object, key: str) -> int:
+    """An integer setting given as a flag or variable (text) or in the file (int)."""
+    try:
+        return int(str(value))
+    except ValueError:
+        raise UsageError(f"{key} must be an integer, got {value!r}") from None
 
 
 def _handlers(texts: Sequence[str]) -> tuple[HandlerSpec, ...]:

@@ -162,6 +162,11 @@ _POSITIVE = (
 )
 """Fields that must be > 0; checked after the name, before `_RULES`."""
 
+
+def _is_wildcard(host: str) -> bool:
+    return host.strip("[]") in ("", "0.0.0.0", "::")
+
+
 _RULES: tuple[tuple[Callable[[Config], bool], str], ...] = (
     (
         lambda c: c.probe_timeout > c.probe_interval,
@@ -176,6 +181,13 @@ _RULES: tuple[tuple[Callable[[Config], bool], str], ...] = (
         "suspicion_mult and suspicion_max_timeout_mult must be >= 1",
     ),
     (lambda c: c.retransmit_mult < 1, "retransmit_mult must be >= 1"),
+    (
+        # Peers would be told to reach the node at the wildcard itself, which for
+        # them means their own machine: the node could never join.
+        lambda c: _is_wildcard(c.advertise_address[0]),
+        "binding a wildcard address (0.0.0.0 or ::) needs an advertise address that "
+        "peers can reach",
+    ),
     (lambda c: c.awareness_max_multiplier < 1, "awareness_max_multiplier must be >= 1"),
     (
         lambda c: not MIN_DATAGRAM_BYTES <= c.udp_payload <= MAX_DATAGRAM_BYTES,
