@@ -15,7 +15,13 @@ def declared_core(name: str) -> bool:
     if name in counters.CORE or name in counters.GAUGES:
         return True
     return any(
-        name in (counters.sent_key(m), counters.sent_bytes_key(m), counters.received_key(m))
+        name
+        in (
+            counters.sent_key(m),
+            counters.sent_bytes_key(m),
+            counters.received_key(m),
+            counters.received_bytes_key(m),
+        )
         for m in MESSAGE_NAMES.values()
     )
 

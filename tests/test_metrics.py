@@ -66,7 +66,12 @@ def test_every_declared_counter_has_one_conventional_series() -> None:
         *(
             key(m)
             for m in MESSAGE_NAMES.values()
-            for key in (counters.sent_key, counters.sent_bytes_key, counters.received_key)
+            for key in (
+                counters.sent_key,
+                counters.sent_bytes_key,
+                counters.received_key,
+                counters.received_bytes_key,
+            )
         ),
     }
     rtt = {*counters.PROBE_RTT_BUCKETS, counters.PROBE_RTT_SUM_US}

@@ -169,6 +169,11 @@ def received_key(message: str) -> str:
     return f"received_{message}"
 
 
+def received_bytes_key(message: str) -> str:
+    """Bytes of the encodings of messages of type `message` received."""
+    return f"received_bytes_{message}"
+
+
 # ----- the UDP/TCP transport ---------------------------------------------------------
 
 RECEIVE_OVERFLOW = _transport("receive_overflow", "Packets dropped: receive queue full.")

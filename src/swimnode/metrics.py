@@ -77,6 +77,11 @@ _PER_TYPE = (
     (counters.sent_key, "messages_sent", "Messages sent, by type."),
     (counters.sent_bytes_key, "message_sent_bytes", "Bytes of the messages sent, by type."),
     (counters.received_key, "messages_received", "Messages received, by type."),
+    (
+        counters.received_bytes_key,
+        "message_received_bytes",
+        "Bytes of the messages received, by type.",
+    ),
 )
 
 

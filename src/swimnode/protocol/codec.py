@@ -109,20 +109,25 @@ SENT_KEYS = {
     for tag, name in MESSAGE_NAMES.items()
 }
 RECEIVED_KEYS = {tag: counters.received_key(name) for tag, name in MESSAGE_NAMES.items()}
+RECEIVED_BYTES_KEYS = {
+    tag: counters.received_bytes_key(name) for tag, name in MESSAGE_NAMES.items()
+}
 # Filled on first use from each class's name; the user event's class is named apart
 # from the `UserEvent` users receive, so its counter name is given here.
-_RECEIVED_BY_TYPE: dict[type, str] = {
-    UserEventMessage: counters.received_key(MESSAGE_NAMES[_USER_EVENT])
+_RECEIVED_BY_TYPE: dict[type, tuple[str, str]] = {
+    UserEventMessage: (RECEIVED_KEYS[_USER_EVENT], RECEIVED_BYTES_KEYS[_USER_EVENT])
 }
 
 
-def received_key(msg: Message) -> str:
-    """The `received_*` counter for a decoded message."""
+def received_keys(msg: Message) -> tuple[str, str]:
+    """The `received_*` and `received_bytes_*` counters for a decoded message."""
     cls = type(msg)
-    key = _RECEIVED_BY_TYPE.get(cls)
-    if key is None:
-        key = _RECEIVED_BY_TYPE[cls] = counters.received_key(cls.__name__.lower())
-    return key
+    keys = _RECEIVED_BY_TYPE.get(cls)
+    if keys is None:
+        name = cls.__name__.lower()
+        keys = (counters.received_key(name), counters.received_bytes_key(name))
+        _RECEIVED_BY_TYPE[cls] = keys
+    return keys
 
 
 def message_tag(encoded: bytes) -> int:

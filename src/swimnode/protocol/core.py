@@ -176,8 +176,8 @@ class SwimCore:
             stats[counters.DROPPED_OVERSIZE] += 1
             return
         known = self.membership.known_news
-        messages: list[Message] = []
-        known_tags: list[int] = []
+        messages: list[tuple[Message, int]] = []
+        known_parts: list[bytes] = []
         try:
             # Epidemic gossip delivers the same news many times over. News identical
             # to what we last applied about a member changes nothing, so it is not
@@ -185,21 +185,24 @@ class SwimCore:
             # acted on, so a packet is taken whole or not at all.
             for part in codec.split_packet(data):
                 if part in known:
-                    # Byte-identical to an encoding of ours, so part[1] is its tag
-                    # (codec.message_tag, inlined; a peer's encoding need not be
-                    # minimal, which is why only known parts are read this way).
-                    known_tags.append(part[1])
+                    known_parts.append(part)
                 else:
-                    messages.append(codec.decode_message(part))
+                    messages.append((codec.decode_message(part), len(part)))
         except codec.DecodeError:
             stats[counters.DROPPED_MALFORMED] += 1
             return
-        if known_tags:
-            stats[counters.RECEIVED_KNOWN_NEWS] += len(known_tags)
-            for tag, count in Counter(known_tags).items():
-                stats[codec.RECEIVED_KEYS[tag]] += count
-        for msg in messages:
-            stats[codec.received_key(msg)] += 1
+        if known_parts:
+            stats[counters.RECEIVED_KNOWN_NEWS] += len(known_parts)
+            for part in known_parts:
+                # Byte-identical to an encoding of ours, so part[1] is its tag
+                # (codec.message_tag, inlined; a peer's encoding need not be
+                # minimal, which is why only known parts are read this way).
+                stats[codec.RECEIVED_KEYS[part[1]]] += 1
+                stats[codec.RECEIVED_BYTES_KEYS[part[1]]] += len(part)
+        for msg, size in messages:
+            count_key, bytes_key = codec.received_keys(msg)
+            stats[count_key] += 1
+            stats[bytes_key] += size
             self._dispatch(source, msg, reliable, now)
 
     def _dispatch(self, source: Address, msg: Message, reliable: bool, now: float) -> None:
