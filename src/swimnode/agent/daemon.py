@@ -18,7 +18,7 @@ import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -42,7 +42,6 @@ from ..protocol.member import Member
 from ..protocol.messages import Query
 from ..protocol.queries import FALLBACK_KIND, QueryFilters, QueryProgress, QueryResult
 from . import rpc
-from .handlerrunner import HandlerRunner
 from .handlers import HandlerError, check_command
 from .handlers import describe as describe_handlers
 from .info import agent_info
@@ -53,6 +52,9 @@ from .settings import (
     AgentSettings,
     UsageError,
 )
+
+if TYPE_CHECKING:
+    from .handlerrunner import HandlerRunner
 
 log = logging.getLogger("swimnode.agent")
 
@@ -475,6 +477,9 @@ async def _serve(
         nursery.start_soon(agent.log_events, events)
         nursery.start_soon(agent.leave_on_signal)
         if handler_events is not None:
+            # Loaded only with handlers: an agent without them keeps the memory.
+            from .handlerrunner import HandlerRunner
+
             runner = HandlerRunner(
                 settings.event_handlers,
                 node.name,
