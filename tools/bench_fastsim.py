@@ -49,7 +49,8 @@ from swimnode.testing.fastsim import FastSim
 from swimnode.testing.scenarios import detection_trial, dissemination_trial
 
 KEEP = [
-    *("sim_s", "wall_s", "cpu_s", "realtime_factor", "peak_rss_mib", "rss_per_node_kib"),
+    *("sim_s", "wall_s", "cpu_s", "join_wall_s", "realtime_factor", "steady_realtime_factor"),
+    *("peak_rss_mib", "rss_per_node_kib"),
     *("msgs_per_node_s", "bytes_per_node_s", "converge_s", "false_failures"),
     *("first_failed_s", "all_failed_s", "expected_detection_s"),
     *("rounds_50", "rounds_99", "rounds_100"),
@@ -73,7 +74,9 @@ def scale(sizes: list[int], duration: float, seed: int, extra: list[str]) -> lis
         ("nodes", "N"),
         ("sim_s", "sim s"),
         ("wall_s", "wall s"),
+        ("join_wall_s", "join wall"),
         ("realtime_factor", "RT factor"),
+        ("steady_realtime_factor", "RT steady"),
         ("peak_rss_mib", "peak MiB"),
         ("rss_per_node_kib", "KiB/node"),
         ("msgs_per_node_s", "msg/node/s"),

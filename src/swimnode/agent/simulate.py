@@ -226,6 +226,7 @@ def report_json(report: Report) -> dict[str, Any]:
     scenario = out.pop("scenario")
     out.update({f"scenario_{k}": v for k, v in scenario.items()})
     out["realtime_factor"] = round(report.realtime_factor, 2)
+    out["steady_realtime_factor"] = round(report.steady_realtime_factor, 2)
     return out
 
 
@@ -272,7 +273,10 @@ def render(report: Report) -> str:
             "simulated / wall / CPU seconds",
             f"{report.sim_s:g} / {report.wall_s:g} / {report.cpu_s:g}",
         ),
-        ("real-time factor", f"{report.realtime_factor:.1f}"),
+        (
+            "real-time factor (after the join)",
+            f"{report.realtime_factor:.1f} ({report.steady_realtime_factor:.1f})",
+        ),
         ("memory per simulated node", f"{report.rss_per_node_kib:g} KiB"),
     ]
     title = (
