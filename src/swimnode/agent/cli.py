@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import gc
 import json
 import os
 import re
@@ -29,15 +30,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import __version__
 from ..net.keyring import KEY_ACTIONS, generate_key, parse_key
 from ..net.transport import Address, TransportError, format_address
 from ..ring import TOKEN_SPACE, range_size
 from . import client as rpcclient
-from . import simulate
-from .info import render_info
 from .settings import (
     AGENT_ABOUT,
     DEFAULT_RPC,
@@ -116,10 +115,14 @@ class ClientArgs:
 # ----- the parser tree (pure) ---------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line: `swimnode COMMAND ...`, one subparser per command, each
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line: `swimnode COMMAND ...`, one subparser per command, each
     knowing the function that runs it (`run`). Building it imports no Trio: the
-    commands that need it import it when they run."""
+    commands that need it import it when they run.
+
+    With `command`, only that command's branch is built: an agent keeps what it
+    allocated at start for its whole life, and the other commands' parsers and
+    modules would cost it memory for nothing."""
     root = UsageParser(
         prog="swimnode",
         description="SWIM cluster membership: run an agent, talk to one, manage keys.",
@@ -128,35 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=UsageParser
     )
-    agent = sub.add_parser("agent", help=AGENT_ABOUT, description=AGENT_ABOUT)
-    add_agent_arguments(agent)
-    agent.set_defaults(run=_agent)
-    for command, about in CLIENT_ABOUT.items():
-        p = sub.add_parser(command, help=about, description=about)
-        _add_client_arguments(p, command)
-        p.set_defaults(run=_run_client)
-    keys = sub.add_parser("keys", help=KEYS_ABOUT.split(":")[0] + ".", description=KEYS_ABOUT)
-    _add_keys_arguments(keys)
-    keys.set_defaults(run=_keys)
-    event = sub.add_parser("event", help=EVENT_ABOUT.split(":")[0] + ".", description=EVENT_ABOUT)
-    _add_event_arguments(event)
-    event.set_defaults(run=_event)
-    query = sub.add_parser("query", help=QUERY_ABOUT.split(":")[0] + ".", description=QUERY_ABOUT)
-    _add_query_arguments(query)
-    query.set_defaults(run=_query)
-    keygen = sub.add_parser("keygen", help=KEYGEN_ABOUT, description=KEYGEN_ABOUT)
-    keygen.set_defaults(run=_keygen)
-    demo = sub.add_parser("demo", help=DEMO_ABOUT.split(",")[0] + ".", description=DEMO_ABOUT)
-    _add_demo_arguments(demo)
-    demo.set_defaults(run=_demo)
-    sim = sub.add_parser("simulate", help=simulate.HELP, description=simulate.ABOUT)
-    simulate.add_arguments(sim)
-    sim.set_defaults(run=simulate.run)  # loads the simulator (never Trio) when it runs
+    for name, branch in _BRANCHES.items():
+        if command in (None, name):
+            help_text, description = branch.about()
+            p = sub.add_parser(name, help=help_text, description=description)
+            branch.add_arguments(p)
+            p.set_defaults(run=branch.run)
     return root
-
-
-COMMANDS = ("agent", *CLIENT_ABOUT, "keys", "event", "query", "keygen", "demo", "simulate")
-"""Every command, in the order `--help` lists them."""
 
 
 def _add_rpc(p: argparse.ArgumentParser) -> None:
@@ -564,6 +545,8 @@ def _stats(args: ClientArgs) -> int:
 
 
 def _info(args: ClientArgs) -> int:
+    from .info import render_info  # its imports serve this command only
+
     print(render_info(rpcclient.call(args.rpc, "info")["info"], args.json))
     return EXIT_OK
 
@@ -866,6 +849,64 @@ def _demo(ns: argparse.Namespace) -> int:
     return demo.run(ns.nodes, ns.seed, ns.loss, ns.speed, ns.udp)
 
 
+# ----- the command table ------------------------------------------------------------------
+
+
+class _Branch(NamedTuple):
+    """One command: its help and description, its flags, and what runs it."""
+
+    about: Callable[[], tuple[str, str]]
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _about(text: str, summary_end: str = ":") -> Callable[[], tuple[str, str]]:
+    """A command's description and, as its one-line help, the text up to
+    `summary_end`."""
+    summary = text if summary_end not in text else text.split(summary_end)[0] + "."
+    return lambda: (summary, text)
+
+
+def _simulate_about() -> tuple[str, str]:
+    from . import simulate
+
+    return simulate.HELP, simulate.ABOUT
+
+
+def _add_simulate_arguments(p: argparse.ArgumentParser) -> None:
+    from . import simulate
+
+    simulate.add_arguments(p)
+
+
+def _simulate(ns: argparse.Namespace) -> int:
+    from . import simulate  # the simulator, never Trio
+
+    return simulate.run(ns)
+
+
+def _client_branch(command: str) -> _Branch:
+    return _Branch(
+        _about(CLIENT_ABOUT[command]),
+        lambda p: _add_client_arguments(p, command),
+        _run_client,
+    )
+
+
+_BRANCHES: dict[str, _Branch] = {
+    "agent": _Branch(_about(AGENT_ABOUT), add_agent_arguments, _agent),
+    **{command: _client_branch(command) for command in CLIENT_ABOUT},
+    "keys": _Branch(_about(KEYS_ABOUT), _add_keys_arguments, _keys),
+    "event": _Branch(_about(EVENT_ABOUT), _add_event_arguments, _event),
+    "query": _Branch(_about(QUERY_ABOUT), _add_query_arguments, _query),
+    "keygen": _Branch(_about(KEYGEN_ABOUT), lambda p: None, _keygen),
+    "demo": _Branch(_about(DEMO_ABOUT, ","), _add_demo_arguments, _demo),
+    "simulate": _Branch(_simulate_about, _add_simulate_arguments, _simulate),
+}
+COMMANDS = tuple(_BRANCHES)
+"""Every command, in the order `--help` lists them."""
+
+
 # ----- the entry point --------------------------------------------------------------------
 
 
@@ -878,9 +919,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Ctrl-C as exit 130; never a traceback.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     if not args:
-        print(parser.format_usage(), end="", file=sys.stderr)
+        print(build_parser().format_usage(), end="", file=sys.stderr)
         return EXIT_USAGE
     label = "swimnode"
     if not args[0].startswith("-"):
@@ -892,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         label = f"swimnode {args[0]}"
     try:
-        ns = parser.parse_args(args)
+        ns = build_parser(args[0] if args[0] in COMMANDS else None).parse_args(args)
     except SystemExit as exc:  # --help and --version, which print and exit
         return int(exc.code or 0)
     except UsageError as exc:
@@ -900,6 +940,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     action = getattr(ns, "action", None)  # state and keys name theirs in run-time errors
     run: Callable[[argparse.Namespace], int] = ns.run
+    # argparse's parsers refer to one another; collect them now rather than leave
+    # them to an agent's whole life.
+    gc.collect()
     try:
         return run(ns)
     except UsageError as exc:
