@@ -177,7 +177,7 @@ class NodeThread:
             self._thread.join()
 
 
-class BlockingNode(NodeView):
+class BlockingNode(NodeView[NodeRunner, Node]):
     """One cluster member, for threaded code. Create with `start_node`.
 
     Every method is safe from any thread. After the node has stopped, calls raise

@@ -1,25 +1,24 @@
-"""What `swimnode.aio` and `swimnode.blocking` share: the Trio node, run for a
-program that is not a Trio program, and the calls every flavour offers on it.
+"""What the hosted flavours share: the Trio node run for a program that is not a
+Trio program (`swimnode.blocking`), and the calls every flavour offers on a node
+(`swimnode.blocking` and `swimnode.aio`).
 
-Both flavours run the unchanged `swimnode.node.Node` (the reference driver) in a
-Trio run that the program does not see: a guest run on asyncio's loop
-(`swimnode.aio`) or `trio.run` in a background thread (`swimnode.blocking`). Sharing
-the driver, and not only the protocol core, makes "the same behaviour" hold by
-construction: the same tasks, timers, transports, security and event buffers.
-docs/embedding.md says why, with the measurements.
-
-`NodeRunner` is the Trio side of one node; `NodeView` is the user's side, whose
-subclasses say how a call reaches the node's thread.
+`swimnode.blocking` runs the unchanged `swimnode.node.Node` (the reference driver)
+under `trio.run` in a background thread; `NodeRunner` is the Trio side of one such
+node. `swimnode.aio` drives the same core natively on asyncio's loop
+(`swimnode.aionode`). `NodeView` is the user's side of either, whose subclasses say
+how a call reaches the node's thread. docs/embedding.md says why, with the
+measurements.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
+from .driver import DriverBase
 from .eventhub import EventStream
 from .net.keyring import Keyring
 from .net.security import check_secure_bind
@@ -172,15 +171,28 @@ async def _relay(stream: EventStream, callback: Callable[[Event], object]) -> No
             log.exception("event callback %r failed", callback)
 
 
-class NodeView:
+class Stoppable(Protocol):
+    """What `NodeView` asks of whatever runs the node: whether it has stopped."""
+
+    @property
+    def stopped(self) -> bool: ...
+
+
+R = TypeVar("R", bound=Stoppable)
+N = TypeVar("N", bound=DriverBase)
+
+
+class NodeView(Generic[R, N]):
     """The calls every flavour offers, each carried out where the node runs.
 
-    A subclass says how with `_read` (run a function of the node's state on its
-    thread and return the result) and `_write` (the same for a call that changes
-    the node, which may have to wake the node's event loop).
+    `runner` runs the node `node` (for `swimnode.blocking`, a `NodeRunner` and the
+    Trio `Node`; for `swimnode.aio`, the asyncio driver is both). A subclass says
+    how a call reaches the node with `_read` (run a function of the node's state on
+    its thread and return the result) and `_write` (the same for a call that
+    changes the node, which may have to wake the node's event loop).
     """
 
-    def __init__(self, runner: NodeRunner, node: Node) -> None:
+    def __init__(self, runner: R, node: N) -> None:
         self._runner = runner
         self._node = node
 

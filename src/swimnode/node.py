@@ -15,58 +15,24 @@ its concern's next deadline, and after every step the driver moves those deadlin
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import trio
 
-from .eventhub import EventHub, EventStream
+from .driver import DriverBase, JoinError, NodeNotRunning, Waiter, member_log, new_generation
 from .net.keyring import Keyring
+from .net.securelayer import secure_with
 from .net.security import SecureTransport, check_secure_bind
 from .net.seeds import SeedSource, SeedSourceError
 from .net.transport import Address, Transport
 from .protocol.config import Config
-from .protocol.contract import (
-    JoinFinished,
-    LeaveFinished,
-    QueryFinished,
-    QueryHandlerFailed,
-    RejoinFailed,
-    Signal,
-    Timer,
-)
-from .protocol.core import SwimCore
-from .protocol.events import MemberEvent
-from .protocol.member import Member
-from .protocol.messages import Query
-from .protocol.queries import QueryHandler, QueryProgress, QueryResult
+from .protocol.contract import Signal, Timer
+
+__all__ = ["JoinError", "Node", "NodeNotRunning", "member_log", "new_generation", "open_node"]
 
 log = logging.getLogger("swimnode")
-member_log = logging.getLogger("swimnode.members")
-"""One INFO line per membership change; the agent replaces it with its own format."""
-
-
-class JoinError(Exception):
-    """No seed answered a join within the join timeout."""
-
-
-class NodeNotRunning(RuntimeError):
-    """The node has not been started. (A stopped node still answers queries with
-    its last state.)"""
-
-
-_last_generation = 0
-
-
-def new_generation() -> int:
-    """A generation for a node starting now: wall-clock microseconds, strictly
-    increasing within the process, so a restarted node's state outranks its past."""
-    global _last_generation
-    _last_generation = max(time.time_ns() // 1000, _last_generation + 1)
-    return _last_generation
 
 
 class _Waiter:
@@ -78,164 +44,27 @@ class _Waiter:
         self.done = trio.Event()
         self.signal: Signal | None = None
 
+    def finish(self) -> None:
+        self.done.set()
 
-class Node:
+
+class Node(DriverBase):
     """One cluster member. Start it with `open_node` or `await nursery.start(node.run)`.
 
     `seed_source`, if given, is re-read every `config.seed_refresh_interval` and its
-    addresses are used beside `config.seeds`.
+    addresses are used beside `config.seeds`. The reads, state calls, `join` and
+    `query` are `swimnode.driver.DriverBase`'s, shared with the asyncio driver.
     """
 
     def __init__(
         self, config: Config, transport: Transport, *, seed_source: SeedSource | None = None
     ) -> None:
-        self.config = config
+        super().__init__(config, seed_source=seed_source)
         self._transport = transport
-        self._seed_source = seed_source
-        self._core: SwimCore | None = None
-        self._hub = EventHub(config.event_buffer)
         self._scopes: dict[Timer, trio.CancelScope] = {}
         self._stopped = trio.Event()
         self._left = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._rng = random.Random(config.seed)
-        self._query_handlers: dict[str, QueryHandler] = {}
-        self._joins: dict[int, _Waiter] = {}
-        self._queries: dict[int, _Waiter] = {}
-        self._query_progress: dict[int, Callable[[QueryProgress], object]] = {}
-
-    # ----- public API ----------------------------------------------------------------
-
-    @property
-    def core(self) -> SwimCore:
-        """The protocol state machine (for inspection and tests)."""
-        if self._core is None:
-            raise NodeNotRunning("node has not been started")
-        return self._core
-
-    @property
-    def name(self) -> str:
-        """This member's name."""
-        return self.config.name
-
-    @property
-    def address(self) -> Address:
-        """The address peers reach this node at."""
-        return self.core.address
-
-    @property
-    def local_member(self) -> Member:
-        """This node's own record."""
-        return self.core.local_member
-
-    def members(self) -> list[Member]:
-        """Every known member (us included), dead and left ones until reclaimed."""
-        return self.core.members()
-
-    def live_members(self) -> list[Member]:
-        """Alive and suspect members, us included."""
-        return [m for m in self.core.members() if m.is_live]
-
-    def events(self) -> EventStream:
-        """Subscribe to membership events from now on: `async for ev in node.events()`.
-
-        Each subscription has its own buffer of `config.event_buffer` events; if it
-        falls behind, the missed events are replaced by one `EventsLost(count)`.
-        """
-        return self._hub.subscribe()
-
-    def set_state(self, key: str, value: Any) -> None:
-        """Set one key of this node's application state; it reaches every member by
-        anti-entropy gossip. Values: str, bytes, int, float, bool, None, or lists and
-        str-keyed maps of those. Raises `ValueError` (and changes nothing) on a bad
-        key or value or when a size limit would be exceeded."""
-        self.core.set_state(key, value, trio.current_time())
-        self._pump_soon()
-
-    def delete_state(self, key: str) -> bool:
-        """Delete one key of this node's application state; false if it was not set."""
-        deleted = self.core.delete_state(key, trio.current_time())
-        self._pump_soon()
-        return deleted
-
-    def send_event(self, name: str, payload: bytes = b"", *, coalesce: bool = True) -> int:
-        """Send a user event to every member, this node included: each delivers it
-        once, as a `UserEvent` in `events()` (deduplicated by its Lamport time, which
-        is returned). `coalesce` tells event handlers that only the latest event of
-        this name matters. Raises `ValueError` for a name over 64 bytes, a payload
-        over 512 bytes, or more than 10 events a second."""
-        ltime = self.core.send_event(name, payload, coalesce, trio.current_time())
-        self._pump_soon()
-        return ltime
-
-    def stats(self) -> dict[str, int]:
-        """Protocol counters, the awareness score and member counts."""
-        return self.core.stats_snapshot()
-
-    async def join(self, seeds: Iterable[Address]) -> int:
-        """Exchange full state with each seed; return how many answered.
-
-        Raises `JoinError` if none answered within `config.join_timeout`.
-        """
-        join_id = self.core.join(seeds, trio.current_time())
-        if join_id is None:
-            return 0
-        finished = await self._wait_for(self._joins, join_id)
-        assert isinstance(finished, JoinFinished)
-        if finished.error is not None:
-            raise JoinError(finished.error)
-        return finished.answered
-
-    def register_query_handler(self, kind: str, handler: QueryHandler | None) -> None:
-        """Answer queries of `kind` with `handler` (None removes it). A member with
-        no handler for a kind stays silent, and the origin lists it as missing. The
-        handler runs in the node's receive path: it must be quick."""
-        if handler is None:
-            self._query_handlers.pop(kind, None)
-        else:
-            self._query_handlers[kind] = handler
-        if self._core is not None:
-            self._core.register_query_handler(kind, handler)
-
-    async def query(
-        self,
-        kind: str,
-        payload: bytes = b"",
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109
-        names: Iterable[str] = (),
-        state: Iterable[tuple[str, str]] = (),
-        on_progress: Callable[[QueryProgress], object] | None = None,
-    ) -> QueryResult:
-        """Ask every member the filters select (us included) and gather the answers.
-
-        `names` selects members by name, `state` by `(key, regex)` on their
-        application state (all must match). `on_progress`, if given, is called with
-        each ack and answer as it arrives (in the node's task: it must be quick).
-        Returns once every selected member that is live now has answered (or acked
-        without a responder), or after `timeout` seconds (default
-        `default_query_timeout`: a few dozen gossip rounds). Raises `ValueError` if
-        `kind`, `payload` or a filter is over the codec's limits or a regex is bad.
-        (`timeout` is part of the query, which members use to drop stale answers, so
-        it is a parameter rather than the caller's cancel scope.)
-        """
-        filters = (tuple(names), tuple(state))
-        query_id = self.core.start_query(kind, payload, timeout, trio.current_time(), filters)
-        if on_progress is not None:
-            self._query_progress[query_id] = on_progress
-        try:
-            finished = await self._wait_for(self._queries, query_id)
-        finally:
-            self._query_progress.pop(query_id, None)
-        assert isinstance(finished, QueryFinished)
-        return finished.result
-
-    def answer_query(self, query: Query, payload: bytes) -> None:
-        """Answer `query` after the fact: for a handler that returned None because
-        its answer takes time (the agent's event handlers do). Raises `ValueError`
-        over 64 KiB."""
-        self.core.answer_query(query, payload)
-        self._pump_soon()
 
     async def wait_stopped(self) -> None:
         """Wait until the node's tasks have all ended (after `leave()` or cancel)."""
@@ -247,7 +76,7 @@ class Node:
         Waits until the record has been sent its full retransmit count, or at most
         `config.leave_timeout`.
         """
-        self.core.leave(trio.current_time())
+        self.core.leave(self._now())
         await self._pump()
         await self._left.wait()
         if self._nursery is not None:
@@ -255,21 +84,7 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every task of the node until cancelled or `leave()` completes."""
-        if self._core is not None:
-            raise RuntimeError("a Node can only be run once")
-        config = self.config
-        if config.advertise is None:
-            config = config.replace(advertise=self._transport.local_address)
-        self.config = config
-        core = self._core = SwimCore(
-            config,
-            now=trio.current_time(),
-            rng=random.Random(self._rng.getrandbits(64)),
-            generation=new_generation(),
-            framing_overhead=self._transport.overhead,
-        )
-        for kind, handler in self._query_handlers.items():
-            core.register_query_handler(kind, handler)
+        self._start_core(self._transport.local_address, self._transport.overhead)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -331,7 +146,7 @@ class Node:
 
     # ----- plumbing ------------------------------------------------------------------
 
-    async def _wait_for(self, waiters: dict[int, _Waiter], key: int) -> Signal | None:
+    async def _wait_for(self, waiters: dict[int, Waiter], key: int) -> Signal | None:
         waiter = waiters[key] = _Waiter()
         try:
             await self._pump()
@@ -355,64 +170,25 @@ class Node:
         for dest, data in datagrams:
             await self._transport.send(dest, data)
 
-    def _collect(self) -> list[tuple[Address, bytes]]:
-        """Take the core's output: move the timer tasks' deadlines, act on signals,
-        publish events, start stream sends; return the datagrams to send."""
+    @staticmethod
+    def _now() -> float:
+        return trio.current_time()
+
+    def _move_deadlines(self) -> None:
         core = self.core
-        out = core.take_output()
         for timer, scope in self._scopes.items():
             deadline = core.next_deadline(timer)
             # Setting a deadline costs Trio some work even when unchanged.
             if deadline != scope.deadline:
                 scope.deadline = deadline
-        for signal in out.signals:
-            self._on_signal(signal)
-        for event in out.events:
-            self._publish(event)
+
+    def _start_streams(self, streams: list[tuple[int, Address, bytes]]) -> None:
         if self._nursery is not None:
-            for ticket, dest, data in out.streams:
+            for ticket, dest, data in streams:
                 self._nursery.start_soon(self._stream, ticket, dest, data)
-        return out.datagrams
 
-    def _on_signal(self, signal: Signal) -> None:
-        match signal:
-            case JoinFinished():
-                self._wake(self._joins, signal.join_id, signal)
-            case QueryFinished():
-                self._wake(self._queries, signal.result.id, signal)
-            case QueryProgress():
-                callback = self._query_progress.get(signal.id)
-                if callback is not None:
-                    callback(signal)
-            case LeaveFinished():
-                self._left.set()
-            case RejoinFailed(error, retry_in):
-                log.warning("%s: join failed: %s; retrying in %g s", self.name, error, retry_in)
-            case QueryHandlerFailed(kind, error):
-                log.error(
-                    "%s: handler for %r queries failed: %s", self.name, kind, error, exc_info=error
-                )
-
-    @staticmethod
-    def _wake(waiters: dict[int, _Waiter], key: int, signal: Signal) -> None:
-        waiter = waiters.get(key)
-        if waiter is not None:
-            waiter.signal = signal
-            waiter.done.set()
-
-    def _publish(self, event: MemberEvent) -> None:
-        if member_log.isEnabledFor(logging.INFO):
-            m = event.member
-            member_log.info(
-                "%s: member %s %s (%s:%s, incarnation %d)",
-                self.name,
-                m.name,
-                event.kind,
-                m.address[0],
-                m.address[1],
-                m.incarnation,
-            )
-        self._hub.publish(event)
+    def _on_left(self) -> None:
+        self._left.set()
 
 
 @asynccontextmanager
@@ -457,15 +233,7 @@ def secure(
 ) -> Transport:
     """Wrap `transport` in the security layer when keys or a label are configured
     (and it is not wrapped already). `clock` dates packets for replay checks."""
-    if isinstance(transport, SecureTransport) or (keyring is None and not config.label):
-        return transport
-    return SecureTransport(
-        transport,
-        keyring=keyring,
-        label=config.label,
-        replay_window=config.replay_window,
-        clock=clock,
-    )
+    return secure_with(SecureTransport, transport, config, keyring, clock)
 
 
 @asynccontextmanager

@@ -1,217 +1,52 @@
-"""Encryption, authentication, replay protection and cluster labels as a transport layer.
+"""Encryption, authentication, replay protection and cluster labels as a Trio transport layer.
 
 `SecureTransport` wraps any `swimnode.net.transport.Transport` (UDP+TCP, the simulated
 network) and is one itself, so the protocol core never sees a key: it sends and
 receives the same payloads as before, and whatever fails a check here never reaches
-it. docs/security.md has the threat model; this docstring has the wire format.
-
-Every datagram and every reliable message is framed. The first byte is a header:
-the high nibble is the framing version (1), the low nibble holds flags, of which
-only bit 0 ("encrypted") is defined. So a frame starts with ``0x10`` (plaintext) or
-``0x11`` (encrypted); anything else is refused. (A bare, unframed swimnode packet
-starts with ``0x01``, so a node that forgot to enable the layer is told apart.)
-
-Encrypted (``0x11``), when the transport has a `Keyring`::
-
-    0x11 | nonce (12 random bytes) | AES-256-GCM( timestamp (8 bytes) | payload ) | tag (16)
-
-The associated data is the header byte followed by the cluster label (UTF-8), so a
-frame from a cluster with another label fails authentication exactly as one under
-another key does; the label itself is not sent. The timestamp is the sender's wall
-clock in milliseconds (signed, big-endian). No key id is sent: the receiver tries
-every installed key, primary first, which is what makes rotation work. Overhead:
-``ENCRYPTED_OVERHEAD`` = 1 + 12 + 8 + 16 = 37 bytes per packet.
-
-Plaintext (``0x10``), when the transport has no keyring::
-
-    0x10 | label length (1 byte) | label (UTF-8, up to 255 bytes) | payload
-
-Frames with another label are dropped. Overhead: 2 + label length.
-
-Replay: an encrypted frame is accepted only if its timestamp is within
-``replay_window`` seconds of the local clock (either way), and only once: the nonces
-of accepted frames are remembered until their timestamp leaves the window. A copy
-that arrives inside the window is therefore a duplicate (dropped), and one that
-arrives later is stale (dropped). The nonce cache has a hard size cap; when full, the
-oldest entry is evicted and frames stamped at or before it are refused as stale from
-then on, so a full cache narrows the window rather than letting a replay through.
+it. The rules themselves (wire format, keys, labels, replay window) are
+`swimnode.net.securelayer.SecurityLayer`, which has no I/O and which the asyncio
+transport applies too; its module docstring has the wire format, docs/security.md
+the threat model.
 """
 
 from __future__ import annotations
 
-import collections
-import errno
-import heapq
-import math
-import os
-import struct
-import time
-from collections.abc import Callable
-
 import trio
 
-from .. import counters
-from ..protocol.codec import MAX_PACKET_BYTES
-from ..protocol.limits import MAX_LABEL_BYTES
 from . import transport
-from .keyring import NONCE_SIZE, TAG_SIZE, Keyring
+from .keyring import Keyring
+from .securelayer import (
+    DROP_REASONS,
+    ENCRYPTED_OVERHEAD,
+    FORMAT_VERSION,
+    HEADER_ENCRYPTED,
+    HEADER_PLAINTEXT,
+    MAX_LABEL_BYTES,
+    SecurityLayer,
+)
 from .transport import Address, Packet, Transport
 
 __all__ = [
     "DROP_REASONS",
     "ENCRYPTED_OVERHEAD",
     "FORMAT_VERSION",
+    "HEADER_ENCRYPTED",
+    "HEADER_PLAINTEXT",
     "MAX_LABEL_BYTES",
     "SecureTransport",
+    "SecurityLayer",
     "check_secure_bind",
 ]
 
-FORMAT_VERSION = 1
-"""Version of the framing, in the high nibble of the header byte."""
 
-_FLAG_ENCRYPTED = 0x01
-HEADER_PLAINTEXT = FORMAT_VERSION << 4
-"""First byte of a plaintext frame (0x10)."""
-HEADER_ENCRYPTED = HEADER_PLAINTEXT | _FLAG_ENCRYPTED
-"""First byte of an encrypted frame (0x11)."""
-
-TIMESTAMP_SIZE = 8
-"""Bytes of the sender's timestamp inside the ciphertext."""
-
-ENCRYPTED_OVERHEAD = 1 + NONCE_SIZE + TIMESTAMP_SIZE + TAG_SIZE
-"""Bytes an encrypted frame adds to its payload: header, nonce, timestamp, tag (37)."""
-
-_MAX_PLAINTEXT_OVERHEAD = 2 + MAX_LABEL_BYTES
-
-DEFAULT_MAX_PACKET = MAX_PACKET_BYTES
-"""Default largest payload carried: whatever the codec accepts (64 MiB)."""
-
-DEFAULT_REPLAY_CACHE = 100_000
-"""Default cap on remembered nonces. SWIM's load per node is constant (a few
-packets per protocol period), so even a busy node receives far fewer than this
-many packets per two replay windows; the cap only bounds memory (~20 MB)."""
-
-DROP_REASONS = counters.SECURITY_DROP_REASONS
-"""Every key of `SecureTransport.stats` that counts a refused incoming packet."""
-
-_TIMESTAMP = struct.Struct(">q")
-_MIN_ENCRYPTED = ENCRYPTED_OVERHEAD
-
-
-class SecureTransport:
-    """A `Transport` that frames, encrypts and authenticates what another one carries.
-
-    With a `Keyring`, every packet is sealed with AES-256-GCM under the keyring's
-    primary key, and incoming packets must open under one of its keys, carry this
-    transport's `label`, be fresh (timestamp within `replay_window` seconds of
-    `clock()`) and not be a copy of one already accepted. Without a keyring
-    (``keyring=None``) packets carry the label in plaintext: that keeps clusters
-    that share a network apart, but protects nothing against an attacker.
-
-    The keyring is held by reference: `Keyring.install`, `use` and `remove` take
-    effect on the next packet. Whether there is a keyring at all is fixed.
+class SecureTransport(SecurityLayer[Transport]):
+    """A `Transport` that frames, encrypts and authenticates what another one carries,
+    by the rules of `SecurityLayer` (see there for the arguments, `stats` and the
+    checks).
 
     `receive()` returns only packets that passed every check; everything else is
     counted in `stats` by reason (see `DROP_REASONS`) and skipped, never raised.
-    Two more counters concern this node's own sends: ``send_oversize`` (datagrams
-    over `max_packet`, not sent) and ``replay_cache_evictions`` (see the module
-    docstring).
-
-    `max_packet` is the largest payload, before framing, that is sent or accepted;
-    larger incoming frames are dropped before any decryption is attempted.
-    `replay_cache_size` caps the remembered nonces. `clock` gives wall-clock
-    seconds; the members' clocks must agree to well within `replay_window`.
     """
-
-    stats: collections.Counter[str]
-
-    def __init__(
-        self,
-        inner: Transport,
-        *,
-        keyring: Keyring | None,
-        label: str = "",
-        clock: Callable[[], float] = time.time,
-        replay_window: float = 60.0,
-        max_packet: int = DEFAULT_MAX_PACKET,
-        replay_cache_size: int = DEFAULT_REPLAY_CACHE,
-    ) -> None:
-        label_bytes = label.encode("utf-8")
-        if len(label_bytes) > MAX_LABEL_BYTES:
-            raise ValueError(
-                f"label must be at most {MAX_LABEL_BYTES} bytes of UTF-8, got {len(label_bytes)}"
-            )
-        if not (replay_window > 0 and math.isfinite(replay_window)):
-            raise ValueError(
-                f"replay_window must be a positive number of seconds, got {replay_window!r}"
-            )
-        if max_packet < 0:
-            raise ValueError(f"max_packet must be >= 0, got {max_packet!r}")
-        if replay_cache_size < 1:
-            raise ValueError(f"replay_cache_size must be >= 1, got {replay_cache_size!r}")
-        self._inner = inner
-        self._keyring = keyring
-        self._label = label
-        self._label_bytes = label_bytes
-        self._clock = clock
-        self._window_ms = replay_window * 1000.0
-        self._max_packet = max_packet
-        self._cache_size = replay_cache_size
-        self.stats = collections.Counter(dict.fromkeys(DROP_REASONS, 0))
-        # Precomputed: they are the same for every packet.
-        self._aad = bytes([HEADER_ENCRYPTED]) + label_bytes
-        self._plain_prefix = bytes([HEADER_PLAINTEXT, len(label_bytes)]) + label_bytes
-        # Replay cache: nonce -> sender timestamp (ms), plus a heap ordered by
-        # timestamp so expired entries are found without scanning. An entry may go
-        # once its timestamp is outside the window: the freshness check then
-        # refuses a copy anyway.
-        self._seen: dict[bytes, int] = {}
-        self._by_age: list[tuple[int, bytes]] = []
-        # Frames stamped at or before this were possibly evicted from a full
-        # cache, so their replays could not be recognised: refuse them.
-        self._floor_ms = -(1 << 63)
-
-    def __repr__(self) -> str:
-        mode = repr(self._keyring) if self._keyring is not None else "plaintext"
-        return f"<SecureTransport {mode} label={self._label!r} over {self._inner!r}>"
-
-    # -- properties ------------------------------------------------------------
-
-    @property
-    def inner(self) -> Transport:
-        """The wrapped transport (raw frames go through it)."""
-        return self._inner
-
-    @property
-    def keyring(self) -> Keyring | None:
-        """The keyring in use, or None in plaintext mode."""
-        return self._keyring
-
-    @property
-    def label(self) -> str:
-        """The cluster label; frames with another label are dropped."""
-        return self._label
-
-    @property
-    def encrypted(self) -> bool:
-        """Whether packets are encrypted (a keyring was given)."""
-        return self._keyring is not None
-
-    @property
-    def overhead(self) -> int:
-        """Bytes each frame adds to its payload: 37 when encrypted, 2 plus the
-        label's length in plaintext. Shrink the datagram budget by this much."""
-        return ENCRYPTED_OVERHEAD if self._keyring is not None else len(self._plain_prefix)
-
-    @property
-    def dropped(self) -> int:
-        """Incoming packets refused so far, for any reason."""
-        return sum(self.stats[reason] for reason in DROP_REASONS)
-
-    @property
-    def replay_cache_len(self) -> int:
-        """Nonces currently remembered."""
-        return len(self._seen)
 
     # -- Transport interface ---------------------------------------------------
 
@@ -226,8 +61,7 @@ class SecureTransport:
         A payload over `max_packet` is dropped and counted as ``send_oversize``
         rather than raised, as the `Transport` contract asks of datagrams.
         """
-        if len(data) > self._max_packet:
-            self.stats[counters.SECURITY_SEND_OVERSIZE] += 1
+        if not self.datagram_fits(data):
             await trio.lowlevel.checkpoint()
             return
         await self._inner.send(dest, self.wrap(data))
@@ -238,12 +72,11 @@ class SecureTransport:
         Raises `OSError` (``EMSGSIZE``) for a payload over `max_packet`, and
         whatever the inner transport raises.
         """
-        if len(data) > self._max_packet:
+        try:
+            self.check_reliable(data)
+        except OSError:
             await trio.lowlevel.checkpoint()
-            raise OSError(
-                errno.EMSGSIZE,
-                f"message of {len(data)} bytes exceeds the {self._max_packet} byte limit",
-            )
+            raise
         await self._inner.send_reliable(dest, self.wrap(data))
 
     async def receive(self) -> Packet:
@@ -261,109 +94,6 @@ class SecureTransport:
     async def aclose(self) -> None:
         """Close the inner transport."""
         await self._inner.aclose()
-
-    # -- framing ---------------------------------------------------------------
-
-    def wrap(self, data: bytes) -> bytes:
-        """`data` framed for the wire: sealed under the primary key with a fresh
-        nonce and the current time, or labelled in plaintext."""
-        keyring = self._keyring
-        if keyring is None:
-            return self._plain_prefix + data
-        # A random nonce per packet: no counter state to persist across restarts
-        # or to share between members that use the same key.
-        nonce = os.urandom(NONCE_SIZE)
-        stamp = _TIMESTAMP.pack(round(self._clock() * 1000.0))
-        return self._aad[:1] + nonce + keyring.encrypt(nonce, stamp + data, self._aad)
-
-    def unwrap(self, packet: Packet) -> Packet | None:
-        """`packet` with its framing removed if it passes every check; otherwise
-        None, with the reason counted in `stats`. Never raises for any input."""
-        data = packet.data
-        if len(data) > self._max_packet + _MAX_PLAINTEXT_OVERHEAD:
-            self.stats[counters.SECURITY_DROPPED_OVERSIZE] += 1
-            return None
-        if not data:
-            self.stats[counters.SECURITY_DROPPED_BAD_HEADER] += 1
-            return None
-        header = data[0]
-        if header == HEADER_ENCRYPTED:
-            return self._open_encrypted(packet)
-        if header == HEADER_PLAINTEXT:
-            return self._open_plaintext(packet)
-        self.stats[counters.SECURITY_DROPPED_BAD_HEADER] += 1
-        return None
-
-    def _open_plaintext(self, packet: Packet) -> Packet | None:
-        stats, data = self.stats, packet.data
-        if self._keyring is not None:
-            # Accepting plaintext beside encrypted traffic would let anyone
-            # bypass the keys; a plaintext peer is a misconfiguration or an attack.
-            stats[counters.SECURITY_DROPPED_PLAINTEXT] += 1
-            return None
-        if len(data) < 2 or len(data) < 2 + data[1]:
-            stats[counters.SECURITY_DROPPED_BAD_HEADER] += 1
-            return None
-        end = 2 + data[1]
-        if data[2:end] != self._label_bytes:
-            stats[counters.SECURITY_DROPPED_LABEL] += 1
-            return None
-        if len(data) - end > self._max_packet:
-            stats[counters.SECURITY_DROPPED_OVERSIZE] += 1
-            return None
-        return Packet(packet.source, data[end:], packet.reliable)
-
-    def _open_encrypted(self, packet: Packet) -> Packet | None:
-        stats, data = self.stats, packet.data
-        keyring = self._keyring
-        if keyring is None:
-            stats[counters.SECURITY_DROPPED_ENCRYPTED] += 1
-            return None
-        if len(data) < _MIN_ENCRYPTED:
-            stats[counters.SECURITY_DROPPED_BAD_HEADER] += 1
-            return None
-        if len(data) - ENCRYPTED_OVERHEAD > self._max_packet:
-            stats[counters.SECURITY_DROPPED_OVERSIZE] += 1
-            return None
-        nonce = data[1 : 1 + NONCE_SIZE]
-        plain = keyring.decrypt(nonce, data[1 + NONCE_SIZE :], self._aad)
-        if plain is None:
-            stats[counters.SECURITY_DROPPED_AUTH] += 1
-            return None
-        # Everything below runs only for authentic frames, so an attacker without
-        # a key can neither fill the replay cache nor move its floor.
-        (stamp,) = _TIMESTAMP.unpack_from(plain)
-        now_ms = self._clock() * 1000.0
-        if abs(stamp - now_ms) > self._window_ms or stamp <= self._floor_ms:
-            stats[counters.SECURITY_DROPPED_STALE] += 1
-            return None
-        self._forget_expired(now_ms)
-        if nonce in self._seen:
-            stats[counters.SECURITY_DROPPED_REPLAY] += 1
-            return None
-        self._remember(nonce, stamp)
-        return Packet(packet.source, plain[TIMESTAMP_SIZE:], packet.reliable)
-
-    # -- replay cache ------------------------------------------------------------
-
-    def _forget_expired(self, now_ms: float) -> None:
-        oldest = now_ms - self._window_ms
-        by_age, seen = self._by_age, self._seen
-        while by_age and by_age[0][0] < oldest:
-            _, nonce = heapq.heappop(by_age)
-            del seen[nonce]
-
-    def _remember(self, nonce: bytes, stamp: int) -> None:
-        by_age, seen = self._by_age, self._seen
-        while len(seen) >= self._cache_size:
-            # Full (only legitimate traffic gets here): evict the oldest and refuse
-            # anything that old from now on, so its replay stays impossible.
-            evicted_stamp, evicted = heapq.heappop(by_age)
-            del seen[evicted]
-            self._floor_ms = max(self._floor_ms, evicted_stamp)
-            self.stats[counters.SECURITY_REPLAY_CACHE_EVICTIONS] += 1
-        seen[nonce] = stamp
-        heapq.heappush(by_age, (stamp, nonce))
 
 
 # -- binding rules ---------------------------------------------------------------

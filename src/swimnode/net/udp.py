@@ -28,9 +28,10 @@ import math
 import os
 import socket as stdlib_socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import lru_cache
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -55,7 +56,7 @@ _ACCEPT_BACKOFF = 0.1
 
 
 @lru_cache(maxsize=4096)
-def _ip_literal(host: str) -> str | None:
+def ip_literal(host: str) -> str | None:
     """`host` as a bare IP literal (brackets removed), or None if it is a name.
 
     Cached because it runs on every send to the same few peers.
@@ -166,7 +167,7 @@ class UdpTransport:
         if len(data) > self._max_datagram:
             self.stats[counters.OVERSIZE_DROPPED] += 1
             return
-        host = _ip_literal(dest[0]) if isinstance(dest[0], str) else None
+        host = ip_literal(dest[0]) if isinstance(dest[0], str) else None
         if host is None:
             self.stats[counters.SEND_ERRORS] += 1
             logger.debug("dropping datagram to %r: host is not an IP literal", dest)
@@ -201,7 +202,7 @@ class UdpTransport:
                 errno.EMSGSIZE,
                 f"message of {len(data)} bytes exceeds the {self._max_stream_bytes} byte limit",
             )
-        host = _ip_literal(dest[0]) or dest[0]
+        host = ip_literal(dest[0]) or dest[0]
         frame = framing.encode(data)
         try:
             with trio.fail_after(self._stream_timeout):
@@ -368,13 +369,14 @@ class UdpTransport:
         return data
 
 
-def _check_options(
+def check_options(
     max_datagram: int,
     max_stream_bytes: int,
     max_connections: int,
     stream_timeout: float,
     receive_queue: int,
 ) -> None:
+    """Raise `ValueError` for an option out of range (see `open_udp_transport`)."""
     if not 0 <= max_datagram <= MAX_UDP_PAYLOAD:
         raise ValueError(f"max_datagram must be in [0, {MAX_UDP_PAYLOAD}], got {max_datagram!r}")
     if not 0 <= max_stream_bytes <= framing.MAX_BODY:
@@ -387,43 +389,83 @@ def _check_options(
         raise ValueError(f"receive_queue must be >= 1, got {receive_queue!r}")
 
 
-async def _resolve_bind_host(bind: Address) -> tuple[stdlib_socket.AddressFamily, str]:
-    host, port = bind
-    literal = _ip_literal(host) if host else "0.0.0.0"
-    if literal is not None:
-        version = ipaddress.ip_address(literal).version
-        family = stdlib_socket.AF_INET6 if version == 6 else stdlib_socket.AF_INET
-        return family, literal
-    # Names are allowed here (it happens once, at startup), unlike on the
-    # send path.
-    try:
-        infos = await trio.socket.getaddrinfo(
-            host, port, type=stdlib_socket.SOCK_DGRAM, flags=stdlib_socket.AI_PASSIVE
-        )
-    except OSError as exc:
-        raise TransportError(
-            f"cannot bind {format_address(bind)}: {_describe(exc)}", exc.errno
-        ) from exc
+def check_bind_port(bind: Address) -> None:
+    """Raise `TransportError` for a port that cannot be bound."""
+    port = bind[1]
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise TransportError(f"cannot bind {format_address(bind)}: port out of range")
+
+
+def literal_bind_host(bind: Address) -> tuple[stdlib_socket.AddressFamily, str] | None:
+    """The family and IP literal to bind for `bind`, or None if its host is a name
+    to resolve first (`bind_host_from`); an empty host means IPv4's wildcard."""
+    host = bind[0]
+    literal = ip_literal(host) if host else "0.0.0.0"
+    if literal is None:
+        return None
+    version = ipaddress.ip_address(literal).version
+    return (stdlib_socket.AF_INET6 if version == 6 else stdlib_socket.AF_INET), literal
+
+
+def bind_resolve_error(bind: Address, exc: OSError) -> TransportError:
+    """The error for a bind host that does not resolve."""
+    return TransportError(f"cannot bind {format_address(bind)}: {_describe(exc)}", exc.errno)
+
+
+def bind_host_from(
+    bind: Address, infos: list[tuple[Any, Any, Any, Any, Any]]
+) -> tuple[stdlib_socket.AddressFamily, str]:
+    """The first IPv4 or IPv6 address among `getaddrinfo` results for `bind`."""
     for family, _type, _proto, _name, sockaddr in infos:
         if family in (stdlib_socket.AF_INET, stdlib_socket.AF_INET6):
             return family, str(sockaddr[0])
     raise TransportError(f"cannot bind {format_address(bind)}: no IPv4 or IPv6 address")
 
 
-async def _bind_sockets(
+async def _resolve_bind_host(bind: Address) -> tuple[stdlib_socket.AddressFamily, str]:
+    found = literal_bind_host(bind)
+    if found is not None:
+        return found
+    # Names are allowed here (it happens once, at startup), unlike on the
+    # send path.
+    try:
+        infos = await trio.socket.getaddrinfo(
+            bind[0], bind[1], type=stdlib_socket.SOCK_DGRAM, flags=stdlib_socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise bind_resolve_error(bind, exc) from exc
+    return bind_host_from(bind, infos)
+
+
+class BindableSocket(Protocol):
+    """What `bind_pair` needs of a socket: Trio's, or `swimnode.net.aioudp`'s plain
+    one (binding an IP literal never waits, but Trio's `bind` is awaited)."""
+
+    async def bind(self, address: tuple[str, int]) -> None: ...
+    def getsockname(self) -> Any: ...
+    def setsockopt(self, level: int, option: int, value: int, /) -> None: ...
+    def listen(self, backlog: int, /) -> None: ...
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=BindableSocket)
+
+
+async def bind_pair(
     bind: Address,
-) -> tuple[stdlib_socket.socket, trio.socket.SocketType, Address]:
-    """Bind UDP, then TCP on the same port; returns both (UDP as a non-blocking
-    stdlib socket, see `UdpTransport.send`) and the bound address."""
+    family: stdlib_socket.AddressFamily,
+    bind_host: str,
+    make: Callable[[stdlib_socket.AddressFamily, stdlib_socket.SocketKind], S],
+) -> tuple[S, S, Address]:
+    """Bind UDP, then TCP on the same port of the literal `bind_host`, with sockets
+    from `make`; returns both (TCP listening) and the bound address. Both transports
+    bind this way, so they take ports and report errors alike."""
     port = bind[1]
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise TransportError(f"cannot bind {format_address(bind)}: port out of range")
-    family, bind_host = await _resolve_bind_host(bind)
     # With port 0 the OS picks a port free for UDP only; TCP may already be
     # using it, in which case we simply try another.
     attempts = _PORT_ZERO_ATTEMPTS if port == 0 else 1
     for attempt in range(attempts):
-        udp = trio.socket.socket(family, stdlib_socket.SOCK_DGRAM)
+        udp = make(family, stdlib_socket.SOCK_DGRAM)
         try:
             await udp.bind((bind_host, port))
         except OSError as exc:
@@ -432,7 +474,7 @@ async def _bind_sockets(
                 f"cannot bind {format_address(bind)}: {_describe(exc)} (udp)", exc.errno
             ) from exc
         bound_host, bound_port = udp.getsockname()[:2]
-        tcp = trio.socket.socket(family, stdlib_socket.SOCK_STREAM)
+        tcp = make(family, stdlib_socket.SOCK_STREAM)
         try:
             # Lets a restarted node reuse its port while old connections sit
             # in TIME_WAIT. On Windows the option means something else (it
@@ -450,12 +492,23 @@ async def _bind_sockets(
             raise TransportError(
                 f"cannot bind {format_address(shown)}: {_describe(exc)} (tcp)", exc.errno
             ) from exc
-        # Made through Trio so a custom socket factory sees it; used as a plain
-        # non-blocking socket from here on (see `UdpTransport.send`).
-        raw = stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM, fileno=udp.detach())
-        raw.setblocking(False)
-        return raw, tcp, (str(bound_host), int(bound_port))
+        return udp, tcp, (str(bound_host), int(bound_port))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _bind_sockets(
+    bind: Address,
+) -> tuple[stdlib_socket.socket, trio.socket.SocketType, Address]:
+    """Bind UDP, then TCP on the same port; returns both (UDP as a non-blocking
+    stdlib socket, see `UdpTransport.send`) and the bound address."""
+    check_bind_port(bind)
+    family, bind_host = await _resolve_bind_host(bind)
+    # Made through Trio so a custom socket factory sees them.
+    udp, tcp, bound = await bind_pair(bind, family, bind_host, trio.socket.socket)
+    # Used as a plain non-blocking socket from here on (see `UdpTransport.send`).
+    raw = stdlib_socket.socket(family, stdlib_socket.SOCK_DGRAM, fileno=udp.detach())
+    raw.setblocking(False)
+    return raw, tcp, bound
 
 
 @asynccontextmanager
@@ -492,7 +545,7 @@ async def open_udp_transport(
     the sockets are closed and background tasks stopped. An exception from
     the block is re-raised as itself, not wrapped in an `ExceptionGroup`.
     """
-    _check_options(max_datagram, max_stream_bytes, max_connections, stream_timeout, receive_queue)
+    check_options(max_datagram, max_stream_bytes, max_connections, stream_timeout, receive_queue)
     udp, tcp, bound = await _bind_sockets(bind)
     try:
         transport = UdpTransport(
