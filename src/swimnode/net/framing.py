@@ -1,13 +1,14 @@
 """Length-prefixed frames over byte streams: a 4-byte big-endian length, then the body.
 
-The TCP side of the UDP transport and the agent's RPC endpoint both frame messages
-this way. This module holds the format and the read-exactly loop once, for Trio
-streams and for blocking sockets. It imports no Trio: the blocking side serves the
-command line tools, which must start without it (docs/agent.md, "Start-up cost").
+The TCP side of the UDP transports (Trio and asyncio) and the agent's RPC endpoint
+frame messages this way. This module holds the format and the read-exactly loop
+once, for Trio streams, asyncio streams and blocking sockets. It imports neither
+Trio nor asyncio: the blocking side serves the command line tools, which must start
+without them (docs/agent.md, "Start-up cost").
 
-The asynchronous and the blocking readers cannot share one loop body (one awaits,
-the other blocks), so each is a few lines around the same parsing: `body_length`
-checks the header, `check_complete` the body.
+The Trio, asyncio and blocking readers cannot share one loop body (each waits its
+own way), so each is a few lines around the same parsing: `body_length` checks the
+header, `check_complete` the body.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import struct
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import asyncio
+
     import trio
 
 HEADER = struct.Struct(">I")
@@ -116,3 +119,22 @@ def recv_frame(sock: socket.socket, limit: int, what: str = "frame") -> bytes | 
     if size is None:
         return None
     return check_complete(recv_exactly(sock, size), size)
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int, what: str = "frame") -> bytes | None:
+    """`receive_frame` for an asyncio stream."""
+    size = body_length(await _read_exactly(reader, HEADER.size), limit, what)
+    if size is None:
+        return None
+    return check_complete(await _read_exactly(reader, size), size)
+
+
+async def _read_exactly(reader: asyncio.StreamReader, size: int) -> bytes:
+    """`size` bytes from an asyncio stream; fewer only if it ended first. (Its
+    buffer grows as bytes arrive, as `READ_CHUNK` asks of the other readers.)"""
+    import asyncio  # here, so the command line tools do not load it
+
+    try:
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError as exc:
+        return exc.partial
