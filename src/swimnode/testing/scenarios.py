@@ -111,6 +111,7 @@ class Report:
     expect_push_rounds: float = 0.0
     expect_pushpull_rounds: float = 0.0
     heal_converge_s: float | None = None
+    """From the heal until every node holds every running node live again."""
     sim_s: float = 0.0
     join_wall_s: float = 0.0
     """Wall seconds until every view was complete: N nodes learning of N others
@@ -334,7 +335,7 @@ def _script(cluster: FastCluster, sc: Scenario, tracker: _Tracker, report: Repor
 
         # Deaths stay excused until every view is whole again.
         def converged() -> None:
-            if cluster.converged():
+            if _whole(cluster):
                 healed.append(sim.now)
                 report.heal_converge_s = round(sim.now - heal, 2)
             else:
@@ -344,6 +345,17 @@ def _script(cluster: FastCluster, sc: Scenario, tracker: _Tracker, report: Repor
 
     sim.call_at(start, cut)
     sim.call_at(heal, mend)
+
+
+def _whole(cluster: FastCluster) -> bool:
+    """Every running node holds every running node live (alive or suspect) and no
+    other: the partition's deaths are undone. (Slow members may stay under
+    suspicion for as long as they are slow, so `converged` could wait forever.)"""
+    cores = cluster.cores
+    running = set(cores)
+    if any(core.n_live != len(running) for core in cores.values()):
+        return False
+    return all({m.name for m in c.members() if m.is_live} == running for c in cores.values())
 
 
 def _summarise(report: Report, tracker: _Tracker, cluster: FastCluster) -> None:
