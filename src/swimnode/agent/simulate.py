@@ -256,7 +256,10 @@ def render(report: Report) -> str:
             "false failures (healthy / slow members)",
             f"{report.false_failures} / {report.false_failures_slow}",
         ),
-        ("false suspicions", str(report.false_suspicions)),
+        (
+            "false suspicions (healthy / slow members)",
+            f"{report.false_suspicions} / {report.false_suspicions_slow}",
+        ),
         (
             "update reached 50% / 99% / 100% (rounds)",
             f"{_fmt(report.rounds_50)} / {_fmt(report.rounds_99)} / {_fmt(report.rounds_100)}",

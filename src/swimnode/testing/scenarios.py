@@ -105,6 +105,7 @@ class Report:
     false_failures: int = 0
     false_failures_slow: int = 0
     false_suspicions: int = 0
+    false_suspicions_slow: int = 0
     rounds_50: float | None = None
     rounds_99: float | None = None
     rounds_100: float | None = None
@@ -191,6 +192,7 @@ class _Tracker:
     false_failed: set[tuple[str, int]] = field(default_factory=set)
     false_failed_slow: set[tuple[str, int]] = field(default_factory=set)
     false_suspected: set[tuple[str, int]] = field(default_factory=set)
+    false_suspected_slow: set[tuple[str, int]] = field(default_factory=set)
     excused: Callable[[float], bool] = lambda _t: False
     """Whether a suspicion or death at that time may be the partition's doing."""
 
@@ -213,10 +215,11 @@ class _Tracker:
         if self.excused(now):
             return
         key = (name, event.member.incarnation)
+        slow = name in self.slow
         if not failed:
-            self.false_suspected.add(key)
+            (self.false_suspected_slow if slow else self.false_suspected).add(key)
         else:
-            (self.false_failed_slow if name in self.slow else self.false_failed).add(key)
+            (self.false_failed_slow if slow else self.false_failed).add(key)
 
 
 def _rss_mib(field_name: str = "VmRSS") -> float:
@@ -381,6 +384,7 @@ def _summarise(report: Report, tracker: _Tracker, cluster: FastCluster) -> None:
     report.false_failures = len(tracker.false_failed)
     report.false_failures_slow = len(tracker.false_failed_slow)
     report.false_suspicions = len(tracker.false_suspected)
+    report.false_suspicions_slow = len(tracker.false_suspected_slow)
     interval = cluster.cores[tracker.origin].config.state_gossip_interval
     times = sorted(tracker.holders.values())
     total = survivors
