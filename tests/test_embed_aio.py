@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import swimnode.aio
 import swimnode.blocking
 from swimnode import Config, EventsLost, JoinError, MemberEvent, MemberUpdated, NodeNotRunning
 from swimnode.aio import AioNode
+from swimnode.net.seeds import FileSeeds
 from swimnode.protocol.events import Event
 from swimnode.testing.processes import detection_bound, free_ports, wait_for
 
@@ -196,10 +198,11 @@ def test_events_end_when_the_node_stops_and_a_slow_reader_loses_events() -> None
 
 def test_errors_cancellation_and_timeouts_the_asyncio_way() -> None:
     async def main() -> None:
+        tasks = asyncio.all_tasks()  # this one and asyncio.wait_for's
         with pytest.raises(ValueError, match="refusing to bind"):
             async with swimnode.aio.open_node(Config.local("x", bind=("10.0.0.1", 7946))):
                 pass
-        assert not swimnode.aio._guests  # nothing was started
+        assert asyncio.all_tasks() == tasks  # nothing was started
         port, unused = free_ports(2)
         async with swimnode.aio.open_node(local("solo", port, join_timeout=1.0)) as node:
             with pytest.raises(JoinError):
@@ -237,7 +240,7 @@ def test_errors_cancellation_and_timeouts_the_asyncio_way() -> None:
             with pytest.raises(RuntimeError, match="another event loop"):
                 await asyncio.to_thread(asyncio.run, other_loop())
             assert len(errors) == 1 and "another event loop or thread" in str(errors[0])
-        assert not swimnode.aio._guests  # the guest run stopped with its last node
+        assert asyncio.all_tasks() == tasks  # the node's tasks all ended
 
     asyncio.run(asyncio.wait_for(main(), 30))
 
@@ -275,3 +278,21 @@ def test_with_uvloop() -> None:
             assert {m.name for m in u0.live_members()} == {"u0", "u1"}
 
     uvloop.run(asyncio.wait_for(main(), 30))
+
+
+def test_seed_source_and_queries(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        ports = free_ports(2)
+        seeds = tmp_path / "seeds"
+        seeds.write_text(f"# the first node\n{LOOPBACK}:{ports[0]}\n")
+        async with (
+            swimnode.aio.open_node(local("s0", ports[0])) as s0,
+            swimnode.aio.open_node(local("s1", ports[1]), seed_source=FileSeeds(seeds)) as s1,
+        ):
+            s0.register_query_handler("ping", lambda query: b"pong from s0")
+            await until(lambda: {m.name for m in s1.live_members()} == {"s0", "s1"})
+            result = await s1.query("ping", timeout=5.0)
+            assert result.responses == {"s0": b"pong from s0"}
+            assert s1.stats()["queries_started"] == 1
+
+    asyncio.run(asyncio.wait_for(main(), 30))

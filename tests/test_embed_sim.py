@@ -1,14 +1,19 @@
 """The aio and blocking flavours reach the same membership outcome as the Trio node
 for the same seed on the simulated network.
 
-All three share the driver and the core, so a difference is a bug in how a flavour
-hosts the node. Each flavour runs the same scenario on `swimnode.testing.Network`
-under `trio.testing.MockClock`: five nodes join through n0, n4 stops without
-leaving (a crash), n3 leaves gracefully; then every survivor's view is compared.
-The Trio run is bit-for-bit repeatable from the seed. The other two are not quite:
-their program runs outside Trio (asyncio's loop, the main thread), and while it
-works between two calls the mock clock may jump to the node's next deadline. The
-outcome must not depend on that, so it is what the property compares.
+All three share the core; blocking also shares the Trio driver, while aio has its
+own (`swimnode.aionode`), so a difference is a bug in a driver or in how a flavour
+hosts the node. Each flavour runs the same scenario on simulated time: five nodes
+join through n0, n4 stops without leaving (a crash), n3 leaves gracefully; then
+every survivor's view is compared. Trio and blocking run on
+`swimnode.testing.Network` under `trio.testing.MockClock`; aio on its asyncio
+counterpart over the same network model (`swimnode.testing.aionetwork.AioNetwork`,
+the same `LinkModel` and per-sender random streams) on a virtual-time loop. The
+Trio run is bit-for-bit repeatable from the seed. The other two are not quite:
+blocking's program runs outside Trio, and while it works between two calls the mock
+clock may jump to the node's next deadline; asyncio does not order timers due at
+the same instant. The outcome must not depend on either, so it is what the property
+compares.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ import trio
 import trio.testing
 
 from swimnode import Config, open_node
-from swimnode.aio import TrioGuest
 from swimnode.aio import open_node as aio_open_node
 from swimnode.blocking import NodeThread
 from swimnode.net.transport import Address
 from swimnode.protocol.member import Member
 from swimnode.testing import Network, seed_trio_scheduler
+from swimnode.testing.aionetwork import AioNetwork
+from swimnode.testing.aionetwork import run as aio_run
 
 NAMES = [f"n{i}" for i in range(5)]
 View = dict[str, dict[str, str]]
@@ -97,32 +103,26 @@ def run_trio(seed: int) -> View:
 
 def run_aio(seed: int) -> View:
     async def scenario() -> View:
-        seed_trio_scheduler(seed)
-        net = Network(seed=seed)
-        async with TrioGuest(clock=trio.testing.MockClock(autojump_threshold=0)) as guest:
+        net = AioNetwork(seed=seed)
+        async with AsyncExitStack() as stack:
+            nodes: dict[str, Any] = {}
+            closers: dict[str, Callable[[], Awaitable[Any]]] = {}
+            for name in NAMES:
+                inner = AsyncExitStack()
+                nodes[name] = await inner.enter_async_context(
+                    aio_open_node(config(name, seed), transport=net.attach(address(name)))
+                )
+                closers[name] = inner.aclose
+                stack.push_async_callback(inner.aclose)
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(SETTLE)
+            await closers["n4"]()
+            await asyncio.sleep(DETECT)
+            await nodes["n3"].leave()
+            await asyncio.sleep(SPREAD)
+            return outcome(nodes)
 
-            async def sleep(seconds: float) -> None:
-                await guest.run(trio.sleep, seconds)
-
-            async with AsyncExitStack() as stack:
-                nodes: dict[str, Any] = {}
-                closers: dict[str, Callable[[], Awaitable[Any]]] = {}
-                for name in NAMES:
-                    inner = AsyncExitStack()
-                    nodes[name] = await inner.enter_async_context(
-                        aio_open_node(config(name, seed), transport=net.attach(address(name)))
-                    )
-                    closers[name] = inner.aclose
-                    stack.push_async_callback(inner.aclose)
-                    await sleep(0.01)
-                await sleep(SETTLE)
-                await closers["n4"]()
-                await sleep(DETECT)
-                await nodes["n3"].leave()
-                await sleep(SPREAD)
-                return outcome(nodes)
-
-    return asyncio.run(scenario())
+    return aio_run(scenario())
 
 
 def run_blocking(seed: int) -> View:

@@ -5,187 +5,48 @@
         async for event in node.events():
             ...
 
-The node is the Trio node itself (`swimnode.node.Node`), run as a Trio *guest* on
-the asyncio loop (`trio.lowlevel.start_guest_run`): Trio's tasks run in the loop's
-thread, between asyncio's callbacks, and only Trio's wait for I/O sits in a helper
-thread. One guest run per loop (Trio allows one per thread) hosts all the loop's
-nodes: `TrioGuest`, started with the first node and stopped with the last, or opened
-explicitly to choose its clock. docs/embedding.md compares this with the other
-flavours, with figures.
+The node is the protocol core (`swimnode.protocol.core.SwimCore`) driven natively
+on the asyncio loop by `swimnode.aionode.AioDriver`: asyncio tasks for the timer
+concerns, the transport's callback for receiving, asyncio UDP and TCP sockets
+(`swimnode.net.aioudp`) and the shared security rules
+(`swimnode.net.aiotransport.AioSecureTransport`). Nothing runs in another thread,
+and no Trio run is involved. It works on uvloop too. docs/embedding.md compares
+this with the other flavours, with figures, and says why it replaced running the
+Trio node in Trio's guest mode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
-import outcome
-import trio
-
+from .aionode import AioDriver
+from .driver import NodeNotRunning
 from .eventhub import EventStream
-from .hosted import NodeRunner, NodeView
+from .hosted import NodeView
+from .net.aiotransport import AioTransport, secure
+from .net.aioudp import open_aio_udp_transport
 from .net.keyring import Keyring
+from .net.security import check_secure_bind
 from .net.seeds import SeedSource
-from .net.transport import Address, Transport
-from .node import Node, NodeNotRunning
+from .net.transport import Address
 from .protocol.config import Config
 from .protocol.events import Event
 from .protocol.queries import QueryResult
 
-__all__ = ["AioEventStream", "AioNode", "NodeNotRunning", "TrioGuest", "open_node"]
+__all__ = ["AioEventStream", "AioNode", "NodeNotRunning", "open_node"]
 
 T = TypeVar("T")
-
-_guests: dict[asyncio.AbstractEventLoop, TrioGuest] = {}
-
-
-def _wake_trio() -> None:
-    """Scheduled on Trio only to end its wait for I/O, so that it re-reads its
-    run queue and deadlines after the host changed them."""
-
-
-class TrioGuest:
-    """The Trio run that hosts the nodes of one asyncio event loop.
-
-    `open_node` starts one with the loop's first node and stops it with the last.
-    Open one yourself (`async with TrioGuest(clock=...)`) to choose Trio's clock,
-    e.g. `trio.testing.MockClock` to simulate on `swimnode.testing.Network`; it then
-    hosts every node of the loop until its block ends.
-    """
-
-    def __init__(self, *, clock: trio.abc.Clock | None = None) -> None:
-        self._clock = clock
-        self._implicit = False
-        self._users = 0
-        self._closing = False
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._nursery: trio.Nursery | None = None
-        self._stop = trio.Event()
-
-    async def __aenter__(self) -> TrioGuest:
-        await self._start(asyncio.get_running_loop())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        previous = _guests.get(loop)
-        if previous is not None:
-            if not previous._closing:
-                raise RuntimeError("this event loop already has a swimnode TrioGuest")
-            await _uncancellable(previous._done)
-        self.loop = loop
-        self.thread = threading.get_ident()
-        self._started: asyncio.Future[None] = loop.create_future()
-        self._done: asyncio.Future[None] = loop.create_future()
-        _guests[loop] = self
-        try:
-            trio.lowlevel.start_guest_run(
-                self._main,
-                run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-                run_sync_soon_not_threadsafe=loop.call_soon,
-                done_callback=self._finished,
-                # asyncio owns the signal wakeup fd; Trio must not take it over.
-                host_uses_signal_set_wakeup_fd=True,
-                clock=self._clock,
-            )
-        except BaseException:
-            del _guests[loop]
-            raise
-        await _uncancellable(self._started)
-
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._started.set_result(None)
-            await self._stop.wait()
-            nursery.cancel_scope.cancel()
-
-    def _finished(self, result: outcome.Outcome[None]) -> None:
-        if _guests.get(self.loop) is self:
-            del _guests[self.loop]
-        if not self._started.done():
-            self._started.set_exception(
-                result.error
-                if isinstance(result, outcome.Error)
-                else RuntimeError("the Trio guest run ended before it started")
-            )
-        if isinstance(result, outcome.Error):
-            self._done.set_exception(result.error)
-        else:
-            self._done.set_result(None)
-
-    async def aclose(self) -> None:
-        """Stop the run (every node it still hosts stops, without leaving) and
-        wait until it has ended."""
-        if not self._closing:
-            self._closing = True
-            self.run_soon(self._stop.set)
-        await _uncancellable(self._done)
-
-    def run_soon(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run `fn(*args)` in Trio soon (from any thread), waking Trio if it waits."""
-        if self._token is None:
-            raise RuntimeError("the Trio guest run has not started")
-        try:
-            self._token.run_sync_soon(fn, *args)
-        except trio.RunFinishedError:
-            raise NodeNotRunning("the node's Trio run has ended") from None
-
-    async def run(self, async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """`await async_fn(*args)` in a Trio task; cancelling the asyncio caller
-        cancels the Trio task."""
-        future: asyncio.Future[T] = self.loop.create_future()
-        scope = trio.CancelScope()
-
-        async def task() -> None:
-            try:
-                with scope:
-                    result = await async_fn(*args)
-                    if not future.done():
-                        future.set_result(result)
-            except Exception as exc:
-                if not future.done():
-                    future.set_exception(exc)
-            finally:
-                # Trio cancelled the task itself: the whole run is stopping.
-                if not future.done():
-                    future.set_exception(NodeNotRunning("the node's Trio run has ended"))
-
-        assert self._nursery is not None
-        self.run_soon(self._nursery.start_soon, task)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self.run_soon(scope.cancel)
-            raise
-
-    @classmethod
-    async def _acquire(cls, loop: asyncio.AbstractEventLoop) -> TrioGuest:
-        guest = _guests.get(loop)
-        if guest is not None and not guest._closing:
-            await _uncancellable(guest._started)
-        else:
-            guest = cls()
-            guest._implicit = True
-            await guest._start(loop)
-        guest._users += 1
-        return guest
-
-    async def _release(self) -> None:
-        self._users -= 1
-        if self._implicit and self._users == 0:
-            await self.aclose()
 
 
 async def _uncancellable(future: asyncio.Future[T]) -> T:
     """Wait for `future` even if cancelled meanwhile (a cleanup that must finish,
-    such as closing sockets); the cancellation is raised afterwards."""
+    such as a graceful leave or closing sockets); the cancellation is raised
+    afterwards."""
     cancelled = False
     while not future.done():
         try:
@@ -197,7 +58,7 @@ async def _uncancellable(future: asyncio.Future[T]) -> T:
     return future.result()
 
 
-class AioNode(NodeView):
+class AioNode(NodeView[AioDriver, AioDriver]):
     """One cluster member, for asyncio code. Create with `open_node`.
 
     Use it only from the event loop (and thread) that opened it; from elsewhere
@@ -205,17 +66,17 @@ class AioNode(NodeView):
     `NodeNotRunning`.
     """
 
-    def __init__(self, runner: NodeRunner, node: Node, guest: TrioGuest) -> None:
-        super().__init__(runner, node)
-        self._guest = guest
+    def __init__(self, driver: AioDriver) -> None:
+        super().__init__(driver, driver)
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
 
     def _check_loop(self) -> None:
-        guest = self._guest
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if threading.get_ident() != guest.thread or loop not in (None, guest.loop):
+        if threading.get_ident() != self._thread or loop not in (None, self._loop):
             raise RuntimeError(
                 f"swimnode.aio node {self.name!r} belongs to another event loop or thread; "
                 "call it from its own loop (from elsewhere, use "
@@ -223,23 +84,16 @@ class AioNode(NodeView):
             )
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        # Trio's tasks run in this thread between asyncio's callbacks, so the node's
-        # state can be read directly.
+        # The node runs in this thread between the loop's other callbacks, so its
+        # state can be read (and changed) directly.
         self._check_loop()
         return self._checked(fn, *args)
-
-    def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        result = self._read(fn, *args)
-        # The call may have queued a Trio task or moved a deadline while Trio waits
-        # for I/O in its helper thread with the old timeout: wake it to re-read them.
-        self._guest.run_soon(_wake_trio)
-        return result
 
     async def _command(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         self._check_loop()
         if self._runner.stopped:
             raise NodeNotRunning("the node has stopped")
-        return await self._guest.run(self._runner.command, fn, *args)
+        return await fn(*args)
 
     def events(self) -> AioEventStream:
         """Subscribe to membership events from now on: `async for ev in node.events()`.
@@ -258,8 +112,7 @@ class AioNode(NodeView):
     async def leave(self) -> None:
         """Leave gracefully, then stop the node (see `swimnode.Node.leave`);
         return once it has stopped."""
-        self._check_loop()
-        await self._guest.run(self._runner.leave, self._node)
+        await self._command(self._node.leave)
 
     async def query(
         self,
@@ -287,7 +140,7 @@ class AioEventStream:
         self._stream = stream
         self._node = node
         self._waiter: asyncio.Future[None] | None = None
-        # Called by the node in the loop's thread, while a Trio task runs.
+        # Called by the node in the loop's thread, from its receive path or a task.
         stream.set_notify(self._wake)
 
     def _wake(self) -> None:
@@ -306,7 +159,7 @@ class AioEventStream:
                 return event
             if self._stream.finished:
                 raise StopAsyncIteration
-            self._waiter = self._node._guest.loop.create_future()
+            self._waiter = self._node._loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -321,7 +174,7 @@ class AioEventStream:
 async def open_node(
     config: Config,
     *,
-    transport: Transport | None = None,
+    transport: AioTransport | None = None,
     keyring: Keyring | None = None,
     insecure_plaintext: bool = False,
     seed_source: SeedSource | None = None,
@@ -330,35 +183,35 @@ async def open_node(
     """Run a node for the duration of the block, in this asyncio loop.
 
     The arguments and security rules are `swimnode.open_node`'s, and bad ones raise
-    the same errors before anything starts. Leaving the block stops the node and
-    closes its sockets, after a graceful leave if `leave_on_exit`; a node that
-    failed while running raises its error there.
+    the same errors before anything starts; `transport`, if given, is an asyncio
+    transport (`swimnode.net.aiotransport.AioTransport`, such as the simulated
+    network's `swimnode.testing.aionetwork.AioNetwork`). Leaving the block stops the
+    node and closes its sockets, after a graceful leave if `leave_on_exit`; a node
+    that failed while running raises its error there.
     """
-    runner = NodeRunner(
-        config,
-        transport=transport,
-        keyring=keyring,
-        insecure_plaintext=insecure_plaintext,
-        seed_source=seed_source,
-        leave_on_exit=leave_on_exit,
-    )
-    loop = asyncio.get_running_loop()
-    guest = await TrioGuest._acquire(loop)
-    try:
-        assert guest._nursery is not None
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a swimnode.Config, not {type(config).__name__}")
+    async with AsyncExitStack() as stack:
+        if transport is None:
+            # Secure by default: refuse to talk in plaintext beyond this machine.
+            check_secure_bind(config.bind[0], keyring, insecure_plaintext)
+            transport = await stack.enter_async_context(
+                open_aio_udp_transport(config.bind, advertise=config.advertise)
+            )
+        driver = AioDriver(config, secure(transport, config, keyring), seed_source=seed_source)
+        driver.start()
         try:
-            node = await guest.run(guest._nursery.start, runner.serve)
-        except asyncio.CancelledError:
-            # It may have started all the same: make sure it stops.
-            guest.run_soon(runner.request_stop)
-            raise
-        try:
-            yield AioNode(runner, node, guest)
+            yield AioNode(driver)
         finally:
-            if not runner.stopped:
-                guest.run_soon(runner.request_stop)
-            await _uncancellable(asyncio.ensure_future(guest.run(runner.wait_done)))
-        if runner.error is not None:
-            raise runner.error
-    finally:
-        await guest._release()
+            await _uncancellable(asyncio.ensure_future(_stop(driver, leave_on_exit)))
+    if driver.error is not None:
+        raise driver.error
+
+
+async def _stop(driver: AioDriver, leave: bool) -> None:
+    """Leave first if asked and still running, then stop and close everything."""
+    if leave and not driver.stopped:
+        # NodeNotRunning: it stopped (failed) meanwhile, so there is nothing to leave.
+        with contextlib.suppress(NodeNotRunning):
+            await driver.leave()
+    await driver.aclose()

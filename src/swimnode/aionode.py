@@ -17,23 +17,21 @@ lifetime of `open_node`.
 from __future__ import annotations
 
 import asyncio
-import logging
+import functools
 import math
 from collections.abc import Coroutine
 from typing import Any
 
 import trio
 
-from .driver import DriverBase, NodeNotRunning, Waiter
+from .driver import DriverBase, NodeNotRunning, Waiter, log
 from .net.aiotransport import AioTransport
-from .net.seeds import SeedSource, SeedSourceError
+from .net.seeds import SeedSource
 from .net.transport import Address, Packet
 from .protocol.config import Config
 from .protocol.contract import Signal, Timer
 
 __all__ = ["AioDriver"]
-
-log = logging.getLogger("swimnode")
 
 
 class _Waiter:
@@ -134,7 +132,10 @@ class AioDriver(DriverBase):
             # Named for its concern, so a profile or a test tells them apart.
             self._spawn(self._timer_loop(timer), f"{__name__}.AioDriver.{timer.name.lower()}")
         if self._seed_source is not None:
-            self._spawn(self._seed_source_loop(self._seed_source))
+            # Seed sources are Trio code (file reads and DNS in worker threads); a
+            # short Trio run in a thread resolves one without a second copy.
+            resolve = functools.partial(asyncio.to_thread, trio.run, self._seed_source.resolve)
+            self._spawn(self._refresh_seeds(resolve, asyncio.sleep))
         self._transport.start(self._receive)
 
     async def leave(self) -> None:
@@ -191,28 +192,8 @@ class AioDriver(DriverBase):
             core.handle_timer(timer, self._now())
             self._pump_soon()
 
-    async def _seed_source_loop(self, source: SeedSource) -> None:
-        while True:
-            try:
-                # Seed sources are Trio code (file reads and DNS in worker threads);
-                # a short Trio run in a thread resolves one without a second copy.
-                found = await asyncio.to_thread(trio.run, source.resolve)
-            except SeedSourceError as exc:
-                log.warning("%s: seed source: %s", self.name, exc)
-            else:
-                self.core.set_seeds(found)
-                self._pump_soon()
-            await asyncio.sleep(self.config.seed_refresh_interval)
-
     async def _stream(self, ticket: int, dest: Address, data: bytes) -> None:
-        try:
-            await self._transport.send_reliable(dest, data)
-        except OSError as exc:
-            ok = False
-            log.debug("%s: stream to %s:%s failed: %s", self.name, dest[0], dest[1], exc)
-        else:
-            ok = True
-        self.core.handle_stream_result(ticket, ok, self._now())
+        await self._send_stream(self._transport.send_reliable, ticket, dest, data)
         self._pump_soon()
 
     # ----- plumbing ------------------------------------------------------------------

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 from .eventhub import EventHub, EventStream
-from .net.seeds import SeedSource
+from .net.seeds import SeedSource, SeedSourceError
 from .net.transport import Address
 from .protocol.config import Config
 from .protocol.contract import (
@@ -265,6 +265,41 @@ class DriverBase:
         for kind, handler in self._query_handlers.items():
             core.register_query_handler(kind, handler)
         return core
+
+    async def _refresh_seeds(
+        self,
+        resolve: Callable[[], Awaitable[list[Address]]],
+        sleep: Callable[[float], Awaitable[object]],
+    ) -> None:
+        """Ask the seed source (`resolve`) every `config.seed_refresh_interval`
+        (slept with `sleep`) and give the core what it found."""
+        while True:
+            try:
+                found = await resolve()
+            except SeedSourceError as exc:
+                log.warning("%s: seed source: %s", self.name, exc)
+            else:
+                self.core.set_seeds(found)
+                self._pump_soon()
+            await sleep(self.config.seed_refresh_interval)
+
+    async def _send_stream(
+        self,
+        send_reliable: Callable[[Address, bytes], Awaitable[None]],
+        ticket: int,
+        dest: Address,
+        data: bytes,
+    ) -> None:
+        """Send one of the core's stream messages and tell the core how it went;
+        the caller then carries out what the core asks."""
+        try:
+            await send_reliable(dest, data)
+        except OSError as exc:
+            ok = False
+            log.debug("%s: stream to %s:%s failed: %s", self.name, dest[0], dest[1], exc)
+        else:
+            ok = True
+        self.core.handle_stream_result(ticket, ok, self._now())
 
     def _collect(self) -> list[tuple[Address, bytes]]:
         """Take the core's output: move the timer concerns' deadlines, act on

@@ -14,7 +14,6 @@ its concern's next deadline, and after every step the driver moves those deadlin
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,14 +24,12 @@ from .driver import DriverBase, JoinError, NodeNotRunning, Waiter, member_log, n
 from .net.keyring import Keyring
 from .net.securelayer import secure_with
 from .net.security import SecureTransport, check_secure_bind
-from .net.seeds import SeedSource, SeedSourceError
+from .net.seeds import SeedSource
 from .net.transport import Address, Transport
 from .protocol.config import Config
 from .protocol.contract import Signal, Timer
 
 __all__ = ["JoinError", "Node", "NodeNotRunning", "member_log", "new_generation", "open_node"]
-
-log = logging.getLogger("swimnode")
 
 
 class _Waiter:
@@ -94,7 +91,7 @@ class Node(DriverBase):
                     name = f"{__name__}.Node.{timer.name.lower()}"
                     nursery.start_soon(self._timer_loop, timer, name=name)
                 if self._seed_source is not None:
-                    nursery.start_soon(self._seed_source_loop, self._seed_source)
+                    nursery.start_soon(self._refresh_seeds, self._seed_source.resolve, trio.sleep)
                 task_status.started()
         finally:
             self._nursery = None
@@ -122,26 +119,8 @@ class Node(DriverBase):
             core.handle_timer(timer, trio.current_time())
             await self._pump()
 
-    async def _seed_source_loop(self, source: SeedSource) -> None:
-        while True:
-            try:
-                found = await source.resolve()
-            except SeedSourceError as exc:
-                log.warning("%s: seed source: %s", self.name, exc)
-            else:
-                self.core.set_seeds(found)
-                self._pump_soon()
-            await trio.sleep(self.config.seed_refresh_interval)
-
     async def _stream(self, ticket: int, dest: Address, data: bytes) -> None:
-        try:
-            await self._transport.send_reliable(dest, data)
-        except OSError as exc:
-            ok = False
-            log.debug("%s: stream to %s:%s failed: %s", self.name, dest[0], dest[1], exc)
-        else:
-            ok = True
-        self.core.handle_stream_result(ticket, ok, trio.current_time())
+        await self._send_stream(self._transport.send_reliable, ticket, dest, data)
         await self._pump()
 
     # ----- plumbing ------------------------------------------------------------------

@@ -125,23 +125,7 @@ class AioUdpTransport:
         in `stats` as `swimnode.net.udp.UdpTransport.send` counts it."""
         if self._closed:
             raise RuntimeError("transport is closed")
-        if len(data) > self._max_datagram:
-            self.stats[counters.OVERSIZE_DROPPED] += 1
-            return
-        host = udp.ip_literal(dest[0]) if isinstance(dest[0], str) else None
-        if host is None:
-            self.stats[counters.SEND_ERRORS] += 1
-            logger.debug("dropping datagram to %r: host is not an IP literal", dest)
-            return
-        try:
-            self._udp.sendto(data, (host, dest[1]))
-        except BlockingIOError:
-            self.stats[counters.SEND_BUFFER_FULL] += 1
-        # ValueError/OverflowError/TypeError: a malformed port, which may have
-        # come from a peer's gossip and so must not crash the caller.
-        except (OSError, ValueError, OverflowError, TypeError) as exc:
-            self.stats[counters.SEND_ERRORS] += 1
-            logger.debug("sending datagram to %r failed: %s", dest, exc)
+        udp.send_datagram(self._udp, dest, data, self._max_datagram, self.stats)
 
     async def send_reliable(self, dest: Address, data: bytes) -> None:
         """Deliver `data` as one length-prefixed message over a new TCP connection
@@ -273,16 +257,9 @@ class AioUdpTransport:
     async def _read_message(self, reader: asyncio.StreamReader) -> bytes | None:
         """One length-prefixed message, or None (counted) if it is refused or the
         stream ends early."""
-        try:
-            data = await framing.read_frame(reader, self._max_stream_bytes)
-        except framing.FrameTooLarge:
-            self.stats[counters.STREAM_OVERSIZE] += 1
-            return None
-        except framing.FrameTruncated:
-            data = None
-        if data is None:
-            self.stats[counters.STREAM_ERRORS] += 1
-        return data
+        return await udp.read_message(
+            framing.read_frame(reader, self._max_stream_bytes), self.stats
+        )
 
 
 @asynccontextmanager

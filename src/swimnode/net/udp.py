@@ -28,7 +28,7 @@ import math
 import os
 import socket as stdlib_socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any, Protocol, TypeVar
@@ -78,6 +78,53 @@ def _describe(exc: BaseException) -> str:
     else:
         text = str(exc) or type(exc).__name__
     return text[:1].lower() + text[1:]
+
+
+def send_datagram(
+    sock: stdlib_socket.socket,
+    dest: Address,
+    data: bytes,
+    max_datagram: int,
+    stats: collections.Counter[str],
+) -> None:
+    """Send one datagram through the non-blocking `sock` without waiting, dropping
+    and counting in `stats` what cannot go (see `UdpTransport.send`); both
+    transports send this way."""
+    if len(data) > max_datagram:
+        stats[counters.OVERSIZE_DROPPED] += 1
+        return
+    host = ip_literal(dest[0]) if isinstance(dest[0], str) else None
+    if host is None:
+        stats[counters.SEND_ERRORS] += 1
+        logger.debug("dropping datagram to %r: host is not an IP literal", dest)
+        return
+    try:
+        sock.sendto(data, (host, dest[1]))
+    except BlockingIOError:
+        stats[counters.SEND_BUFFER_FULL] += 1
+    # ValueError/OverflowError/TypeError: a malformed port, which may have
+    # come from a peer's gossip and so must not crash the caller.
+    except (OSError, ValueError, OverflowError, TypeError) as exc:
+        stats[counters.SEND_ERRORS] += 1
+        logger.debug("sending datagram to %r failed: %s", dest, exc)
+
+
+async def read_message(
+    frame: Awaitable[bytes | None], stats: collections.Counter[str]
+) -> bytes | None:
+    """The message `frame` (a framing reader's call) reads, or None, counted in
+    `stats`, if it is refused or the stream ends early; both transports read
+    incoming streams this way."""
+    try:
+        data = await frame
+    except framing.FrameTooLarge:
+        stats[counters.STREAM_OVERSIZE] += 1
+        return None
+    except framing.FrameTruncated:
+        data = None
+    if data is None:
+        stats[counters.STREAM_ERRORS] += 1
+    return data
 
 
 class UdpTransport:
@@ -164,23 +211,7 @@ class UdpTransport:
         """
         if self._closed:
             raise trio.ClosedResourceError("transport is closed")
-        if len(data) > self._max_datagram:
-            self.stats[counters.OVERSIZE_DROPPED] += 1
-            return
-        host = ip_literal(dest[0]) if isinstance(dest[0], str) else None
-        if host is None:
-            self.stats[counters.SEND_ERRORS] += 1
-            logger.debug("dropping datagram to %r: host is not an IP literal", dest)
-            return
-        try:
-            self._udp_raw.sendto(data, (host, dest[1]))
-        except BlockingIOError:
-            self.stats[counters.SEND_BUFFER_FULL] += 1
-        # ValueError/OverflowError/TypeError: a malformed port, which may have
-        # come from a peer's gossip and so must not crash the caller.
-        except (OSError, ValueError, OverflowError, TypeError) as exc:
-            self.stats[counters.SEND_ERRORS] += 1
-            logger.debug("sending datagram to %r failed: %s", dest, exc)
+        send_datagram(self._udp_raw, dest, data, self._max_datagram, self.stats)
 
     async def send_reliable(self, dest: Address, data: bytes) -> None:
         """Deliver `data` as one length-prefixed message over a new TCP
@@ -357,16 +388,7 @@ class UdpTransport:
     async def _read_message(self, stream: trio.SocketStream) -> bytes | None:
         """One length-prefixed message, or None (counted) if it is refused or
         the stream ends early."""
-        try:
-            data = await framing.receive_frame(stream, self._max_stream_bytes)
-        except framing.FrameTooLarge:
-            self.stats[counters.STREAM_OVERSIZE] += 1
-            return None
-        except framing.FrameTruncated:
-            data = None
-        if data is None:
-            self.stats[counters.STREAM_ERRORS] += 1
-        return data
+        return await read_message(framing.receive_frame(stream, self._max_stream_bytes), self.stats)
 
 
 def check_options(
