@@ -302,10 +302,12 @@ def plot(report: Report, path: str) -> None:
 
     sc = report.scenario
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for curve, label in ((report.suspect_curve, "suspect it"), (report.crash_curve, "failed")):
+        if curve:
+            xs = [0.0] + [t for t, _ in curve]
+            ys = [0.0] + [f for _, f in curve]
+            left.step(xs, ys, where="post", label=label)
     if report.crash_curve:
-        xs = [0.0] + [t for t, _ in report.crash_curve]
-        ys = [0.0] + [f for _, f in report.crash_curve]
-        left.step(xs, ys, where="post", label="declared failed")
         left.axvline(
             report.expected_detection_s, linestyle=":", color="grey", label="SWIM expectation"
         )

@@ -124,6 +124,8 @@ class Report:
     crash_curve: list[tuple[float, float]] = field(default_factory=list)
     """(seconds after the crash, fraction of survivors that declared every crashed
     node failed)."""
+    suspect_curve: list[tuple[float, float]] = field(default_factory=list)
+    """The same for suspecting (or having declared failed) every crashed node."""
     spread_curve: list[tuple[float, float]] = field(default_factory=list)
     """(rounds after the update, fraction of nodes holding it)."""
 
@@ -188,6 +190,8 @@ class _Tracker:
     origin: str = ""
     first_suspect: dict[str, float] = field(default_factory=dict)
     failed_by: dict[str, dict[str, float]] = field(default_factory=dict)
+    suspected_by: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Victim -> observer -> when it first suspected (or declared) the victim."""
     holders: dict[str, float] = field(default_factory=dict)
     false_failed: set[tuple[str, int]] = field(default_factory=set)
     false_failed_slow: set[tuple[str, int]] = field(default_factory=set)
@@ -209,6 +213,7 @@ class _Tracker:
         failed = isinstance(event, MemberFailed)
         if name in self.victims:
             self.first_suspect.setdefault(name, now - self.t0)
+            self.suspected_by.setdefault(name, {}).setdefault(observer, now - self.t0)
             if failed:
                 self.failed_by.setdefault(name, {}).setdefault(observer, now - self.t0)
             return
@@ -380,7 +385,8 @@ def _summarise(report: Report, tracker: _Tracker, cluster: FastCluster) -> None:
         ]
         report.all_failed_s = _median(done)
         report.undetected = sum(1 for d in done if d is None)
-        report.crash_curve = _crash_curve(tracker, survivors)
+        report.crash_curve = _crash_curve(tracker.victims, tracker.failed_by, survivors)
+        report.suspect_curve = _crash_curve(tracker.victims, tracker.suspected_by, survivors)
     report.false_failures = len(tracker.false_failed)
     report.false_failures_slow = len(tracker.false_failed_slow)
     report.false_suspicions = len(tracker.false_suspected)
@@ -401,17 +407,15 @@ def _summarise(report: Report, tracker: _Tracker, cluster: FastCluster) -> None:
     report.spread_curve = [(round(t / interval, 3), (i + 1) / total) for i, t in enumerate(times)]
 
 
-def _crash_curve(tracker: _Tracker, survivors: int) -> list[tuple[float, float]]:
-    """When each survivor had declared every crashed node failed."""
-    knew: dict[str, float] = {}
-    for victim in tracker.victims:
-        for observer, at in tracker.failed_by.get(victim, {}).items():
-            knew.setdefault(observer, 0.0)
-            knew[observer] = max(knew[observer], at)
+def _crash_curve(
+    victims: frozenset[str], seen_by: dict[str, dict[str, float]], survivors: int
+) -> list[tuple[float, float]]:
+    """When each survivor had seen every crashed node (suspected or failed, per
+    `seen_by`): (time, fraction of survivors)."""
     complete = sorted(
-        at
-        for observer, at in knew.items()
-        if all(observer in tracker.failed_by.get(v, {}) for v in tracker.victims)
+        max(seen_by[v][observer] for v in victims)
+        for observer in seen_by.get(next(iter(victims)), {})
+        if all(observer in seen_by.get(v, {}) for v in victims)
     )
     return [(round(at, 3), (i + 1) / survivors) for i, at in enumerate(complete)]
 
