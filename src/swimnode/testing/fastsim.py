@@ -27,14 +27,14 @@ import heapq
 import math
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
 from ..net.transport import Address
 from ..protocol.config import Config
 from ..protocol.contract import Output, Signal, Timer
 from ..protocol.core import SwimCore
 from ..protocol.events import MemberEvent
-from .linkmodel import LinkModel, endpoint_rng
+from .linkmodel import LinkKnobs, LinkModel, endpoint_rng
 
 __all__ = ["FastSim", "SimNode"]
 
@@ -100,7 +100,7 @@ class FastSim(LinkModel):
     schedules your own code (faults, measurements) at a simulated time.
     """
 
-    def __init__(self, seed: int = 0, **knobs: Any) -> None:
+    def __init__(self, seed: int = 0, **knobs: Unpack[LinkKnobs]) -> None:
         super().__init__(seed, **knobs)
         self.now = 0.0
         self.nodes: dict[Address, SimNode] = {}

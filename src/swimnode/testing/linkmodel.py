@@ -20,10 +20,11 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
+from typing import TypedDict
 
 from ..net.transport import Address
 
-__all__ = ["DropFilter", "LinkModel", "LinkParams", "NetworkStats"]
+__all__ = ["DropFilter", "LinkKnobs", "LinkModel", "LinkParams", "NetworkStats"]
 
 MAX_RELIABLE_SIZE = 64 * 1024 * 1024
 """Largest message a simulated stream accepts."""
@@ -92,6 +93,18 @@ class _Partition:
         if src in self.side_a and dst in self.side_b:
             return True
         return not self.one_way and src in self.side_b and dst in self.side_a
+
+
+class LinkKnobs(TypedDict, total=False):
+    """`LinkModel`'s keyword arguments, for the subclasses that pass them on."""
+
+    latency: float
+    jitter: float
+    loss: float
+    duplicate: float
+    reorder: float
+    max_datagram: int
+    queue_limit: int
 
 
 def check_probability(name: str, value: float) -> None:

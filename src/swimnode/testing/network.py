@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import heapq
 import math
+from typing import Unpack
 
 import trio
 
 from swimnode.net.transport import Address, Packet
 
-from .linkmodel import DropFilter, LinkModel, LinkParams, NetworkStats, endpoint_rng
+from .linkmodel import DropFilter, LinkKnobs, LinkModel, LinkParams, NetworkStats, endpoint_rng
 
 __all__ = ["DropFilter", "LinkParams", "Network", "NetworkStats", "SimTransport"]
 
@@ -58,28 +59,11 @@ class Network(LinkModel):
     (`resume`, sending) must run inside `trio.run`.
     """
 
-    def __init__(
-        self,
-        seed: int = 0,
-        *,
-        latency: float = 0.001,
-        jitter: float = 0.0005,
-        loss: float = 0.0,
-        duplicate: float = 0.0,
-        reorder: float = 0.0,
-        max_datagram: int = 65507,
-        queue_limit: int = 4096,
-    ) -> None:
-        super().__init__(
-            seed,
-            latency=latency,
-            jitter=jitter,
-            loss=loss,
-            duplicate=duplicate,
-            reorder=reorder,
-            max_datagram=max_datagram,
-            queue_limit=queue_limit,
-        )
+    def __init__(self, seed: int = 0, **knobs: Unpack[LinkKnobs]) -> None:
+        """`seed` and the knobs as for `LinkModel`: `latency=0.001`,
+        `jitter=0.0005`, `loss=0.0`, `duplicate=0.0`, `reorder=0.0`,
+        `max_datagram=65507`, `queue_limit=4096`."""
+        super().__init__(seed, **knobs)
         self._transports: dict[Address, SimTransport] = {}
         self._seq = 0
 
