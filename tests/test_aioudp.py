@@ -9,6 +9,7 @@ Every wait is bounded; each test runs in its own `asyncio.run`.
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -164,3 +165,32 @@ def test_encrypted_aio_and_trio_nodes_form_one_cluster() -> None:
                 )
 
         run(main)
+
+
+def test_bad_input_is_dropped_and_counted_never_raised() -> None:
+    async def main() -> None:
+        ports = free_ports(2)
+        plain = Config.local("plain", bind=("127.0.0.1", ports[0]))
+        keyed = Config.local("keyed", bind=("127.0.0.1", ports[1]))
+        rng = random.Random(7)
+        async with (
+            swimnode.aio.open_node(plain) as a,
+            swimnode.aio.open_node(keyed, keyring=Keyring(K1)) as b,
+        ):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                for size in (0, 1, 37, 200, 1400):
+                    for target in (a, b):
+                        sock.sendto(rng.randbytes(size), target.address)
+            for target in (a, b):  # a torn stream frame, then garbage in a whole one
+                with socket.create_connection(target.address) as conn:
+                    conn.sendall(b"\x00\x00")
+                with socket.create_connection(target.address) as conn:
+                    conn.sendall(struct.pack(">I", 50) + rng.randbytes(50))
+            await until(lambda: a.stats().get("dropped_malformed", 0) >= 6)
+            security = b._node.transport
+            assert isinstance(security, AioSecureTransport)
+            await until(lambda: security.dropped >= 6)
+            assert a.running and b.running
+            assert a.local_member.state.label == b.local_member.state.label == "alive"
+
+    run(main)

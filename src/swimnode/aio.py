@@ -9,8 +9,9 @@ The node is the protocol core (`swimnode.protocol.core.SwimCore`) driven nativel
 on the asyncio loop by `swimnode.aionode.AioDriver`: asyncio tasks for the timer
 concerns, the transport's callback for receiving, asyncio UDP and TCP sockets
 (`swimnode.net.aioudp`) and the shared security rules
-(`swimnode.net.aiotransport.AioSecureTransport`). Nothing runs in another thread,
-and no Trio run is involved. It works on uvloop too. docs/embedding.md compares
+(`swimnode.net.aiotransport.AioSecureTransport`). Nothing runs in another thread
+and no Trio run is involved, except a short `trio.run` in a worker thread each time
+a seed source (Trio code) is read. It works on uvloop too. docs/embedding.md compares
 this with the other flavours, with figures, and says why it replaced running the
 Trio node in Trio's guest mode.
 """

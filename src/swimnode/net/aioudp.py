@@ -40,6 +40,7 @@ __all__ = ["AioUdpTransport", "TransportError", "open_aio_udp_transport"]
 logger = logging.getLogger(__name__)
 
 _RECV_BUFFER = 65536
+_BURST = 64
 # After a failed accept (typically EMFILE) retrying at once would just spin.
 _ACCEPT_BACKOFF = 0.1
 
@@ -194,11 +195,14 @@ class AioUdpTransport:
         task.add_done_callback(self._tasks.discard)
 
     def _read_datagrams(self) -> None:
-        # Everything queued on the socket, in one callback: a burst costs one
-        # wakeup of the loop.
+        # Up to a burst's worth in one callback: a burst costs one wakeup of the
+        # loop, and a flood still lets the loop's other callbacks run in between
+        # (the socket stays readable, so the loop calls this again).
         deliver, view = self._deliver, self._view
         assert deliver is not None
-        while not self._closed:
+        for _ in range(_BURST):
+            if self._closed:
+                return
             try:
                 size, source = self._udp.recvfrom_into(self._buffer)
             except BlockingIOError:
