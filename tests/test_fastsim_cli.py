@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -100,3 +101,23 @@ def test_simulate_imports_no_trio() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.split() == ["0", "False"]
+
+
+def test_a_seed_reproduces_a_run_across_processes() -> None:
+    # Different hash seeds, so nothing may depend on the order of a set of strings.
+    reports = []
+    for hash_seed in ("1", "2"):
+        done = subprocess.run(
+            [sys.executable, "-m", "swimnode", *SMALL, "--loss", "0.05", "--slow", "2", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        )
+        report = json.loads(done.stdout)
+        for measured in ("wall_s", "cpu_s", "join_wall_s", "peak_rss_mib", "rss_per_node_kib"):
+            del report[measured]
+        del report["realtime_factor"], report["steady_realtime_factor"]
+        reports.append(report)
+    assert reports[0] == reports[1]
