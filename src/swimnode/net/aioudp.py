@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import logging
 import socket as stdlib_socket
 from collections.abc import AsyncIterator, Coroutine
@@ -32,7 +31,7 @@ from typing import Any
 from swimnode import counters
 from swimnode.net import framing, udp
 from swimnode.net.aiotransport import Deliver
-from swimnode.net.transport import Address, Packet, TransportError, format_address
+from swimnode.net.transport import Address, Packet, TransportError
 from swimnode.protocol.limits import MAX_DATAGRAM_BYTES
 
 __all__ = ["AioUdpTransport", "TransportError", "open_aio_udp_transport"]
@@ -135,12 +134,7 @@ class AioUdpTransport:
         `max_stream_bytes`, each counted as ``reliable_errors``."""
         if self._closed:
             raise RuntimeError("transport is closed")
-        if len(data) > self._max_stream_bytes:
-            self.stats[counters.RELIABLE_ERRORS] += 1
-            raise OSError(
-                errno.EMSGSIZE,
-                f"message of {len(data)} bytes exceeds the {self._max_stream_bytes} byte limit",
-            )
+        udp.check_stream_size(data, self._max_stream_bytes, self.stats)
         host = udp.ip_literal(dest[0]) or dest[0]
         try:
             async with asyncio.timeout(self._stream_timeout):
@@ -152,11 +146,7 @@ class AioUdpTransport:
                     writer.close()
                     await writer.wait_closed()
         except TimeoutError:
-            self.stats[counters.RELIABLE_ERRORS] += 1
-            raise TimeoutError(
-                errno.ETIMEDOUT,
-                f"sending to {format_address(dest)} timed out after {self._stream_timeout} s",
-            ) from None
+            raise udp.stream_timed_out(dest, self._stream_timeout, self.stats) from None
         except OSError:
             self.stats[counters.RELIABLE_ERRORS] += 1
             raise

@@ -109,6 +109,26 @@ def send_datagram(
         logger.debug("sending datagram to %r failed: %s", dest, exc)
 
 
+def check_stream_size(data: bytes, limit: int, stats: collections.Counter[str]) -> None:
+    """Raise `OSError` (``EMSGSIZE``), counted as ``reliable_errors``, for a stream
+    message over `limit` bytes."""
+    if len(data) > limit:
+        stats[counters.RELIABLE_ERRORS] += 1
+        raise OSError(
+            errno.EMSGSIZE, f"message of {len(data)} bytes exceeds the {limit} byte limit"
+        )
+
+
+def stream_timed_out(
+    dest: Address, timeout: float, stats: collections.Counter[str]
+) -> TimeoutError:
+    """Count a stream send that ran out of time; the `TimeoutError` to raise."""
+    stats[counters.RELIABLE_ERRORS] += 1
+    return TimeoutError(
+        errno.ETIMEDOUT, f"sending to {format_address(dest)} timed out after {timeout} s"
+    )
+
+
 async def read_message(
     frame: Awaitable[bytes | None], stats: collections.Counter[str]
 ) -> bytes | None:
@@ -227,12 +247,7 @@ class UdpTransport:
         """
         if self._closed:
             raise trio.ClosedResourceError("transport is closed")
-        if len(data) > self._max_stream_bytes:
-            self.stats[counters.RELIABLE_ERRORS] += 1
-            raise OSError(
-                errno.EMSGSIZE,
-                f"message of {len(data)} bytes exceeds the {self._max_stream_bytes} byte limit",
-            )
+        check_stream_size(data, self._max_stream_bytes, self.stats)
         host = ip_literal(dest[0]) or dest[0]
         frame = framing.encode(data)
         try:
@@ -241,11 +256,7 @@ class UdpTransport:
                 async with stream:
                     await stream.send_all(frame)
         except trio.TooSlowError:
-            self.stats[counters.RELIABLE_ERRORS] += 1
-            raise TimeoutError(
-                errno.ETIMEDOUT,
-                f"sending to {format_address(dest)} timed out after {self._stream_timeout} s",
-            ) from None
+            raise stream_timed_out(dest, self._stream_timeout, self.stats) from None
         except trio.BrokenResourceError as exc:
             self.stats[counters.RELIABLE_ERRORS] += 1
             raise ConnectionResetError(
