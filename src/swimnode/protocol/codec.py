@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 
 from .. import counters
+from ..net.transport import Address
 from .appstate import Digest, NodeDelta, StateEntry
 from .limits import MAX_DATAGRAM_BYTES as MAX_DATAGRAM_BYTES  # re-exported for the core
 from .limits import MAX_HOST_CHARS, MAX_NAME_BYTES
@@ -314,6 +315,22 @@ def _port(v: object) -> int:
     return v
 
 
+_ADDRESSES: dict[Address, Address] = {}
+"""One shared tuple per address decoded, for the same reason names are interned."""
+_MAX_SHARED_ADDRESSES = 1 << 16
+"""Past this many the cache starts over, so hostile input cannot grow it for ever."""
+
+
+def _address(host: object, port: object) -> Address:
+    address = (_host(host), _port(port))
+    shared = _ADDRESSES.get(address)
+    if shared is None:
+        if len(_ADDRESSES) >= _MAX_SHARED_ADDRESSES:
+            _ADDRESSES.clear()
+        _ADDRESSES[address] = shared = address
+    return shared
+
+
 def _uint(v: object) -> int:
     if type(v) is not int or not 0 <= v <= _U64:
         raise DecodeError("bad unsigned integer")
@@ -423,7 +440,7 @@ def _decode_ping_req(item: list[Any]) -> PingReq:
     return PingReq(
         _uint(item[1]),
         _name(item[2]),
-        (_host(item[3]), _port(item[4])),
+        _address(item[3], item[4]),
         _name(item[5]),
         _uint(item[6]),
     )
@@ -447,7 +464,7 @@ def _decode_query(item: list[Any]) -> Query:
     return Query(
         _uint(item[1]),
         _name(item[2]),
-        (_host(item[3]), _port(item[4])),
+        _address(item[3], item[4]),
         _query_kind(item[5]),
         _payload(item[6], MAX_QUERY_PAYLOAD),
         timeout_ms,
@@ -478,7 +495,7 @@ def _decode_user_event(item: list[Any]) -> UserEventMessage:
     return UserEventMessage(
         _uint(item[1]),
         _name(item[2]),
-        (_host(item[3]), _port(item[4])),
+        _address(item[3], item[4]),
         name,
         _payload(item[6], MAX_EVENT_PAYLOAD),
         _bool(item[7]),
@@ -494,9 +511,7 @@ def _decode_sync(item: list[Any]) -> Sync:
         if type(rec) is not list or len(rec) != 5:
             raise DecodeError("bad member record")
         records.append(
-            MemberRecord(
-                _name(rec[0]), (_host(rec[1]), _port(rec[2])), _uint(rec[3]), _state(rec[4])
-            )
+            MemberRecord(_name(rec[0]), _address(rec[1], rec[2]), _uint(rec[3]), _state(rec[4]))
         )
     return Sync(_bool(item[1]), _bool(item[2]), tuple(records))
 
@@ -507,7 +522,7 @@ _DECODERS: dict[int, Callable[[list[Any]], Message]] = {
     _ACK: lambda i: Ack(_uint(i[1]), _name(i[2])),
     _NACK: lambda i: Nack(_uint(i[1]), _name(i[2])),
     _PING_REQ: _decode_ping_req,
-    _ALIVE: lambda i: Alive(_name(i[1]), (_host(i[2]), _port(i[3])), _uint(i[4])),
+    _ALIVE: lambda i: Alive(_name(i[1]), _address(i[2], i[3]), _uint(i[4])),
     _SUSPECT: lambda i: Suspect(_name(i[1]), _uint(i[2]), _name(i[3])),
     _DEAD: lambda i: Dead(_name(i[1]), _uint(i[2]), _name(i[3])),
     _LEFT: lambda i: Left(_name(i[1]), _uint(i[2])),
