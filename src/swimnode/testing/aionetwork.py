@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import selectors
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from ..net.aiotransport import Deliver
 from ..net.transport import Address, Packet
-from .linkmodel import LinkModel, endpoint_rng
+from .linkmodel import LinkKnobs, LinkModel, endpoint_rng
 
 __all__ = ["AioNetwork", "AioSimTransport", "VirtualTimeLoop", "run"]
 
@@ -79,7 +79,7 @@ class AioNetwork(LinkModel):
     Sending reads the running loop's clock, so it must happen in that loop.
     """
 
-    def __init__(self, seed: int = 0, **knobs: Any) -> None:
+    def __init__(self, seed: int = 0, **knobs: Unpack[LinkKnobs]) -> None:
         super().__init__(seed, **knobs)
         self._endpoints: dict[Address, AioSimTransport] = {}
 
