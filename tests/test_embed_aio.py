@@ -25,7 +25,7 @@ import swimnode.blocking
 from swimnode import Config, EventsLost, JoinError, MemberEvent, MemberUpdated, NodeNotRunning
 from swimnode.aio import AioNode
 from swimnode.net.seeds import FileSeeds
-from swimnode.protocol.events import Event
+from swimnode.protocol.events import Event, UserEvent
 from swimnode.testing.processes import detection_bound, free_ports, wait_for
 
 LOOPBACK = "127.0.0.1"
@@ -294,5 +294,15 @@ def test_seed_source_and_queries(tmp_path: pathlib.Path) -> None:
             result = await s1.query("ping", timeout=5.0)
             assert result.responses == {"s0": b"pong from s0"}
             assert s1.stats()["queries_started"] == 1
+            # The Trio node's filters and progress reports, through the aio node.
+            s1.register_query_handler("ping", lambda query: b"pong from s1")
+            progress: list[object] = []
+            result = await s1.query("ping", timeout=5.0, names=["s1"], on_progress=progress.append)
+            assert result.responses == {"s1": b"pong from s1"} and progress
+            async with collect(s0) as seen:
+                ltime = s1.send_event("deploy", b"v2")
+                await until(lambda: any(getattr(e, "name", None) == "deploy" for e in seen))
+            (event,) = [e for e in seen if isinstance(e, UserEvent)]
+            assert (event.member.name, event.payload, event.ltime) == ("s1", b"v2", ltime)
 
     asyncio.run(asyncio.wait_for(main(), 30))

@@ -25,7 +25,7 @@ import swimnode
 import swimnode.aio
 from swimnode import Config, EventsLost, MemberEvent, MemberUpdated, NodeNotRunning
 from swimnode.blocking import BlockingNode, start_node
-from swimnode.protocol.events import Event
+from swimnode.protocol.events import Event, UserEvent
 from swimnode.testing.processes import LocalCluster, detection_bound, free_ports, wait_for
 
 LOOPBACK = "127.0.0.1"
@@ -188,6 +188,27 @@ def test_join_and_leave_block_until_done() -> None:
         b.leave()
         assert not b.running
         until(lambda: view(a)["b"] == "left")
+
+
+def test_filtered_queries_and_user_events() -> None:
+    ports = free_ports(2)
+    with start_node(local("a", ports[0])) as a, start_node(local("b", ports[1])) as b:
+        assert b.join([a.address]) == 1
+        a.register_query_handler("ping", lambda query: b"pong from a")
+        b.register_query_handler("ping", lambda query: b"pong from b")
+        progress: list[object] = []
+        result = b.query("ping", timeout=5.0, names=["a"], on_progress=progress.append)
+        assert result.responses == {"a": b"pong from a"} and progress
+        events = a.events(timeout=STEP)
+        ltime = b.send_event("deploy", b"v2")
+        event = next(e for e in events if isinstance(e, UserEvent))
+        assert (event.member.name, event.name, event.payload, event.ltime) == (
+            "b",
+            "deploy",
+            b"v2",
+            ltime,
+        )
+        events.close()
 
 
 def test_bad_config_fails_before_any_thread_starts() -> None:

@@ -37,7 +37,7 @@ from .net.seeds import SeedSource
 from .net.transport import Address
 from .protocol.config import Config
 from .protocol.events import Event
-from .protocol.queries import QueryResult
+from .protocol.queries import QueryProgress, QueryResult
 
 __all__ = ["AioEventStream", "AioNode", "NodeNotRunning", "open_node"]
 
@@ -121,11 +121,19 @@ class AioNode(NodeView[AioDriver, AioDriver]):
         payload: bytes = b"",
         *,
         timeout: float | None = None,  # noqa: ASYNC109
+        names: Iterable[str] = (),
+        state: Iterable[tuple[str, str]] = (),
+        on_progress: Callable[[QueryProgress], object] | None = None,
     ) -> QueryResult:
-        """Ask every member and gather the answers (see `swimnode.Node.query`)."""
+        """Ask every member the filters select and gather the answers (see
+        `swimnode.Node.query`); `on_progress` runs in this loop's thread for each ack
+        and answer as it arrives."""
+        names, state = list(names), list(state)
 
         async def ask() -> QueryResult:
-            return await self._node.query(kind, payload, timeout=timeout)
+            return await self._node.query(
+                kind, payload, timeout=timeout, names=names, state=state, on_progress=on_progress
+            )
 
         return await self._command(ask)
 

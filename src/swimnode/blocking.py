@@ -34,7 +34,7 @@ from .net.transport import Address, Transport
 from .node import Node, NodeNotRunning
 from .protocol.config import Config
 from .protocol.events import Event
-from .protocol.queries import QueryResult
+from .protocol.queries import QueryProgress, QueryResult
 
 __all__ = [
     "BlockingEventStream",
@@ -213,12 +213,24 @@ class BlockingNode(NodeView[NodeRunner, Node]):
         self._thread.run(self._runner.leave, self._node)
 
     def query(
-        self, kind: str, payload: bytes = b"", *, timeout: float | None = None
+        self,
+        kind: str,
+        payload: bytes = b"",
+        *,
+        timeout: float | None = None,
+        names: Iterable[str] = (),
+        state: Iterable[tuple[str, str]] = (),
+        on_progress: Callable[[QueryProgress], object] | None = None,
     ) -> QueryResult:
-        """Ask every member and block until the answers are in (see `swimnode.Node.query`)."""
+        """Ask every member the filters select and block until the answers are in
+        (see `swimnode.Node.query`); `on_progress` runs on the node's thread for each
+        ack and answer as it arrives, so it must be quick."""
+        names, state = list(names), list(state)
 
         async def ask() -> QueryResult:
-            return await self._node.query(kind, payload, timeout=timeout)
+            return await self._node.query(
+                kind, payload, timeout=timeout, names=names, state=state, on_progress=on_progress
+            )
 
         return self._command(ask)
 

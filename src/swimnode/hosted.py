@@ -254,6 +254,11 @@ class NodeView(Generic[R, N]):
         """Delete one key of this node's application state; false if it was not set."""
         return self._write(self._node.delete_state, key)
 
+    def send_event(self, name: str, payload: bytes = b"", *, coalesce: bool = True) -> int:
+        """Send a user event to every member (see `Node.send_event`); returns its
+        Lamport time, `ValueError` over the size or rate limits, raised here."""
+        return self._write(lambda: self._node.send_event(name, payload, coalesce=coalesce))
+
     def register_query_handler(self, kind: str, handler: QueryHandler | None) -> None:
         """Answer queries of `kind` with `handler` (None removes it). The handler
         runs on the node's thread, in its receive path: it must be quick."""
