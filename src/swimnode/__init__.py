@@ -6,8 +6,9 @@ the package that needs no Trio, such as the command line client, does not load i
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .lazyimport import lazy_getattr
 
 if TYPE_CHECKING:
     from .eventhub import EventStream
@@ -75,21 +76,10 @@ _HOMES = {
     "node": ("JoinError", "Node", "NodeNotRunning", "open_node"),
     "net.transport": ("Address", "Packet", "Transport"),
 }
-_LAZY = {name: module for module, names in _HOMES.items() for name in names}
-
-
 # Hidden from type checkers: they see the real names above, and a module-level
 # __getattr__ would make them accept any misspelt name as `object`.
 if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> object:
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f".{module}", __name__), name)
-        # Kept as a module global, so later look-ups skip this function.
-        globals()[name] = value
-        return value
+    __getattr__ = lazy_getattr(__name__, globals(), _HOMES)
 
 
 def __dir__() -> list[str]:

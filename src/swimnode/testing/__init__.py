@@ -9,8 +9,9 @@ discrete-event simulator does not load Trio."""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..lazyimport import lazy_getattr
 
 if TYPE_CHECKING:
     from .cluster import SimCluster, open_sim_cluster, seed_trio_scheduler
@@ -41,19 +42,10 @@ _HOMES = {
     "linkmodel": ("LinkParams", "NetworkStats"),
     "network": ("Network", "SimTransport"),
 }
-_LAZY = {name: module for module, names in _HOMES.items() for name in names}
-
-
-# Hidden from type checkers, as in swimnode/__init__.py.
+# Hidden from type checkers: they see the real names above, and a module-level
+# __getattr__ would make them accept any misspelt name as `object`.
 if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> object:
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f".{module}", __name__), name)
-        globals()[name] = value
-        return value
+    __getattr__ = lazy_getattr(__name__, globals(), _HOMES)
 
 
 def __dir__() -> list[str]:
