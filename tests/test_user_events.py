@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import msgpack
 import pytest
 import trio
 import trio.testing
@@ -14,12 +15,13 @@ from swimnode import counters
 from swimnode.agent.cli import render_monitor_frame
 from swimnode.agent.rpc import event_to_dict
 from swimnode.eventhub import EventStream
+from swimnode.net.transport import Address
 from swimnode.protocol import codec
 from swimnode.protocol.config import Config
 from swimnode.protocol.core import SwimCore
 from swimnode.protocol.events import Event, UserEvent
 from swimnode.protocol.member import Member, MemberState
-from swimnode.protocol.messages import UserEventMessage
+from swimnode.protocol.messages import MemberRecord, Sync, UserEventMessage
 from swimnode.protocol.userevents import EVENT_WINDOW, RATE_LIMIT
 from swimnode.testing import Network, open_sim_cluster
 
@@ -123,6 +125,89 @@ async def test_every_member_gets_each_event_once_despite_loss(
             )
             assert got == [("n2", "deploy", b"v1", True), ("n5", "restart", b"", False)], name
         assert (first, second) == (0, 0)  # neither had seen the other's yet
+
+
+EVENT_TAG = codec.message_tag(codec.encode_message(message(0)))
+B_RECORD = MemberRecord("b", ("127.0.0.1", 7947), 0, MemberState.ALIVE)
+
+
+def sync(*events: UserEventMessage, reply: bool = False, join: bool = False) -> bytes:
+    return packet_of(Sync(reply, join, (B_RECORD,), events))
+
+
+def packet_of(message: Sync) -> bytes:
+    return codec.encode_packet([codec.encode_message(message)])
+
+
+def test_sync_carries_events_only_when_there_are_some() -> None:
+    # Without events a sync has its four fields, as before events rode on it.
+    assert len(msgpack.unpackb(codec.encode_message(Sync(False, False, (B_RECORD,))))) == 4
+    full = Sync(True, False, (B_RECORD,), tuple(message(t) for t in range(codec.MAX_SYNC_EVENTS)))
+    assert codec.decode_packet(packet_of(full)) == [full]
+    too_many = Sync(False, False, (), tuple(message(t) for t in range(codec.MAX_SYNC_EVENTS + 1)))
+    with pytest.raises(codec.DecodeError):
+        codec.decode_packet(packet_of(too_many))
+    not_an_event = codec.encode_packet(
+        [msgpack.packb([9, False, False, [], [[5, "b", "127.0.0.1", 1, 0]]])]
+    )
+    with pytest.raises(codec.DecodeError):
+        codec.decode_packet(not_an_event)
+
+
+def test_a_sync_delivers_missed_events_once_but_not_on_the_first_join() -> None:
+    c = core()
+    # The answer to our first join: events from before we were a member are
+    # recorded (the clock moves past them) but not delivered.
+    c.handle_packet(0.0, SOURCE, sync(message(40), reply=True, join=True), reliable=True)
+    assert delivered(c) == []
+    assert c.send_event("mine", b"", False, 0.0) == 41
+    delivered(c)
+    # A later push-pull delivers what we had missed, once, and not what we had.
+    c.handle_packet(1.0, SOURCE, sync(message(40), message(42), message(42)), reliable=True)
+    assert [(e.ltime, e.name) for e in delivered(c)] == [(42, "deploy")]
+    c.handle_packet(2.0, SOURCE, sync(message(42)), reliable=True)
+    assert delivered(c) == []
+    assert c.stats[counters.USER_EVENTS_DUPLICATE] == 3
+
+
+def test_push_pull_carries_the_recent_events() -> None:
+    c = core()
+    for t in range(codec.MAX_SYNC_EVENTS + 3):
+        c.handle_packet(0.0, SOURCE, packet(message(t, payload=b"%d" % t)))
+    c.take_output()
+    c.handle_packet(1.0, SOURCE, sync(), reliable=True)  # a push: we answer in kind
+    [(_, dest, data)] = c.take_output().streams
+    [answer] = codec.decode_packet(data)
+    assert isinstance(answer, Sync) and answer.reply and dest == B_RECORD.address
+    # The latest ones, oldest first, bounded.
+    assert [e.ltime for e in answer.events] == list(range(3, codec.MAX_SYNC_EVENTS + 3))
+
+
+async def test_a_member_that_missed_every_copy_gets_the_event_at_a_sync(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    net = Network(seed=5)
+    async with open_sim_cluster(6, seed=5, network=net) as cluster:
+        assert await cluster.wait_for(cluster.converged, timeout=60) is not None
+        deaf = cluster.address_of("n3")
+
+        def user_events_to_n3(source: Address, dest: Address, data: bytes) -> bool:
+            return dest == deaf and any(
+                codec.message_tag(part) == EVENT_TAG for part in codec.split_packet(data)
+            )
+
+        net.drop_datagrams(user_events_to_n3)
+        streams = {name: node.events() for name, node in cluster.nodes.items()}
+        cluster.nodes["n1"].send_event("deploy", b"v1")
+        await trio.sleep(5)
+        # Gossip and the sender's direct copies have all been lost on the way to n3.
+        assert net.stats.filtered > 0
+        assert cluster.nodes["n3"].stats().get(counters.USER_EVENTS_RECEIVED, 0) == 0
+        await trio.sleep(120)  # several push-pulls
+        for name, stream in streams.items():
+            got = [(e.member.name, e.name) for e in drain(stream) if isinstance(e, UserEvent)]
+            assert got == [("n1", "deploy")], name
+        assert cluster.nodes["n3"].stats()[counters.USER_EVENTS_RECEIVED] == 1
 
 
 def test_rpc_and_monitor_shapes() -> None:

@@ -138,7 +138,7 @@ class AntiEntropy:
         self._push_pull_at = now + core.push_pull_interval()
 
     def _push(self, dest: Address, join_id: int | None) -> None:
-        data = self._core.membership.sync_message(reply=False, join=join_id is not None)
+        data = self._sync_message(reply=False, join=join_id is not None)
         ticket = self._core.send(dest, [data], reliable=True)
         self._pushes[ticket] = join_id
 
@@ -169,7 +169,7 @@ class AntiEntropy:
         if dead and core.rng.random() < len(dead) / (live + 1):
             core.stats[counters.SYNCS_TO_DEAD] += 1
             target = membership.table[core.rng.choice(dead)].address
-            core.send(target, [membership.sync_message(reply=False, join=False)], reliable=True)
+            core.send(target, [self._sync_message(reply=False, join=False)], reliable=True)
         others = [s for s in self.seeds if s != core.address]
         if (
             others
@@ -203,7 +203,7 @@ class AntiEntropy:
             core.stats[counters.MEMBERSHIP_MISMATCHES] += 1
             core.send(
                 core.reply_address(msg.sender, source),
-                [core.membership.sync_message(reply=False, join=False)],
+                [self._sync_message(reply=False, join=False)],
                 reliable=True,
             )
 
@@ -253,6 +253,7 @@ class AntiEntropy:
             return
         records = msg.members
         core.membership.merge_sync(records, now, old_news=msg.reply and msg.join)
+        core.user_events.merge_sync(msg.events, join_reply=msg.reply and msg.join)
         if msg.reply:
             if msg.join:
                 self._join_replies += 1
@@ -263,9 +264,14 @@ class AntiEntropy:
             # The sender's own record comes first: answer at its address.
             core.send(
                 records[0].address,
-                [core.membership.sync_message(reply=True, join=msg.join)],
+                [self._sync_message(reply=True, join=msg.join)],
                 reliable=True,
             )
+
+    def _sync_message(self, *, reply: bool, join: bool) -> bytes:
+        core = self._core
+        events = core.user_events.recent()
+        return core.membership.sync_message(reply=reply, join=join, events=events)
 
     def _announce_join(self, seed: str) -> None:
         # Gossip from the seed alone reaches the last member only after log(N)

@@ -64,6 +64,8 @@ MAX_QUERY_REGEX_BYTES = 256
 MAX_EVENT_NAME_BYTES = 64
 MAX_EVENT_PAYLOAD = 512
 """A user event rides in datagrams beside other news, as a query does."""
+MAX_SYNC_EVENTS = 64
+"""Recent user events a push-pull carries (at most about 40 KiB at the size limits)."""
 _U64 = (1 << 64) - 1
 _VERSION = bytes([PROTOCOL_VERSION])
 
@@ -258,7 +260,16 @@ def _encode_query(m: Query) -> list[Any]:
 
 def _encode_sync(m: Sync) -> list[Any]:
     records = [[r.name, r.address[0], r.address[1], r.incarnation, int(r.state)] for r in m.members]
-    return [_SYNC, m.reply, m.join, records]
+    if not m.events:
+        return [_SYNC, m.reply, m.join, records]
+    # Recent user events ride as a fifth field, each in its own message's wire form,
+    # only when there are any: a sync without them is encoded as it always was.
+    return [_SYNC, m.reply, m.join, records, [_encode_user_event(e) for e in m.events]]
+
+
+def _encode_user_event(m: UserEventMessage) -> list[Any]:
+    host, port = m.origin_address
+    return [_USER_EVENT, m.ltime, m.origin, host, port, m.name, m.payload, m.coalesce]
 
 
 # One encoder per message class: a dict lookup costs the same for every type, where
@@ -278,16 +289,7 @@ _ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
     Query: _encode_query,
     QueryResponse: lambda m: [_QUERY_RESPONSE, m.id, m.sender, m.payload],
     QueryAck: lambda m: [_QUERY_ACK, m.id, m.sender, m.answering],
-    UserEventMessage: lambda m: [
-        _USER_EVENT,
-        m.ltime,
-        m.origin,
-        m.origin_address[0],
-        m.origin_address[1],
-        m.name,
-        m.payload,
-        m.coalesce,
-    ],
+    UserEventMessage: _encode_user_event,
     Sync: _encode_sync,
 }
 
@@ -370,6 +372,8 @@ _ARITY = {
     _USER_EVENT: 8,
     _QUERY_ACK: 4,
 }
+_SYNC_WITH_EVENTS = 5
+"""A `Sync` carrying user events has one field more than `_ARITY` says."""
 
 
 def _query_kind(v: object) -> str:
@@ -431,7 +435,9 @@ def _from_wire(item: object) -> Message:
     if type(item) is not list or not item:
         raise DecodeError("message is not an array")
     tag = item[0]
-    if type(tag) is not int or _ARITY.get(tag) != len(item):
+    if (type(tag) is not int or _ARITY.get(tag) != len(item)) and not (
+        type(tag) is int and tag == _SYNC and len(item) == _SYNC_WITH_EVENTS
+    ):
         raise DecodeError("unknown message type or wrong field count")
     return _DECODERS[tag](item)
 
@@ -513,7 +519,17 @@ def _decode_sync(item: list[Any]) -> Sync:
         records.append(
             MemberRecord(_name(rec[0]), _address(rec[1], rec[2]), _uint(rec[3]), _state(rec[4]))
         )
-    return Sync(_bool(item[1]), _bool(item[2]), tuple(records))
+    events = () if len(item) == 4 else _sync_events(item[4])
+    return Sync(_bool(item[1]), _bool(item[2]), tuple(records), events)
+
+
+def _sync_events(v: object) -> tuple[UserEventMessage, ...]:
+    events = []
+    for item in _list(v, MAX_SYNC_EVENTS):
+        if type(item) is not list or len(item) != _ARITY[_USER_EVENT] or item[0] != _USER_EVENT:
+            raise DecodeError("bad user event in a sync")
+        events.append(_decode_user_event(item))
+    return tuple(events)
 
 
 # One decoder per type tag, each given an array of the tag's arity (`_ARITY`).

@@ -24,7 +24,16 @@ from .events import (
     MemberUpdated,
 )
 from .member import Member, MemberState, supersedes
-from .messages import Alive, Dead, Left, MemberRecord, MembershipNews, Suspect, Sync
+from .messages import (
+    Alive,
+    Dead,
+    Left,
+    MemberRecord,
+    MembershipNews,
+    Suspect,
+    Sync,
+    UserEventMessage,
+)
 from .suspicion import Suspicion, confirmations_needed, suspicion_bounds
 from .table import MemberTable, NameSet
 
@@ -71,13 +80,15 @@ class Membership:
         every alive or suspect member; never 0. Equal views give equal fingerprints."""
         return self.table.fingerprint or 1
 
-    def sync_message(self, *, reply: bool, join: bool) -> bytes:
-        """Our whole membership view, our own record first."""
+    def sync_message(
+        self, *, reply: bool, join: bool, events: tuple[UserEventMessage, ...] = ()
+    ) -> bytes:
+        """Our whole membership view, our own record first, and `events`."""
         records = [
             MemberRecord(m.name, m.address, m.incarnation, m.state)
             for m in [self.table[self.name], *(m for n, m in self.table.items() if n != self.name)]
         ]
-        return codec.encode_message(Sync(reply, join, tuple(records)))
+        return codec.encode_message(Sync(reply, join, tuple(records), events))
 
     # ----- suspicion timers ------------------------------------------------------------
 

@@ -99,11 +99,14 @@ class MemberRecord:
 @dataclass(frozen=True, slots=True)
 class Sync:
     """Push-pull full state exchange, sent over the reliable channel. The receiver
-    merges `members` and, unless `reply` is set, answers with its own full state."""
+    merges `members` and, unless `reply` is set, answers with its own full state.
+    `events` are the sender's most recent user events, so that a member that missed
+    one by gossip gets it here (Serf's push-pull carries its event buffer too)."""
 
     reply: bool
     join: bool
     members: tuple[MemberRecord, ...]
+    events: tuple[UserEventMessage, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

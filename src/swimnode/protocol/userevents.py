@@ -7,7 +7,10 @@ another was seen has a later time. A member remembers which events it delivered 
 each of the last `EVENT_WINDOW` times and drops anything older than that window (it
 could not tell an old copy from a new event), as Serf's event buffer does. Events
 spread like membership news, from the broadcast queue, and the sender also tells up
-to `DIRECT_FANOUT` members directly.
+to `DIRECT_FANOUT` members directly. Gossip reaches every member only with high
+probability, so each push-pull also carries the last `codec.MAX_SYNC_EVENTS` events
+delivered here (Serf's push-pull carries its event buffer): a member that lost
+every copy gets the event at its next sync, and delivers it once like any copy.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class UserEvents:
         """The next Lamport time this node would stamp."""
         self._seen: dict[int, set[tuple[str, str, bytes]]] = {}
         self._sent: deque[float] = deque()
+        self._recent: deque[UserEventMessage] = deque(maxlen=codec.MAX_SYNC_EVENTS)
+        self._synced = False
 
     def send(self, name: str, payload: bytes, coalesce: bool, now: float) -> int:
         """Send a user event to every member, us included; returns its Lamport time.
@@ -78,21 +83,49 @@ class UserEvents:
 
     def receive(self, message: UserEventMessage) -> None:
         """A copy arrived (or we sent it): deliver and pass it on, once per event."""
+        if self._first_copy(message):
+            self._deliver(message)
+
+    def recent(self) -> tuple[UserEventMessage, ...]:
+        """The latest events delivered here that a receiver would not refuse as too
+        old, for a push-pull to carry."""
+        oldest = self.clock - EVENT_WINDOW
+        return tuple(m for m in self._recent if m.ltime >= oldest)
+
+    def merge_sync(self, events: tuple[UserEventMessage, ...], join_reply: bool) -> None:
+        """The events a push-pull carried. Those in the answers to a node's first
+        join happened before it was a member: as Serf does by default, it records
+        them (so later copies are duplicates, and its clock moves past them) but
+        delivers none. Once it has had any other sync, a join (after a partition)
+        delivers what it missed."""
+        replay = self._synced or not join_reply
+        self._synced |= not join_reply
+        for message in events:
+            if self._first_copy(message) and replay:
+                self._deliver(message)
+
+    def _first_copy(self, message: UserEventMessage) -> bool:
         core = self._core
         ltime = message.ltime
         # Lamport: whatever we send from now on comes after this event.
         self.clock = max(self.clock, ltime + 1)
         if ltime < self.clock - EVENT_WINDOW:
             core.stats[counters.USER_EVENTS_TOO_OLD] += 1
-            return
+            return False
         seen = self._seen.setdefault(ltime, set())
         key = (message.origin, message.name, message.payload)
         if key in seen or len(seen) >= MAX_PER_TIME:
             core.stats[counters.USER_EVENTS_DUPLICATE] += 1
-            return
+            return False
         seen.add(key)
         self._forget_before(self.clock - EVENT_WINDOW)
+        return True
+
+    def _deliver(self, message: UserEventMessage) -> None:
+        core = self._core
+        ltime = message.ltime
         core.stats[counters.USER_EVENTS_RECEIVED] += 1
+        self._recent.append(message)
         core.broadcasts.queue(
             ("user", message.origin, ltime, message.name, message.payload),
             codec.encode_message(message),
