@@ -128,6 +128,7 @@ class Agent:
             fingerprints=self.keyring.fingerprints if self.keyring is not None else [],
             members=self.node.members(),
             uptime=time.monotonic() - self._started,
+            overridden=[name for name, _ in self.settings.protocol],
         )
 
     async def keys(self, action: str, key: str | None, timeout: float | None) -> dict[str, Any]:  # noqa: ASYNC109
@@ -366,6 +367,11 @@ def _describe_security(keyring: Keyring | None, label: str) -> str:
     return ", ".join(parts)
 
 
+def _describe_profile(settings: AgentSettings) -> str:
+    changed = ", ".join(f"{name}={value}" for name, value in settings.protocol)
+    return f"{settings.profile} with {changed}" if changed else settings.profile
+
+
 async def run_agent(settings: AgentSettings) -> None:
     """Run the agent until it has left the cluster. Raises `TransportError` when an
     address cannot be bound, `UsageError` for a bad key file."""
@@ -460,7 +466,7 @@ async def _serve(
         node.name,
         format_address(node.address),
         format_address(settings.rpc),
-        settings.profile,
+        _describe_profile(settings),
         _describe_seeds(settings),
         _describe_security(agent.keyring, settings.label),
         extra={

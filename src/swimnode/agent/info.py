@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from .. import __version__
@@ -35,7 +35,8 @@ TIMER_FIELDS = (
     "join_timeout",
     "leave_timeout",
 )
-"""The `Config` fields `info` reports as the agent's timers and fan-outs."""
+"""The `Config` fields `info` always reports as the agent's timers and fan-outs;
+a field set over the profile (`--set`, `[protocol]`) is reported too."""
 
 
 def agent_info(
@@ -48,10 +49,13 @@ def agent_info(
     fingerprints: Sequence[str],
     members: Iterable[Member],
     uptime: float,
+    overridden: Collection[str] = (),
 ) -> dict[str, Any]:
     """The `info` report: plain values only (it travels as msgpack and prints as
-    JSON). `fingerprints` are the installed keys' fingerprints, primary first."""
+    JSON). `fingerprints` are the installed keys' fingerprints, primary first;
+    `overridden` names the `Config` fields set over the profile's values."""
     by_state = Counter(m.state.label for m in members)
+    shown = TIMER_FIELDS + tuple(sorted(set(overridden) - set(TIMER_FIELDS)))
     return {
         "name": config.name,
         "address": format_address(config.advertise_address),
@@ -64,7 +68,8 @@ def agent_info(
         "label": config.label,
         "encrypted": bool(fingerprints),
         "keys": list(fingerprints),
-        "timers": {name: getattr(config, name) for name in TIMER_FIELDS},
+        "timers": {name: getattr(config, name) for name in shown},
+        "overridden": sorted(overridden),
         "members": {state.label: by_state.get(state.label, 0) for state in MemberState},
         "uptime": round(uptime, 3),
     }
@@ -93,9 +98,14 @@ def _describe_keys(info: Mapping[str, Any]) -> str:
     return f"{len(keys)} key(s), primary {keys[0]}{others}"
 
 
-def _timer(name: str, value: float) -> str:
-    seconds = name.endswith(("_interval", "_timeout", "_time"))
-    return f"{value:g} s" if seconds else f"{value:g}"
+def _timer(name: str, value: float, overridden: bool) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif name.endswith(("_interval", "_timeout", "_time", "_window")):
+        text = f"{value:g} s"
+    else:
+        text = f"{value:g}"
+    return f"{text} (set)" if overridden else text
 
 
 def render_info(info: Mapping[str, Any], as_json: bool) -> str:
@@ -115,6 +125,9 @@ def render_info(info: Mapping[str, Any], as_json: bool) -> str:
         ("members", members),
         ("uptime", format_duration(info["uptime"])),
     ]
-    rows += [(name, _timer(name, value)) for name, value in info["timers"].items()]
+    overridden = set(info.get("overridden", ()))
+    rows += [
+        (name, _timer(name, value, name in overridden)) for name, value in info["timers"].items()
+    ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name.ljust(width)}  {value}" for name, value in rows)

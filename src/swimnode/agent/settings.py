@@ -9,7 +9,9 @@ message that the command line prints as is.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
@@ -83,6 +85,9 @@ class AgentSettings:
     """Commands to run on events (`--event-handler [FILTER=]COMMAND`), in order."""
     udp_payload: int | None = None
     """Largest datagram to send (`Config.udp_payload`), or None for the default."""
+    protocol: tuple[tuple[str, Any], ...] = ()
+    """`Config` fields set over the profile's (`--set`, `[protocol]`), as `(field,
+    value)` pairs."""
 
     def node_config(self) -> Config:
         """The node configuration these settings describe."""
@@ -95,6 +100,7 @@ class AgentSettings:
                 seeds=self.seeds,
                 label=self.label,
                 **({} if self.udp_payload is None else {"udp_payload": self.udp_payload}),
+                **dict(self.protocol),
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -171,6 +177,14 @@ def add_agent_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--profile", choices=PROFILES, help="timer profile (default lan)")
     p.add_argument(
+        "--set",
+        dest="protocol",
+        metavar="FIELD=VALUE",
+        action="append",
+        help="override a protocol setting of the profile, e.g. --set "
+        "dead_reclaim_time=300 (fields: docs/protocol.md); repeatable",
+    )
+    p.add_argument(
         "--rpc",
         metavar="HOST:PORT",
         help=f"RPC endpoint to listen on (default {format_address(DEFAULT_RPC)})",
@@ -237,6 +251,7 @@ _KEYS = (
     "metrics",
     "event_handlers",
     "udp_payload",
+    "protocol",
 )
 _BOOL_KEYS = ("log_json", "insecure_plaintext")
 _INT_KEYS = ("udp_payload",)
@@ -284,6 +299,9 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             if not isinstance(state, dict):
                 raise UsageError(f"{var}: expected a JSON object of key/values")
             out[key] = state
+        elif key == "protocol":
+            items = [part for part in value.split(",") if part.strip()]
+            out[key] = config_overrides(split_assignments(items, var), AGENT_FIXED, var)
         elif key in _BOOL_KEYS:
             out[key] = _env_bool(var, value)
         else:
@@ -310,12 +328,93 @@ def parse_key_list(text: str, source: str) -> Keyring:
 
 
 def _env_bool(var: str, value: str) -> bool:
-    lowered = value.strip().lower()
+    parsed = _text_bool(value)
+    if parsed is None:
+        raise UsageError(f"{var}={value!r}: expected true or false")
+    return parsed
+
+
+def _text_bool(text: str) -> bool | None:
+    lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise UsageError(f"{var}={value!r}: expected true or false")
+    return None
+
+
+AGENT_FIXED: Mapping[str, str] = {
+    "name": "use --name",
+    "bind": "use --bind",
+    "advertise": "use --advertise",
+    "seeds": "use --seed, --seed-file or --seed-dns",
+    "label": "use --label",
+    "udp_payload": "use --udp-payload",
+    "seed": "the agent draws its random seed from the OS",
+}
+"""`Config` fields the agent's `--set` refuses, and why: settings of their own."""
+
+
+def split_assignments(items: Sequence[str], source: str) -> dict[str, str]:
+    """`FIELD=VALUE` texts as `{field: value}` (a later one wins); raises `UsageError`."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{source} {item!r}: expected FIELD=VALUE")
+        out[key.strip()] = text.strip()
+    return out
+
+
+def config_overrides(
+    values: Mapping[str, object], fixed: Mapping[str, str], source: str, *, typed: bool = False
+) -> dict[str, Any]:
+    """`Config` field values, typed and checked one by one; raises `UsageError`
+    naming `source` and the field. Values are text (a flag, a variable: `true`,
+    `2.5`), or with `typed` already values (a TOML table, where a string is as wrong
+    as for any other key). `fixed` maps the fields that may not be set here to the
+    reason; whether the values make a valid `Config` together is for `Config` to say."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        kind = _FIELD_TYPES.get(key)
+        if key in fixed:
+            raise UsageError(f"{source} {key}: not settable here ({fixed[key]})")
+        if kind is None:
+            raise UsageError(f"{source} {key}: unknown config field (docs/protocol.md lists them)")
+        converted = None if typed and isinstance(value, str) else _typed(value, kind)
+        if converted is None:
+            expected = {bool: "true or false", int: "an integer"}.get(kind, "a finite number")
+            raise UsageError(f"{source} {key}: expected {expected}, got {value!r}")
+        out[key] = converted
+    return out
+
+
+_FIELD_TYPES: dict[str, type] = {
+    f.name: type(f.default)
+    for f in dataclasses.fields(Config)
+    if type(f.default) in (bool, int, float)
+}
+"""The scalar `Config` fields (the others are identity: name, addresses, label)."""
+
+
+def _typed(value: object, kind: type) -> bool | int | float | None:
+    """`value` as a `kind` field's value, or None if it is not one."""
+    if kind is bool:
+        if isinstance(value, str):
+            return _text_bool(value)
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value) if kind is int else float(value)
+        except ValueError:
+            return None
+    if kind is int:
+        return value if isinstance(value, int) else None
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:
@@ -337,6 +436,9 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         expected = _toml_type_error(key, value)
         if expected is not None:
             raise UsageError(f"{source}: {key} must be {expected}")
+    if "protocol" in data:
+        table = data["protocol"]
+        data["protocol"] = config_overrides(table, AGENT_FIXED, f"{source}: [protocol]", typed=True)
     return data
 
 
@@ -345,7 +447,7 @@ def _toml_type_error(key: str, value: object) -> str | None:
     if key in _LIST_KEYS:
         ok = isinstance(value, list) and all(isinstance(s, str) for s in value)
         return None if ok else "a list of strings"
-    if key == "state":
+    if key in ("state", "protocol"):
         return None if isinstance(value, dict) else "a table of key/values"
     if key in _BOOL_KEYS:
         return None if isinstance(value, bool) else "true or false"
@@ -360,10 +462,13 @@ def merge(
     """Combine raw values (flags > env > file > defaults) and validate them."""
     raw: dict[str, Any] = {}
     state: dict[str, Any] = {}
+    protocol: dict[str, Any] = {}
     for source in (file, env, flags):
         raw.update({k: v for k, v in source.items() if k in _KEYS and v is not None})
-        # Application state merges key by key, so a flag overrides one key of the file.
+        # Application state and protocol fields merge key by key, so a flag overrides
+        # one key of the file.
         state.update(source.get("state") or {})
+        protocol.update(source.get("protocol") or {})
     profile = raw.get("profile", "lan")
     if profile not in PROFILES:
         raise UsageError(f"unknown profile {profile!r} (expected lan, wan or local)")
@@ -421,6 +526,7 @@ def merge(
         metrics=metrics,
         event_handlers=_handlers(raw.get("event_handlers", ())),
         udp_payload=_integer(raw["udp_payload"], "udp_payload") if "udp_payload" in raw else None,
+        protocol=tuple(protocol.items()),
     )
     config = settings.node_config()  # validates the name and the profile's knobs
     check_state(settings.state, config)
@@ -478,10 +584,14 @@ def settings_from_flags(
     default_name: str,
 ) -> AgentSettings:
     """`load_settings` for flags already parsed (by `add_agent_arguments`' flags)."""
-    flags = {k: v for k, v in vars(ns).items() if k in _KEYS and k != "state"}
+    flags = {k: v for k, v in vars(ns).items() if k in _KEYS and k not in ("state", "protocol")}
     # --state and --state-json fill one list, in order; a later flag wins for a key.
     if ns.state:
         flags["state"] = dict(ns.state)
+    if ns.protocol:
+        flags["protocol"] = config_overrides(
+            split_assignments(ns.protocol, "--set"), AGENT_FIXED, "--set"
+        )
     env_values = _from_env(env)
     path = ns.config if ns.config is not None else env.get(ENV_PREFIX + "CONFIG") or None
     file_values: dict[str, Any] = {}

@@ -18,8 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..protocol.config import Config
-from .settings import PROFILES, UsageError
+from .settings import PROFILES, UsageError, config_overrides, split_assignments
 
 if TYPE_CHECKING:
     from ..testing.scenarios import Partition, Report, Scenario
@@ -31,9 +30,11 @@ ABOUT = (
     "dissemination rounds, traffic, healing after a partition."
 )
 
-_FIXED = frozenset({"name", "bind", "advertise", "seeds", "seed", "label", "replay_window"})
-"""Config fields that cannot be `--set`: the simulation sets the first five itself,
-and the last two belong to the security layer, which it does not simulate."""
+_FIXED = {
+    **dict.fromkeys(("name", "bind", "advertise", "seeds", "seed"), "the simulation sets it"),
+    **dict.fromkeys(("label", "replay_window"), "the security layer is not simulated"),
+}
+"""Config fields that cannot be `--set`, and why."""
 
 PROGRESS_AFTER = 2.0
 """Wall seconds before a progress bar appears (on a terminal only)."""
@@ -95,28 +96,7 @@ def parse_partition(text: str) -> Partition:
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """`FIELD=VALUE` pairs as typed config values; raises `UsageError`."""
-    kinds = {f.name: type(f.default) for f in dataclasses.fields(Config) if f.name not in _FIXED}
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or key not in kinds:
-            raise UsageError(f"--set {item!r}: expected FIELD=VALUE with a config field")
-        out[key] = _typed(key, text.strip(), kinds[key])
-    return out
-
-
-def _typed(key: str, text: str, kind: type) -> Any:
-    if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"--set {key}: expected true or false, got {text!r}")
-    try:
-        return kind(text)
-    except ValueError:
-        raise UsageError(f"--set {key}: expected {kind.__name__}, got {text!r}") from None
+    return config_overrides(split_assignments(items, "--set"), _FIXED, "--set")
 
 
 def scenario_from(ns: argparse.Namespace) -> Scenario:
