@@ -1,16 +1,32 @@
 """Agent-process benchmark on loopback: real `swimnode agent` processes (and, with
 `--vs-serf`, Serf agents) measured from the outside through their RPC endpoints.
 
-    python tools/bench_agents.py --nodes 10 --trials 1 --profile lan [--vs-serf]
+    python tools/bench_agents.py --nodes 100 --trials 2 --vs-serf [--stagger 0.1]
 
-Per trial: start-up (last agent spawned -> every agent answers its RPC endpoint), join
-convergence (every agent up -> every agent lists N alive; `join_from_spawn_s` counts
-from the spawn instead, start-up included), idle
-CPU per agent (ms of CPU per second over `--idle` seconds, from /proc/PID/stat) and
-RSS (VmRSS from /proc/PID/status), failure detection after SIGKILL of one agent (first
-survivor and all survivors list it dead), and graceful leave propagation (leave RPC ->
-every remaining agent lists it left). Prints a table, then one JSON line of medians
-over the trials; with `--vs-serf` the line carries Serf's figures under "serf".
+Per trial, in this order:
+
+- start-up: the seed is started and listens, then the others are spawned at once
+  (burst, the default) or `--stagger` seconds apart. An agent *listens* once it
+  answers its RPC endpoint, which both implementations open only after their gossip
+  port is bound. `start_s`: last agent spawned -> every agent listens.
+- join convergence: `join_s` from when the last agent listens, `join_from_spawn_s`
+  from its spawn, until every agent lists all N alive.
+- false alarms while every agent is alive (joining and idle): deaths each agent
+  declared itself (swimnode's `deaths_declared`, Serf's "Marking X as failed" log
+  lines), summed over agents; and swimnode's suspicions raised.
+- idle CPU per agent over `--idle` seconds (ms of CPU per second, /proc/PID/stat;
+  the median agent and the mean over agents) and RSS per agent (VmRSS).
+- a late joiner (unless `--no-late-joiner`), started into the converged cluster
+  through the seed: spawn -> it listens, then from there until every member lists it
+  alive and until it lists every member alive.
+- kill detection: SIGKILL of one agent -> the first and every survivor lists it dead.
+- leave: the leave RPC to one agent -> every other agent lists it left.
+
+A phase that does not finish within its limit is recorded as such (the table shows
+`-` and the reason; the JSON line lists it) and the rest of that trial is skipped.
+Prints a table per implementation, then one JSON line: medians over the trials that
+measured each figure, every trial's figures, and the failures; Serf's under "serf".
+Every process is killed by PID at the end of each trial, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,30 +41,44 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import msgpack
 
 from benchlib import compile_package, cpu_seconds, rss_mib
-from swimnode.agent.client import call
+from swimnode.agent.client import RpcError, call
 from swimnode.protocol.config import Config, Profile
-from swimnode.testing.processes import LocalCluster, detection_bound, free_ports, wait_for
+from swimnode.testing.processes import LocalCluster, detection_bound, free_ports
 
 METRICS = (
     "start_s",
     "join_s",
     "join_from_spawn_s",
+    "false_deaths",
+    "false_suspicions",
+    "cpu_ms_per_s",
+    "cpu_mean_ms_per_s",
+    "rss_mib",
+    "late_start_s",
+    "late_known_s",
+    "late_knows_s",
+    "late_known_from_spawn_s",
     "detect_first_s",
     "detect_all_s",
     "leave_s",
-    "cpu_ms_per_s",
-    "rss_mib",
 )
-FALSE_SUSPICIONS = "false_suspicions"
-"""Suspicions raised while every member was alive (joining and idle); reported
-where the implementation counts them (swimnode), summed over agents."""
+COUNTS = ("false_deaths", "false_suspicions")
+"""Metrics that are counts, summed over the trials rather than taken as medians."""
+LATE = "late"
+"""The late joiner's name."""
+POLL_STEP = 0.02
 
 
 class Agent(Protocol):
@@ -69,6 +99,13 @@ class Agent(Protocol):
         """Suspicions this agent has raised so far, or None if it does not say."""
 
 
+@runtime_checkable
+class CountsDeaths(Protocol):
+    """An agent that can say how many members it has declared dead itself."""
+
+    def deaths(self) -> int | None: ...
+
+
 class Cluster(Protocol):
     """Starts agents and kills every one it started when closed."""
 
@@ -77,6 +114,33 @@ class Cluster(Protocol):
     def kill(self, agent: Agent) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Logs(Protocol):
+    """An agent whose output goes to a file, so a failure can quote it."""
+
+    log_path: Path
+
+
+def last_words(agent: Agent) -> str:
+    """The last line the agent wrote, to say why it stopped; empty if unknown."""
+    if not isinstance(agent, Logs):
+        return ""
+    with contextlib.suppress(OSError):
+        lines = agent.log_path.read_text(errors="replace").strip().splitlines()
+        if lines:
+            return f": {lines[-1].strip()}"
+    return ""
+
+
+def exited(pid: int) -> bool:
+    """Whether process `pid` has ended (gone, or a zombie not yet reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 # ----- swimnode --------------------------------------------------------------------------
@@ -91,20 +155,38 @@ class SwimAgent:
     def pid(self) -> int:
         return self.cluster.agents[self.name].proc.pid
 
+    @property
+    def log_path(self) -> Path:
+        path = self.cluster.agents[self.name].log_path
+        assert path is not None  # SwimCluster gives its agents a log directory
+        return path
+
     def view(self) -> dict[str, str] | None:
         return self.cluster.agents[self.name].view()
 
     def leave(self) -> None:
-        call(self.cluster.agents[self.name].rpc, "leave", timeout=30)
+        # The agent may exit before its answer arrives.
+        with contextlib.suppress(RpcError):
+            call(self.cluster.agents[self.name].rpc, "leave", timeout=30)
 
-    def suspicions(self) -> int:
-        stats = call(self.cluster.agents[self.name].rpc, "stats", timeout=10)["stats"]
-        return int(stats.get("suspicions_raised", 0))
+    def _stat(self, key: str) -> int | None:
+        try:
+            stats = call(self.cluster.agents[self.name].rpc, "stats", timeout=10)["stats"]
+        except RpcError:
+            return None
+        return int(stats.get(key, 0))
+
+    def suspicions(self) -> int | None:
+        return self._stat("suspicions_raised")
+
+    def deaths(self) -> int | None:
+        return self._stat("deaths_declared")
 
 
 class SwimCluster:
     def __init__(self, profile: Profile) -> None:
-        self.local = LocalCluster(profile=profile)
+        self.log_dir = tempfile.TemporaryDirectory(prefix="bench_swimnode_")
+        self.local = LocalCluster(profile=profile, log_dir=Path(self.log_dir.name))
 
     def start(self, name: str, seed: Agent | None) -> Agent:
         seeds = [] if seed is None else [self.local.agents[seed.name]]
@@ -116,6 +198,7 @@ class SwimCluster:
 
     def close(self) -> None:
         self.local.stop_all()
+        self.log_dir.cleanup()
 
 
 # ----- Serf ------------------------------------------------------------------------------
@@ -123,44 +206,100 @@ class SwimCluster:
 _SERF_STATES = {"alive": "alive", "leaving": "alive", "failed": "dead", "left": "left"}
 
 
+class SerfRpcError(Exception):
+    """Serf's RPC endpoint refused, broke or did not answer."""
+
+
+class SerfRpc:
+    """Serf's msgpack RPC over one connection kept open, so that polling costs neither
+    a `serf` process per look (at N=100, a hundred per round) nor, since Serf logs
+    each accepted client, a log line."""
+
+    def __init__(self, port: int) -> None:
+        self.address = ("127.0.0.1", port)
+        self._sock: socket.socket | None = None
+        self._unpacker = msgpack.Unpacker(raw=False)
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def call(self, command: str, *, body: bool, timeout: float = 5.0) -> Any:
+        """Send `command`; return its reply's body if it has one (`body`)."""
+        with self._lock:
+            try:
+                if self._sock is None:
+                    self._sock = socket.create_connection(self.address, timeout=timeout)
+                    self._unpacker = msgpack.Unpacker(raw=False)
+                    self._request("handshake", {"Version": 1})
+                self._sock.settimeout(timeout)
+                self._request(command)
+                return self._read() if body else None
+            except (OSError, ValueError, msgpack.UnpackException) as exc:
+                self.close()
+                raise SerfRpcError(str(exc)) from None
+
+    def _request(self, command: str, args: dict[str, Any] | None = None) -> None:
+        assert self._sock is not None
+        self._seq += 1
+        frames = [{"Command": command, "Seq": self._seq}] + ([] if args is None else [args])
+        self._sock.sendall(b"".join(msgpack.packb(f) for f in frames))
+        header = self._read()
+        if header.get("Error"):
+            raise SerfRpcError(header["Error"])
+
+    def _read(self) -> Any:
+        assert self._sock is not None
+        while True:
+            for item in self._unpacker:
+                return item
+            data = self._sock.recv(65536)
+            if not data:
+                raise SerfRpcError("connection closed")
+            self._unpacker.feed(data)
+
+    def close(self) -> None:
+        """Drop the connection; the next call opens another."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
 @dataclass
 class SerfAgent:
     name: str
     port: int
-    rpc_port: int
     proc: subprocess.Popen[bytes]
+    rpc: SerfRpc
+    log_path: Path
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def _serf(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["serf", *args, f"-rpc-addr=127.0.0.1:{self.rpc_port}"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-
     def view(self) -> dict[str, str] | None:
-        done = self._serf("members", "-format=json")
-        if done.returncode != 0:
+        try:
+            members = self.rpc.call("members", body=True)["Members"]
+        except SerfRpcError:
             return None
-        members = json.loads(done.stdout)["members"]
-        return {m["name"]: _SERF_STATES.get(m["status"], m["status"]) for m in members}
+        return {m["Name"]: _SERF_STATES.get(m["Status"], m["Status"]) for m in members}
 
     def leave(self) -> None:
-        self._serf("leave")
+        with contextlib.suppress(SerfRpcError):
+            self.rpc.call("leave", body=False, timeout=30)
 
     def suspicions(self) -> None:
-        return None  # Serf does not report memberlist's suspicions
+        return None  # Serf counts memberlist's suspicions nowhere it shows
+
+    def deaths(self) -> int:
+        # memberlist logs this line when its own suspicion timer expires.
+        with self.log_path.open(errors="replace") as log:
+            return sum(1 for line in log if "memberlist: Marking " in line and " as failed" in line)
 
 
 class SerfCluster:
     def __init__(self, profile: Profile) -> None:
         self.profile = profile
         self.agents: list[SerfAgent] = []
+        self.log_dir = tempfile.TemporaryDirectory(prefix="bench_serf_")
 
     def start(self, name: str, seed: Agent | None) -> Agent:
         port, rpc_port = free_ports(2)
@@ -171,19 +310,20 @@ class SerfCluster:
             f"-bind=127.0.0.1:{port}",
             f"-rpc-addr=127.0.0.1:{rpc_port}",
             f"-profile={self.profile}",
-            "-log-level=warn",
+            "-log-level=info",  # for the "Marking X as failed" lines
         ]
         if isinstance(seed, SerfAgent):
             args.append(f"-join=127.0.0.1:{seed.port}")
-        proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        agent = SerfAgent(name, port, rpc_port, proc)
+        log_path = Path(self.log_dir.name) / f"{name}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        agent = SerfAgent(name, port, proc, SerfRpc(rpc_port), log_path)
         self.agents.append(agent)
         return agent
 
     def kill(self, agent: Agent) -> None:
         assert isinstance(agent, SerfAgent)
+        agent.rpc.close()
         if agent.proc.poll() is None:
             os.kill(agent.proc.pid, signal.SIGKILL)
         agent.proc.wait(timeout=10)
@@ -192,84 +332,161 @@ class SerfCluster:
         for agent in self.agents:
             with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
                 self.kill(agent)
+        self.log_dir.cleanup()
 
 
 # ----- measurements ----------------------------------------------------------------------
 
 
+class PhaseFailed(Exception):
+    """A phase did not finish within its limit; the message says which and why."""
+
+
 @dataclass
 class Trial:
     values: dict[str, float] = field(default_factory=dict)
+    failure: str | None = None
 
 
-def views(pool: ThreadPoolExecutor, agents: list[Agent]) -> list[dict[str, str] | None]:
-    """Every agent's view, asked concurrently so one round is one RPC latency."""
-    return list(pool.map(lambda a: a.view(), agents))
+View = dict[str, str]
+Check = tuple[Agent, Callable[[View], bool]]
 
 
-def all_alive(pool: ThreadPoolExecutor, agents: list[Agent]) -> bool:
-    """Whether every agent answers and lists exactly `agents` as alive."""
-    names = {a.name for a in agents}
-    for view in views(pool, agents):
-        if view is None or {n for n, s in view.items() if s == "alive"} != names:
-            return False
-    return True
+def watch(
+    pool: ThreadPoolExecutor, checks: Sequence[Check], start: float, limit: float
+) -> list[float] | None:
+    """Seconds from `start` until each check first held, the last of them confirmed
+    by one round in which all hold together; None past `limit` seconds.
+
+    Only agents with a check still pending are asked, so a round costs the agents
+    (and the machine they share) less as the condition spreads.
+    """
+    first: list[float | None] = [None] * len(checks)
+    while True:
+        pending = [i for i, t in enumerate(first) if t is None] or list(range(len(checks)))
+        confirming = all(t is not None for t in first)
+        agents = list({id(checks[i][0]): checks[i][0] for i in pending}.values())
+        seen = dict(zip((id(a) for a in agents), pool.map(lambda a: a.view(), agents), strict=True))
+        now = time.monotonic() - start
+        for i in pending:
+            agent, holds = checks[i]
+            view = seen[id(agent)]
+            ok = view is not None and holds(view)
+            if not ok:
+                first[i] = None
+            elif not confirming:
+                first[i] = now
+        if confirming and all(t is not None for t in first):
+            return [t for t in first if t is not None]
+        if now > limit:
+            return None
+        time.sleep(POLL_STEP)
 
 
-def all_list(pool: ThreadPoolExecutor, among: list[Agent], subject: str, state: str) -> bool:
-    """Whether every agent of `among` answers and lists `subject` as `state`."""
-    return all(view is not None and view.get(subject) == state for view in views(pool, among))
+def lists_alive(names: set[str]) -> Callable[[View], bool]:
+    """Check: the view lists exactly `names` as alive."""
+    return lambda view: {n for n, s in view.items() if s == "alive"} == names
 
 
-def time_until(check: Callable[[], bool], limit: float) -> float:
-    """Seconds until `check()` holds; raises if it does not within `limit`."""
-    start = time.monotonic()
-    if wait_for(check, limit, step=0.02) is None:
-        raise RuntimeError(f"condition not reached within {limit:g} s")
-    return time.monotonic() - start
+def lists_as(subject: str, state: str) -> Callable[[View], bool]:
+    """Check: the view lists `subject` as `state`."""
+    return lambda view: view.get(subject) == state
+
+
+def wait_listening(pool: ThreadPoolExecutor, agents: list[Agent], limit: float) -> dict[str, float]:
+    """Monotonic time at which each agent first answered; raises `PhaseFailed` if one
+    exits first (a busy port, a failed join) or some do not answer within `limit`."""
+    at: dict[str, float] = {}
+    deadline = time.monotonic() + limit
+    while len(at) < len(agents):
+        pending = [a for a in agents if a.name not in at]
+        answered = pool.map(lambda a: a.view() is not None, pending)
+        now = time.monotonic()
+        for agent, ok in zip(pending, answered, strict=True):
+            if ok:
+                at[agent.name] = now
+            elif exited(agent.pid):
+                raise PhaseFailed(f"{agent.name} exited before it listened{last_words(agent)}")
+        if now > deadline and len(at) < len(agents):
+            raise PhaseFailed(f"{len(agents) - len(at)} agents not listening after {limit:g} s")
+        time.sleep(POLL_STEP)
+    return at
 
 
 def start_and_join(
-    cluster: Cluster, names: list[str], pool: ThreadPoolExecutor, trial: Trial
+    cluster: Cluster,
+    names: list[str],
+    stagger: float,
+    limit: float,
+    pool: ThreadPoolExecutor,
+    trial: Trial,
 ) -> list[Agent]:
-    """Start the seed, then the others through it; time start-up and join convergence."""
+    """Start the seed and wait until it listens, then the others through it; time
+    start-up and join convergence."""
     seed = cluster.start(names[0], None)
-    wait_for(lambda: seed.view() is not None, 20)
-    agents = [seed] + [cluster.start(n, seed) for n in names[1:]]
-
-    # Two clocks start when the last agent is spawned. Interpreter start-up is
-    # not the protocol: with N processes starting at once on a small machine it
-    # dominates, so join convergence also counts from when every agent is up
-    # (answers RPC; each joins in the background, so that is before it has joined).
+    wait_listening(pool, [seed], limit)
+    agents = [seed]
+    for name in names[1:]:
+        if stagger > 0 and len(agents) > 1:
+            time.sleep(stagger)
+        agents.append(cluster.start(name, seed))
     spawned = time.monotonic()
-    up: set[str] = set()
-
-    def all_up_or_joined() -> bool:
-        if len(up) < len(agents):
-            for agent, view in zip(agents, views(pool, agents), strict=True):
-                if view is not None:
-                    up.add(agent.name)
-            if len(up) < len(agents):
-                return False
-            trial.values["start_s"] = time.monotonic() - spawned
-        return all_alive(pool, agents)
-
-    trial.values["join_from_spawn_s"] = time_until(all_up_or_joined, 60)
-    trial.values["join_s"] = trial.values["join_from_spawn_s"] - trial.values["start_s"]
+    listened = max(wait_listening(pool, agents, limit).values())
+    trial.values["start_s"] = listened - spawned
+    everyone = set(names)
+    times = watch(pool, [(a, lists_alive(everyone)) for a in agents], listened, limit)
+    if times is None:
+        raise PhaseFailed(f"join: not every agent lists all {len(names)} alive after {limit:g} s")
+    trial.values["join_s"] = max(times)
+    trial.values["join_from_spawn_s"] = listened - spawned + max(times)
     return agents
 
 
+def count_alarms(agents: list[Agent], pool: ThreadPoolExecutor, trial: Trial) -> None:
+    """Deaths declared and suspicions raised so far, summed over agents, where every
+    agent reports them."""
+    for key, ask in (
+        ("false_deaths", lambda a: a.deaths() if isinstance(a, CountsDeaths) else None),
+        ("false_suspicions", lambda a: a.suspicions()),
+    ):
+        counts = list(pool.map(ask, agents))
+        if all(c is not None for c in counts):
+            trial.values[key] = sum(c for c in counts if c is not None)
+
+
 def measure_idle(agents: list[Agent], idle: float, trial: Trial) -> None:
-    """CPU over `idle` seconds, RSS, and the suspicions raised so far."""
+    """CPU per agent over `idle` seconds (median and mean) and RSS per agent."""
     before = {a.name: cpu_seconds(a.pid) for a in agents}
     time.sleep(idle)
-    trial.values["cpu_ms_per_s"] = statistics.median(
-        (cpu_seconds(a.pid) - before[a.name]) * 1000 / idle for a in agents
-    )
+    used = [(cpu_seconds(a.pid) - before[a.name]) * 1000 / idle for a in agents]
+    trial.values["cpu_ms_per_s"] = statistics.median(used)
+    trial.values["cpu_mean_ms_per_s"] = statistics.fmean(used)
     trial.values["rss_mib"] = statistics.median(rss_mib(a.pid) for a in agents)
-    raised = [a.suspicions() for a in agents]
-    if all(r is not None for r in raised):
-        trial.values[FALSE_SUSPICIONS] = sum(r for r in raised if r is not None)
+
+
+def measure_late_joiner(
+    cluster: Cluster,
+    seed: Agent,
+    agents: list[Agent],
+    limit: float,
+    pool: ThreadPoolExecutor,
+    trial: Trial,
+) -> Agent:
+    """Start one more agent through the seed; time until it listens, then until every
+    member lists it alive and until it lists every member alive."""
+    spawned = time.monotonic()
+    late = cluster.start(LATE, seed)
+    listened = wait_listening(pool, [late], limit)[LATE]
+    trial.values["late_start_s"] = listened - spawned
+    everyone = {a.name for a in agents} | {LATE}
+    checks = [(a, lists_as(LATE, "alive")) for a in agents] + [(late, lists_alive(everyone))]
+    times = watch(pool, checks, listened, limit)
+    if times is None:
+        raise PhaseFailed(f"late joiner: not known alive everywhere after {limit:g} s")
+    trial.values["late_known_s"] = max(times[:-1])
+    trial.values["late_knows_s"] = times[-1]
+    trial.values["late_known_from_spawn_s"] = listened - spawned + max(times[:-1])
+    return late
 
 
 def measure_detection(
@@ -283,76 +500,107 @@ def measure_detection(
     """Kill `victim`; time until the first and until every survivor lists it dead."""
     cluster.kill(victim)
     start = time.monotonic()
-    first: float | None = None
-    while True:
-        seen = [v is not None and v.get(victim.name) == "dead" for v in views(pool, survivors)]
-        now = time.monotonic() - start
-        if first is None and any(seen):
-            first = now
-        if all(seen):
-            break
-        if now > bound:
-            raise RuntimeError(f"{victim.name} not dead everywhere within {bound:.0f} s")
-        time.sleep(0.02)
-    trial.values["detect_first_s"] = first if first is not None else now
-    trial.values["detect_all_s"] = now
+    times = watch(pool, [(s, lists_as(victim.name, "dead")) for s in survivors], start, bound)
+    if times is None:
+        raise PhaseFailed(f"detection: {victim.name} not dead everywhere after {bound:.0f} s")
+    trial.values["detect_first_s"] = min(times)
+    trial.values["detect_all_s"] = max(times)
 
 
-def measure_leave(leaver: Agent, rest: list[Agent], pool: ThreadPoolExecutor, trial: Trial) -> None:
+def measure_leave(
+    leaver: Agent, rest: list[Agent], limit: float, pool: ThreadPoolExecutor, trial: Trial
+) -> None:
     """Ask `leaver` to leave; time until every agent of `rest` lists it left."""
     start = time.monotonic()
     pool.submit(leaver.leave)
-    wait_for(lambda: all_list(pool, rest, leaver.name, "left"), 30, step=0.02)
-    trial.values["leave_s"] = time.monotonic() - start
+    times = watch(pool, [(a, lists_as(leaver.name, "left")) for a in rest], start, limit)
+    if times is None:
+        raise PhaseFailed(f"leave: {leaver.name} not left everywhere after {limit:g} s")
+    trial.values["leave_s"] = max(times)
 
 
-def run_trial(
-    make: Callable[[], Cluster], nodes: int, profile: Profile, idle: float, pool: ThreadPoolExecutor
-) -> Trial:
-    names = [f"b{i}" for i in range(nodes)]
-    bound = detection_bound(Config.profile(profile, "x"), nodes) + 10
+@dataclass(frozen=True)
+class Plan:
+    """One implementation's trials: how many agents, how they start, what is measured."""
+
+    nodes: int
+    profile: Profile
+    idle: float
+    stagger: float = 0.0
+    late_joiner: bool = False
+    limit: float = 60.0
+    """Longest wait for start-up, join convergence, a late joiner and a leave."""
+
+
+def run_trial(make: Callable[[], Cluster], plan: Plan, pool: ThreadPoolExecutor) -> Trial:
+    names = [f"b{i}" for i in range(plan.nodes)]
+    bound = detection_bound(Config.profile(plan.profile, "x"), plan.nodes + 1) + 10
     cluster = make()
     trial = Trial()
     try:
-        agents = start_and_join(cluster, names, pool, trial)
-        measure_idle(agents, idle, trial)
-        victim, survivors = agents[-1], agents[:-1]
+        agents = start_and_join(cluster, names, plan.stagger, plan.limit, pool, trial)
+        measure_idle(agents, plan.idle, trial)
+        count_alarms(agents, pool, trial)
+        if plan.late_joiner:
+            late = measure_late_joiner(cluster, agents[0], agents, plan.limit, pool, trial)
+            agents = [*agents, late]
+        victim, leaver = agents[plan.nodes - 1], agents[plan.nodes - 2]
+        survivors = [a for a in agents if a is not victim]
         measure_detection(cluster, victim, survivors, bound, pool, trial)
-        measure_leave(survivors[-1], survivors[:-1], pool, trial)
+        measure_leave(leaver, [a for a in survivors if a is not leaver], plan.limit, pool, trial)
+    except PhaseFailed as exc:
+        trial.failure = str(exc)
     finally:
         cluster.close()
     return trial
 
 
-def medians(trials: list[Trial]) -> dict[str, float]:
-    """Medians of the metrics, and false suspicions summed over the trials."""
-    out = {k: round(statistics.median(t.values[k] for t in trials), 3) for k in METRICS}
-    if all(FALSE_SUSPICIONS in t.values for t in trials):
-        out[FALSE_SUSPICIONS] = sum(t.values[FALSE_SUSPICIONS] for t in trials)
+def summary(trials: list[Trial]) -> dict[str, Any]:
+    """Medians over the trials that measured each metric (counts summed), each
+    trial's figures, and the failures."""
+    out: dict[str, Any] = {}
+    for key in METRICS:
+        values = [t.values[key] for t in trials if key in t.values]
+        if not values:
+            out[key] = None
+        elif key in COUNTS:
+            out[key] = sum(values)
+        else:
+            out[key] = round(statistics.median(values), 3)
+    out["completed"] = sum(t.failure is None for t in trials)
+    out["failures"] = [t.failure for t in trials if t.failure is not None]
+    out["per_trial"] = [{k: round(v, 3) for k, v in t.values.items()} for t in trials]
     return out
 
 
 def print_table(label: str, trials: list[Trial]) -> None:
-    print(f"{label:<10} {'trial':>5} " + " ".join(f"{k:>15}" for k in METRICS))
-    for i, t in enumerate(trials, 1):
-        print(f"{label:<10} {i:>5} " + " ".join(f"{t.values[k]:>15.3f}" for k in METRICS))
-    m = medians(trials)
-    if len(trials) > 1:
-        print(f"{label:<10} {'med':>5} " + " ".join(f"{m[k]:>15.3f}" for k in METRICS))
-    if FALSE_SUSPICIONS in m:
-        print(
-            f"{label:<10} false suspicions while all were alive (all trials): "
-            f"{m[FALSE_SUSPICIONS]:g}"
-        )
+    """One row per metric, one column per trial, then the medians (counts: sums)."""
+    result = summary(trials)
+    heads = [f"trial {i}" for i in range(1, len(trials) + 1)] + ["median/sum"]
+    print(f"{label:<24}" + "".join(f"{h:>12}" for h in heads))
+    for key in METRICS:
+        cells = [t.values.get(key) for t in trials] + [result[key]]
+        print(f"{key:<24}" + "".join(f"{'-' if c is None else f'{c:.3f}':>12}" for c in cells))
+    for i, trial in enumerate(trials, 1):
+        if trial.failure is not None:
+            print(f"{label}: trial {i} stopped: {trial.failure}")
 
 
-def bench(label: str, make: Callable[[], Cluster], args: argparse.Namespace) -> dict[str, float]:
-    with ThreadPoolExecutor(max_workers=args.nodes) as pool:
-        trials = [
-            run_trial(make, args.nodes, args.profile, args.idle, pool) for _ in range(args.trials)
-        ]
+def bench(
+    label: str,
+    make: Callable[[], Cluster],
+    args: argparse.Namespace,
+    *,
+    stagger: float = 0.0,
+    late_joiner: bool = False,
+) -> dict[str, Any]:
+    """Run `args.trials` trials of `args.nodes` agents; print the table and return
+    the summary."""
+    plan = Plan(args.nodes, args.profile, args.idle, stagger, late_joiner)
+    with ThreadPoolExecutor(max_workers=min(32, args.nodes + 1)) as pool:
+        trials = [run_trial(make, plan, pool) for _ in range(args.trials)]
     print_table(label, trials)
-    return medians(trials)
+    return summary(trials)
 
 
 @contextlib.contextmanager
@@ -381,21 +629,37 @@ def main() -> int:
         "--idle", type=float, default=20.0, help="idle CPU window, seconds (default 20)"
     )
     parser.add_argument(
+        "--stagger",
+        type=float,
+        default=0.0,
+        help="seconds between spawns after the seed (default 0: all at once)",
+    )
+    parser.add_argument("--no-late-joiner", action="store_true", help="skip the late joiner")
+    parser.add_argument(
         "--vs-serf", action="store_true", help="also run Serf agents (needs `serf` on PATH)"
     )
     args = parser.parse_args()
+    if args.nodes < 3 or args.trials < 1 or args.idle <= 0 or args.stagger < 0:
+        parser.error("need --nodes >= 3, --trials >= 1, --idle > 0 and --stagger >= 0")
     compile_package()
-    if args.nodes < 3 or args.trials < 1 or args.idle <= 0:
-        parser.error("need --nodes >= 3, --trials >= 1 and --idle > 0")
     with socket.socket() as probe:  # loopback must work before spawning anything
         probe.bind(("127.0.0.1", 0))
     with _exit_cleanly():
-        result: dict[str, object] = {
+        result: dict[str, Any] = {
             "nodes": args.nodes,
             "profile": args.profile,
             "trials": args.trials,
+            "start": f"stagger {args.stagger:g} s" if args.stagger else "burst",
         }
-        result.update(bench("swimnode", lambda: SwimCluster(args.profile), args))
+        result.update(
+            bench(
+                "swimnode",
+                lambda: SwimCluster(args.profile),
+                args,
+                stagger=args.stagger,
+                late_joiner=not args.no_late_joiner,
+            )
+        )
         if args.vs_serf:
             if shutil.which("serf") is None:
                 print(
@@ -404,7 +668,13 @@ def main() -> int:
                     file=sys.stderr,
                 )
             else:
-                result["serf"] = bench("serf", lambda: SerfCluster(args.profile), args)
+                result["serf"] = bench(
+                    "serf",
+                    lambda: SerfCluster(args.profile),
+                    args,
+                    stagger=args.stagger,
+                    late_joiner=not args.no_late_joiner,
+                )
     print(json.dumps(result))
     return 0
 
