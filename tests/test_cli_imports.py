@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import swimnode
+from swimnode.testing.processes import LocalCluster
 
 
 def run_fresh(code: str) -> Any:
@@ -91,3 +94,43 @@ def test_every_public_name_resolves() -> None:
         assert getattr(swimnode, name) is not None, name
     assert set(swimnode.__all__) <= set(dir(swimnode))
     assert swimnode.open_node.__module__ == "swimnode.node"
+
+
+def test_deferred_modules_load_on_first_use() -> None:
+    """What `python -m swimnode` defers (`lazyimport.defer_modules`) stays unloaded
+    through Trio's import and swimnode's idle paths, and works once used."""
+    result = run_fresh("""
+        import json, sys
+        from swimnode.lazyimport import defer_modules
+
+        defer_modules("ssl", "hmac", "hashlib", "bz2", "lzma")
+        import trio, trio._ssl
+        import swimnode.agent.daemon, swimnode.net.keyring, swimnode.ring
+        swimnode.ring.token_of("a")  # BLAKE2b, without OpenSSL
+        native = ("_ssl", "_hashlib", "_bz2", "_lzma")
+        idle = sorted(m for m in native if m in sys.modules)
+        fp = swimnode.net.keyring.fingerprint(bytes(32))
+        # trio holds the stand-in it imported; the real module answers through it.
+        context = trio._ssl._stdlib_ssl.create_default_context()
+        import ssl
+        print(json.dumps({"idle": idle, "fp": fp, "context": isinstance(context, ssl.SSLContext),
+                          "real": sys.modules["ssl"].__spec__ is not None,
+                          "loaded": sorted(m for m in native if m in sys.modules)}))
+    """)
+    assert result == {
+        "idle": [],
+        "fp": hashlib.sha256(bytes(32)).hexdigest()[:8],
+        "context": True,
+        "real": True,
+        "loaded": ["_hashlib", "_ssl"],
+    }
+
+
+def test_idle_agent_maps_no_openssl() -> None:
+    """An agent without keys never loads OpenSSL's libraries (docs/agent.md,
+    "Footprint"); agents with keys load them on first use (tests/test_agent_keys.py)."""
+    with LocalCluster() as cluster:
+        agent = cluster.start("lean")
+        assert agent.wait_ready(timeout=30)
+        maps = Path(f"/proc/{agent.proc.pid}/maps").read_text()
+        assert "libssl" not in maps and "libcrypto" not in maps

@@ -5,6 +5,9 @@ names many things, such as `swimnode` or `swimnode.testing`, loads none of them
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
+import types
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
@@ -26,3 +29,32 @@ def lazy_getattr(
         return value
 
     return __getattr__
+
+
+class _Deferred(types.ModuleType):
+    """Stands in for a module in `sys.modules` until one of its attributes is used."""
+
+    def __getattr__(self, attribute: str) -> object:
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        # Whoever imported the stand-in holds it, not the real module: give it the
+        # real module's attributes so their later look-ups skip this hook.
+        self.__dict__.update(real.__dict__)
+        return getattr(real, attribute)
+
+
+def defer_modules(*names: str) -> None:
+    """Let `import NAME` bind a stand-in that imports the real module on first use.
+
+    For a process that is ours alone (the `python -m swimnode` commands): Trio
+    imports `ssl`, `hmac` and `hashlib` for TLS and DTLS, which swimnode never uses,
+    and they load OpenSSL's libraries, a few MiB of an idle agent's RSS. Modules
+    already imported, or not installed, are left alone. The standard library's
+    `importlib.util.LazyLoader` does not serve here: a second `import` statement of
+    the module reads its `__spec__`, which on Python 3.11 already loads it.
+    """
+    for name in names:
+        if name not in sys.modules and importlib.util.find_spec(name) is not None:
+            sys.modules[name] = _Deferred(name)

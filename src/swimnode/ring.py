@@ -20,10 +20,11 @@ the consistency property above still holds.
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
+
+from .protocol.hash64 import blake2b, hash64
 
 __all__ = [
     "TOKEN_SPACE",
@@ -47,7 +48,7 @@ def token_of(key: str | bytes) -> int:
     Python versions (unlike ``hash()``, which is salted per process).
     """
     data = key.encode("utf-8") if isinstance(key, str) else bytes(key)
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+    return hash64(data)
 
 
 def derived_tokens(name: str, vnodes: int) -> list[int]:
@@ -69,7 +70,7 @@ def derived_tokens(name: str, vnodes: int) -> list[int]:
     # that need tighter balance should advertise allocated tokens instead.
     # Hashing a copy of a hasher primed with "name#" gives exactly token_of(f"{name}#{i}")
     # without re-encoding the name each time; it roughly halves ring build time.
-    prefix = hashlib.blake2b(f"{name}#".encode(), digest_size=8)
+    prefix = blake2b(f"{name}#".encode(), digest_size=8)
     tokens = []
     for i in range(vnodes):
         low = i * TOKEN_SPACE // vnodes

@@ -23,7 +23,6 @@ import base64
 import binascii
 import hashlib
 import os
-import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
 
@@ -64,7 +63,7 @@ KEY_ACTIONS: tuple[KeyAction, ...] = ("list", "install", "use", "remove")
 
 def generate_key() -> str:
     """A new random key, as base64 text ready for a key file or a command line."""
-    return base64.b64encode(secrets.token_bytes(KEY_SIZE)).decode("ascii")
+    return base64.b64encode(os.urandom(KEY_SIZE)).decode("ascii")
 
 
 def parse_key(text: str) -> bytes:

@@ -18,7 +18,6 @@ agree find out with one tiny message.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+
+from .hash64 import hash64
 
 if TYPE_CHECKING:
     from .config import Config
@@ -97,7 +98,7 @@ def _pack(value: Any) -> bytes:
 
 def _digest_hash(name: str, generation: int, max_version: int) -> int:
     raw = f"{name}\0{generation}\0{max_version}".encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+    return hash64(raw)
 
 
 def _weight(name: str, generation: int, max_version: int) -> int:

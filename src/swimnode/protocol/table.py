@@ -3,10 +3,10 @@ kept up to date on each write (the live peers, the departed, the fingerprint).""
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterator
 
+from .hash64 import hash64
 from .member import Member, MemberState
 
 ALIVE, SUSPECT = MemberState.ALIVE, MemberState.SUSPECT
@@ -58,7 +58,7 @@ def _live_hash(member: Member) -> int:
     if member.state is not ALIVE and member.state is not SUSPECT:
         return 0
     raw = f"{member.name}\0{member.incarnation}".encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big")
+    return hash64(raw)
 
 
 class MemberTable(dict[str, Member]):
