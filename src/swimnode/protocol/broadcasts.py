@@ -86,37 +86,57 @@ class BroadcastQueue:
         each picked item."""
         if not self._items or budget <= 0 or max_items <= 0:
             return []
-        limit = retransmit_limit(self._mult, n_members)
-        picked: list[_Item] = []
-        append = picked.append
-        misses = 0
-        stop = False
-        for transmits in sorted(self._levels):
-            for item in self._levels[transmits].values():
+        # Pick first, move after: an item moved up a level must not be met again
+        # when the scan reaches that level.
+        picked = self._pick(budget, per_item_overhead, max_items)
+        return self._advance(picked, retransmit_limit(self._mult, n_members))
+
+    def _pick(
+        self, budget: int, per_item_overhead: int, max_items: int
+    ) -> list[tuple[int, list[_Item]]]:
+        levels = self._levels
+        picked: list[tuple[int, list[_Item]]] = []
+        count = misses = 0
+        for transmits in sorted(levels):
+            chosen: list[_Item] = []
+            for item in levels[transmits].values():
                 cost = len(item.data) + per_item_overhead
                 if cost <= budget:
-                    append(item)
+                    chosen.append(item)
                     budget -= cost
-                    if budget < 16 or len(picked) >= max_items:
-                        stop = True
+                    count += 1
+                    if budget < 16 or count >= max_items:
                         break
                 else:
                     misses += 1
                     if misses >= _MAX_MISSES:
-                        stop = True
                         break
-            if stop:
+            if chosen:
+                picked.append((transmits, chosen))
+            if budget < 16 or count >= max_items or misses >= _MAX_MISSES:
                 break
-        out = []
-        for item in picked:
-            self._unlevel(item)
-            out.append(item.data)
-            item.transmits += 1
-            if item.transmits < limit:
-                self._levels.setdefault(item.transmits, {})[item.key] = item
-            else:
-                del self._items[item.key]
-                self.size -= len(item.data)
+        return picked
+
+    def _advance(self, picked: list[tuple[int, list[_Item]]], limit: int) -> list[bytes]:
+        # Count one transmission for each picked item: up a level, or out at `limit`.
+        levels, items = self._levels, self._items
+        out: list[bytes] = []
+        for transmits, chosen in picked:
+            level = levels[transmits]
+            sent = transmits + 1
+            above = levels.setdefault(sent, {}) if sent < limit else None
+            for item in chosen:
+                key = item.key
+                del level[key]
+                out.append(item.data)
+                if above is not None:
+                    item.transmits = sent
+                    above[key] = item
+                else:
+                    del items[key]
+                    self.size -= len(item.data)
+            if not level:
+                del levels[transmits]
         return out
 
     @property
