@@ -193,12 +193,14 @@ class SwimCore:
             return
         if known_parts:
             stats[counters.RECEIVED_KNOWN_NEWS] += len(known_parts)
+            count_keys, bytes_keys = codec.RECEIVED_KEYS, codec.RECEIVED_BYTES_KEYS
             for part in known_parts:
                 # Byte-identical to an encoding of ours, so part[1] is its tag
                 # (codec.message_tag, inlined; a peer's encoding need not be
                 # minimal, which is why only known parts are read this way).
-                stats[codec.RECEIVED_KEYS[part[1]]] += 1
-                stats[codec.RECEIVED_BYTES_KEYS[part[1]]] += len(part)
+                tag = part[1]
+                stats[count_keys[tag]] += 1
+                stats[bytes_keys[tag]] += len(part)
         for msg, size in messages:
             count_key, bytes_key = codec.received_keys(msg)
             stats[count_key] += 1
@@ -253,7 +255,15 @@ class SwimCore:
         """When `handle_timer(timer, ...)` should next be called (`math.inf`: not
         until some input changes it). Without `timer`, the earliest of all."""
         if timer is None:
-            return min(self.next_deadline(t) for t in Timer)
+            # The three concerns' deadlines below, in one call: the simulator asks
+            # for this after every input.
+            return min(
+                self.prober.next_deadline(),
+                self.membership.next_deadline(),
+                self.gossip.next_deadline(),
+                self.queries.next_deadline(),
+                self.anti_entropy.next_deadline(),
+            )
         if timer is Timer.PROBE:
             return min(self.prober.next_deadline(), self.membership.next_deadline())
         if timer is Timer.GOSSIP:
