@@ -11,9 +11,10 @@ Per trial, in this order:
   port is bound. `start_s`: last agent spawned -> every agent listens.
 - join convergence: `join_s` from when the last agent listens, `join_from_spawn_s`
   from its spawn, until every agent lists all N alive.
-- false alarms while every agent is alive (joining and idle): deaths each agent
-  declared itself (swimnode's `deaths_declared`, Serf's "Marking X as failed" log
-  lines), summed over agents; and swimnode's suspicions raised.
+- false failures while every agent is running: members that some agent logged as
+  failed, from the spawns until the join converged (`false_failed_start`) and over
+  the idle window after it (`false_failed_idle`); and the suspicions raised over
+  both, summed over agents (swimnode's `suspicions_raised`; Serf shows no count).
 - idle CPU per agent over `--idle` seconds (ms of CPU per second, /proc/PID/stat;
   the median agent and the mean over agents) and RSS per agent (VmRSS).
 - a late joiner (unless `--no-late-joiner`), started into the converged cluster
@@ -35,6 +36,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -48,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import msgpack
 
@@ -61,7 +63,8 @@ METRICS = (
     "start_s",
     "join_s",
     "join_from_spawn_s",
-    "false_deaths",
+    "false_failed_start",
+    "false_failed_idle",
     "false_suspicions",
     "cpu_ms_per_s",
     "cpu_mean_ms_per_s",
@@ -74,11 +77,19 @@ METRICS = (
     "detect_all_s",
     "leave_s",
 )
-COUNTS = ("false_deaths", "false_suspicions")
+COUNTS = ("false_failed_start", "false_failed_idle", "false_suspicions")
 """Metrics that are counts, summed over the trials rather than taken as medians."""
 LATE = "late"
 """The late joiner's name."""
 POLL_STEP = 0.02
+"""Shortest pause between two rounds of looks at the agents."""
+
+
+def pause_after(round_started: float) -> None:
+    """Sleep as long as the round of looks took, and at least `POLL_STEP`. The agents
+    answer on the cores they gossip on: at N=100, looking back to back kept more
+    than half a core busy in the agents alone, slowing what it measures."""
+    time.sleep(max(POLL_STEP, time.monotonic() - round_started))
 
 
 class Agent(Protocol):
@@ -99,13 +110,6 @@ class Agent(Protocol):
         """Suspicions this agent has raised so far, or None if it does not say."""
 
 
-@runtime_checkable
-class CountsDeaths(Protocol):
-    """An agent that can say how many members it has declared dead itself."""
-
-    def deaths(self) -> int | None: ...
-
-
 class Cluster(Protocol):
     """Starts agents and kills every one it started when closed."""
 
@@ -118,9 +122,21 @@ class Cluster(Protocol):
 
 @runtime_checkable
 class Logs(Protocol):
-    """An agent whose output goes to a file, so a failure can quote it."""
+    """An agent whose log goes to a file: a failure can quote it, and it names the
+    members the agent saw fail (`failed_line`'s group 1)."""
 
     log_path: Path
+    failed_line: ClassVar[re.Pattern[str]]
+
+
+def failed_since(agent: Logs, offset: int) -> tuple[set[str], int]:
+    """Members `agent` logged as failed past byte `offset` of its log, and the
+    offset its log has reached."""
+    with agent.log_path.open("rb") as log:
+        log.seek(offset)
+        text = log.read()
+    names = {m.group(1) for m in agent.failed_line.finditer(text.decode(errors="replace"))}
+    return names, offset + len(text)
 
 
 def last_words(agent: Agent) -> str:
@@ -150,6 +166,7 @@ def exited(pid: int) -> bool:
 class SwimAgent:
     name: str
     cluster: LocalCluster
+    failed_line: ClassVar[re.Pattern[str]] = re.compile(r"\] member (\S+) failed \(")
 
     @property
     def pid(self) -> int:
@@ -169,24 +186,33 @@ class SwimAgent:
         with contextlib.suppress(RpcError):
             call(self.cluster.agents[self.name].rpc, "leave", timeout=30)
 
-    def _stat(self, key: str) -> int | None:
+    def suspicions(self) -> int | None:
         try:
             stats = call(self.cluster.agents[self.name].rpc, "stats", timeout=10)["stats"]
         except RpcError:
             return None
-        return int(stats.get(key, 0))
+        return int(stats.get("suspicions_raised", 0))
 
-    def suspicions(self) -> int | None:
-        return self._stat("suspicions_raised")
 
-    def deaths(self) -> int | None:
-        return self._stat("deaths_declared")
+class LogDir:
+    """Where a cluster's agents write their logs: a fresh directory under `keep`,
+    left in place, or else a temporary one removed when the cluster closes."""
+
+    def __init__(self, prefix: str, keep: Path | None) -> None:
+        self._temp = None if keep else tempfile.TemporaryDirectory(prefix=prefix)
+        self.path = Path(
+            self._temp.name if self._temp else tempfile.mkdtemp(prefix=prefix, dir=keep)
+        )
+
+    def cleanup(self) -> None:
+        if self._temp is not None:
+            self._temp.cleanup()
 
 
 class SwimCluster:
-    def __init__(self, profile: Profile) -> None:
-        self.log_dir = tempfile.TemporaryDirectory(prefix="bench_swimnode_")
-        self.local = LocalCluster(profile=profile, log_dir=Path(self.log_dir.name))
+    def __init__(self, profile: Profile, keep_logs: Path | None = None) -> None:
+        self.log_dir = LogDir("swimnode-", keep_logs)
+        self.local = LocalCluster(profile=profile, log_dir=self.log_dir.path)
 
     def start(self, name: str, seed: Agent | None) -> Agent:
         seeds = [] if seed is None else [self.local.agents[seed.name]]
@@ -270,6 +296,7 @@ class SerfAgent:
     proc: subprocess.Popen[bytes]
     rpc: SerfRpc
     log_path: Path
+    failed_line: ClassVar[re.Pattern[str]] = re.compile(r"EventMemberFailed: (\S+) ")
 
     @property
     def pid(self) -> int:
@@ -289,17 +316,12 @@ class SerfAgent:
     def suspicions(self) -> None:
         return None  # Serf counts memberlist's suspicions nowhere it shows
 
-    def deaths(self) -> int:
-        # memberlist logs this line when its own suspicion timer expires.
-        with self.log_path.open(errors="replace") as log:
-            return sum(1 for line in log if "memberlist: Marking " in line and " as failed" in line)
-
 
 class SerfCluster:
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, keep_logs: Path | None = None) -> None:
         self.profile = profile
         self.agents: list[SerfAgent] = []
-        self.log_dir = tempfile.TemporaryDirectory(prefix="bench_serf_")
+        self.log_dir = LogDir("serf-", keep_logs)
 
     def start(self, name: str, seed: Agent | None) -> Agent:
         port, rpc_port = free_ports(2)
@@ -310,11 +332,11 @@ class SerfCluster:
             f"-bind=127.0.0.1:{port}",
             f"-rpc-addr=127.0.0.1:{rpc_port}",
             f"-profile={self.profile}",
-            "-log-level=info",  # for the "Marking X as failed" lines
+            "-log-level=info",  # for the EventMemberFailed lines
         ]
         if isinstance(seed, SerfAgent):
             args.append(f"-join=127.0.0.1:{seed.port}")
-        log_path = Path(self.log_dir.name) / f"{name}.log"
+        log_path = self.log_dir.path / f"{name}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         agent = SerfAgent(name, port, proc, SerfRpc(rpc_port), log_path)
@@ -366,6 +388,7 @@ def watch(
         pending = [i for i, t in enumerate(first) if t is None] or list(range(len(checks)))
         confirming = all(t is not None for t in first)
         agents = list({id(checks[i][0]): checks[i][0] for i in pending}.values())
+        asked = time.monotonic()
         seen = dict(zip((id(a) for a in agents), pool.map(lambda a: a.view(), agents), strict=True))
         now = time.monotonic() - start
         for i in pending:
@@ -380,7 +403,7 @@ def watch(
             return [t for t in first if t is not None]
         if now > limit:
             return None
-        time.sleep(POLL_STEP)
+        pause_after(asked)
 
 
 def lists_alive(names: set[str]) -> Callable[[View], bool]:
@@ -400,6 +423,7 @@ def wait_listening(pool: ThreadPoolExecutor, agents: list[Agent], limit: float) 
     deadline = time.monotonic() + limit
     while len(at) < len(agents):
         pending = [a for a in agents if a.name not in at]
+        asked = time.monotonic()
         answered = pool.map(lambda a: a.view() is not None, pending)
         now = time.monotonic()
         for agent, ok in zip(pending, answered, strict=True):
@@ -409,7 +433,7 @@ def wait_listening(pool: ThreadPoolExecutor, agents: list[Agent], limit: float) 
                 raise PhaseFailed(f"{agent.name} exited before it listened{last_words(agent)}")
         if now > deadline and len(at) < len(agents):
             raise PhaseFailed(f"{len(agents) - len(at)} agents not listening after {limit:g} s")
-        time.sleep(POLL_STEP)
+        pause_after(asked)
     return at
 
 
@@ -442,16 +466,29 @@ def start_and_join(
     return agents
 
 
-def count_alarms(agents: list[Agent], pool: ThreadPoolExecutor, trial: Trial) -> None:
-    """Deaths declared and suspicions raised so far, summed over agents, where every
-    agent reports them."""
-    for key, ask in (
-        ("false_deaths", lambda a: a.deaths() if isinstance(a, CountsDeaths) else None),
-        ("false_suspicions", lambda a: a.suspicions()),
-    ):
-        counts = list(pool.map(ask, agents))
-        if all(c is not None for c in counts):
-            trial.values[key] = sum(c for c in counts if c is not None)
+class FalseFailures:
+    """Members some agent logged as failed while every agent was running, counted
+    apart for the start (spawn -> join converged) and the idle window after it."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[str, int] = {}
+
+    def count(self, agents: list[Agent], key: str, trial: Trial) -> None:
+        """Count the members logged as failed since the last count under `key`."""
+        failed: set[str] = set()
+        for agent in agents:
+            if not isinstance(agent, Logs):
+                return  # not every agent says: no figure
+            names, self.offsets[agent.name] = failed_since(agent, self.offsets.get(agent.name, 0))
+            failed |= names
+        trial.values[key] = len(failed)
+
+
+def count_suspicions(agents: list[Agent], pool: ThreadPoolExecutor, trial: Trial) -> None:
+    """Suspicions raised so far, summed over agents, where every agent reports them."""
+    counts = list(pool.map(lambda a: a.suspicions(), agents))
+    if all(c is not None for c in counts):
+        trial.values["false_suspicions"] = sum(c for c in counts if c is not None)
 
 
 def measure_idle(agents: list[Agent], idle: float, trial: Trial) -> None:
@@ -539,8 +576,11 @@ def run_trial(make: Callable[[], Cluster], plan: Plan, pool: ThreadPoolExecutor)
     trial = Trial()
     try:
         agents = start_and_join(cluster, names, plan.stagger, plan.limit, pool, trial)
+        false_failures = FalseFailures()
+        false_failures.count(agents, "false_failed_start", trial)
         measure_idle(agents, plan.idle, trial)
-        count_alarms(agents, pool, trial)
+        false_failures.count(agents, "false_failed_idle", trial)
+        count_suspicions(agents, pool, trial)
         if plan.late_joiner:
             late = measure_late_joiner(cluster, agents[0], agents, plan.limit, pool, trial)
             agents = [*agents, late]
@@ -636,11 +676,19 @@ def main() -> int:
     )
     parser.add_argument("--no-late-joiner", action="store_true", help="skip the late joiner")
     parser.add_argument(
+        "--keep-logs",
+        type=Path,
+        metavar="DIR",
+        help="keep every agent's log, one new directory per trial under DIR",
+    )
+    parser.add_argument(
         "--vs-serf", action="store_true", help="also run Serf agents (needs `serf` on PATH)"
     )
     args = parser.parse_args()
     if args.nodes < 3 or args.trials < 1 or args.idle <= 0 or args.stagger < 0:
         parser.error("need --nodes >= 3, --trials >= 1, --idle > 0 and --stagger >= 0")
+    if args.keep_logs is not None and not args.keep_logs.is_dir():
+        parser.error(f"--keep-logs: {args.keep_logs} is not a directory")
     compile_package()
     with socket.socket() as probe:  # loopback must work before spawning anything
         probe.bind(("127.0.0.1", 0))
@@ -654,7 +702,7 @@ def main() -> int:
         result.update(
             bench(
                 "swimnode",
-                lambda: SwimCluster(args.profile),
+                lambda: SwimCluster(args.profile, args.keep_logs),
                 args,
                 stagger=args.stagger,
                 late_joiner=not args.no_late_joiner,
@@ -670,7 +718,7 @@ def main() -> int:
             else:
                 result["serf"] = bench(
                     "serf",
-                    lambda: SerfCluster(args.profile),
+                    lambda: SerfCluster(args.profile, args.keep_logs),
                     args,
                     stagger=args.stagger,
                     late_joiner=not args.no_late_joiner,
