@@ -224,6 +224,28 @@ def test_one_line_errors(tmp_path: Path) -> None:
         busy_tcp.close()
 
 
+@pytest.mark.skipif(
+    not Path("/proc/sys/net/ipv4/ip_local_port_range").exists(), reason="Linux only"
+)
+def test_free_ports_are_out_of_reach_of_kernel_picked_ports() -> None:
+    # An agent binds its ports seconds after they were chosen; any process's bind(0)
+    # meanwhile must not be able to take one (it did, before: 33 of 200 ports).
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports(200)
+    assert len(set(ports)) == 200
+    assert all(p < low for p in ports)
+    taken = set()
+    for kind in [socket.SOCK_STREAM, socket.SOCK_DGRAM] * 1500:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            taken.add(s.getsockname()[1])
+    assert not taken & set(ports)
+    for port in ports[:10]:  # still free for both protocols
+        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            tcp.bind(("127.0.0.1", port))
+            udp.bind(("127.0.0.1", port))
+
+
 def test_state_spreads_and_ring_covers_every_member(cluster: LocalCluster, tmp_path: Path) -> None:
     # s0 seeds the others through each kind of seed source: a file and a DNS name
     # (a numeric one, so no resolver is needed), and starts with application state.
