@@ -289,16 +289,21 @@ def test_seed_source_and_queries(tmp_path: pathlib.Path) -> None:
             swimnode.aio.open_node(local("s0", ports[0])) as s0,
             swimnode.aio.open_node(local("s1", ports[1]), seed_source=FileSeeds(seeds)) as s1,
         ):
-            s0.register_query_handler("ping", lambda query: b"pong from s0")
+            s0.on_query("ping", lambda query: b"pong from s0")
             await until(lambda: {m.name for m in s1.live_members()} == {"s0", "s1"})
             result = await s1.query("ping", timeout=5.0)
             assert result.responses == {"s0": b"pong from s0"}
             assert s1.stats()["queries_started"] == 1
             # The Trio node's filters and progress reports, through the aio node.
-            s1.register_query_handler("ping", lambda query: b"pong from s1")
+            s1.on_query("ping", lambda query: b"pong from s1")
             progress: list[object] = []
             result = await s1.query("ping", timeout=5.0, names=["s1"], on_progress=progress.append)
             assert result.responses == {"s1": b"pong from s1"} and progress
+            # The same replies as an async iterator, and the result after it.
+            async with s1.query_stream("ping", timeout=5.0) as replies:
+                answers = {r.sender: r.payload async for r in replies if r.payload is not None}
+            assert answers == {"s0": b"pong from s0", "s1": b"pong from s1"}
+            assert replies.result.responses == answers and replies.result.missing == []
             async with collect(s0) as seen:
                 ltime = s1.send_event("deploy", b"v2")
                 await until(lambda: any(getattr(e, "name", None) == "deploy" for e in seen))

@@ -194,11 +194,21 @@ def test_filtered_queries_and_user_events() -> None:
     ports = free_ports(2)
     with start_node(local("a", ports[0])) as a, start_node(local("b", ports[1])) as b:
         assert b.join([a.address]) == 1
-        a.register_query_handler("ping", lambda query: b"pong from a")
-        b.register_query_handler("ping", lambda query: b"pong from b")
+        a.on_query("ping", lambda query: b"pong from a")
+        b.on_query("ping", lambda query: b"pong from b")
         progress: list[object] = []
         result = b.query("ping", timeout=5.0, names=["a"], on_progress=progress.append)
         assert result.responses == {"a": b"pong from a"} and progress
+        # The same replies as a plain iterator, and the result after it.
+        a.on_query("ping", None)  # a acks without answering from now on
+        with b.query_stream("ping", timeout=5.0) as replies:
+            got = list(replies)
+        assert {r.sender: r.payload for r in got if r.payload is not None} == {"b": b"pong from b"}
+        assert [r.sender for r in got if not r.answering] == ["a"]
+        assert replies.result.responses == {"b": b"pong from b"} and replies.result.acks == {
+            "a",
+            "b",
+        }
         events = a.events(timeout=STEP)
         ltime = b.send_event("deploy", b"v2")
         event = next(e for e in events if isinstance(e, UserEvent))

@@ -22,6 +22,7 @@ from swimnode.agent.keyqueries import (
     register_key_handlers,
     run_key_query,
 )
+from swimnode.driver import NodeNotRunning
 from swimnode.net.keyring import Keyring, fingerprint, generate_key, parse_key
 from swimnode.protocol import codec
 from swimnode.protocol.codec import DecodeError, decode_packet, encode_message, encode_packet
@@ -188,7 +189,7 @@ async def test_a_query_reaches_every_node_and_all_answer(
                 seen.append(name)
                 return name.upper().encode() + query.payload
 
-            node.register_query_handler("echo", handler)
+            node.on_query("echo", handler)
         start = trio.current_time()
         result = await cluster.nodes["n3"].query("echo", b"!")
         took = trio.current_time() - start
@@ -206,7 +207,7 @@ async def test_a_silent_member_is_reported_missing(mock_clock: trio.testing.Mock
         assert await cluster.wait_for(cluster.converged, timeout=30) is not None
         for name, node in cluster.nodes.items():
             # n2 has a responder that never answers, so an answer could still come.
-            node.register_query_handler("ping", recorder([], None if name == "n2" else b"pong"))
+            node.on_query("ping", recorder([], None if name == "n2" else b"pong"))
         start = trio.current_time()
         result = await cluster.nodes["n0"].query("ping", timeout=2.0)
         assert result.missing == ["n2"]
@@ -279,3 +280,69 @@ async def test_key_queries_are_refused_without_keys(mock_clock: trio.testing.Moc
         with pytest.raises(KeyQueryError, match="without encryption keys"):
             await run_key_query(node, None, "install", parse_key(generate_key()))
         assert node.stats().get("queries_started", 0) == sent  # nothing went out
+
+
+async def test_query_stream_hands_over_each_reply_as_it_arrives(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with open_sim_cluster(4, seed=42) as cluster:
+        assert await cluster.wait_for(cluster.converged, timeout=30) is not None
+        for name, node in cluster.nodes.items():
+            # n2 acks but never answers, so the query runs to its timeout.
+            node.on_query("ping", recorder([], None if name == "n2" else name.encode()))
+        cluster.nodes["n3"].on_query("ping", None)  # n3 no longer answers at all
+        start = trio.current_time()
+        arrived: list[tuple[float, QueryProgress]] = []
+        async with cluster.nodes["n0"].query_stream("ping", timeout=2.0) as replies:
+            async for reply in replies:
+                arrived.append((trio.current_time() - start, reply))
+        ended = trio.current_time() - start
+        answers = {p.sender: p.payload for _, p in arrived if p.payload is not None}
+        assert answers == {"n0": b"n0", "n1": b"n1"}
+        # (An answer that overtakes its ack stands for both.)
+        assert {p.sender for _, p in arrived} == {"n0", "n1", "n2", "n3"}
+        assert [p.sender for _, p in arrived if not p.answering] == ["n3"]
+        # Handed over as they came, long before the query ended at its timeout.
+        assert max(t for t, _ in arrived) < 1.0 < 2.0 - 1e-9 <= ended
+        result = replies.result
+        assert result.responses == answers and result.acks == {"n0", "n1", "n2", "n3"}
+        assert result.missing == ["n2", "n3"]
+
+
+async def test_leaving_a_query_stream_early(mock_clock: trio.testing.MockClock) -> None:
+    async with open_sim_cluster(3, seed=44) as cluster:
+        assert await cluster.wait_for(cluster.converged, timeout=30) is not None
+        for node in cluster.nodes.values():
+            node.on_query("ping", lambda q: None)  # acks, never answers
+        origin = cluster.nodes["n1"]
+        async with origin.query_stream("ping", timeout=5.0) as replies:
+            first = await replies.__anext__()
+        assert first.payload is None
+        with pytest.raises(RuntimeError, match="has not finished"):
+            _ = replies.result
+        await trio.sleep(6)  # the query ends in the core with nobody listening
+        assert origin.stats()["queries_started"] == 1
+        # The next query is unaffected.
+        origin.on_query("ping", lambda q: b"now")
+        result = await origin.query("ping", timeout=1.0, names=["n1"])
+        assert result.responses == {"n1": b"now"}
+
+
+async def test_a_query_stream_ends_when_its_node_stops(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with open_sim_cluster(3, seed=45) as cluster:
+        assert await cluster.wait_for(cluster.converged, timeout=30) is not None
+        origin = cluster.nodes["n2"]
+        got: list[QueryProgress] = []
+        async with origin.query_stream("nobody-answers", timeout=30.0) as replies:
+            with trio.move_on_after(40) as scope:
+                cluster.crash("n2")
+                async for reply in replies:
+                    got.append(reply)
+        assert not scope.cancelled_caught  # the iteration ended on its own
+        with pytest.raises(NodeNotRunning):
+            _ = replies.result
+        # A plain query on a stopped node says so too, rather than waiting for ever.
+        with pytest.raises(NodeNotRunning):
+            await origin.query("ping")

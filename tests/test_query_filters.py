@@ -39,7 +39,7 @@ async def test_state_and_name_filters_select_the_responders(
     async with open_sim_cluster(6, seed=4) as cluster:
         assert await cluster.wait_for(cluster.converged, timeout=30) is not None
         for name, node in cluster.nodes.items():
-            node.register_query_handler("who", answer_with(name.encode()))
+            node.on_query("who", answer_with(name.encode()))
             node.set_state("role", "db" if name in ("n1", "n4") else "web")
             node.set_state("weight", int(name[1:]))
         assert await cluster.wait_for(cluster.state_converged, timeout=30) is not None
@@ -76,10 +76,10 @@ async def test_a_raising_responder_is_logged_and_answers_nothing(
         def broken(query: Query) -> bytes:
             raise RuntimeError("responder bug")
 
-        cluster.nodes["n0"].register_query_handler("k", echo)
-        cluster.nodes["n1"].register_query_handler("k", broken)
+        cluster.nodes["n0"].on_query("k", echo)
+        cluster.nodes["n1"].on_query("k", broken)
         later: list[Query] = []
-        cluster.nodes["n2"].register_query_handler("k", lambda q: later.append(q))
+        cluster.nodes["n2"].on_query("k", lambda q: later.append(q))
         caplog.set_level(logging.ERROR, "swimnode")
         async with trio.open_nursery() as nursery:
 

@@ -23,10 +23,10 @@ import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .aionode import AioDriver
-from .driver import NodeNotRunning
+from .driver import NodeNotRunning, QueryReplies, Receivable
 from .eventhub import EventStream
 from .hosted import NodeView
 from .net.aiotransport import AioTransport, secure
@@ -39,7 +39,7 @@ from .protocol.config import Config
 from .protocol.events import Event
 from .protocol.queries import QueryProgress, QueryResult
 
-__all__ = ["AioEventStream", "AioNode", "NodeNotRunning", "open_node"]
+__all__ = ["AioEventStream", "AioNode", "AioQueryReplies", "NodeNotRunning", "open_node"]
 
 T = TypeVar("T")
 
@@ -137,36 +137,57 @@ class AioNode(NodeView[AioDriver, AioDriver]):
 
         return await self._command(ask)
 
+    @asynccontextmanager
+    async def query_stream(
+        self,
+        kind: str,
+        payload: bytes = b"",
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        names: Iterable[str] = (),
+        state: Iterable[tuple[str, str]] = (),
+    ) -> AsyncIterator[AioQueryReplies]:
+        """`query`, with each ack and answer handed to the block as it arrives
+        (see `swimnode.Node.query_stream`):
 
-class AioEventStream:
-    """One subscription's events for asyncio: `async for event in stream`.
+            async with node.query_stream("ping") as replies:
+                async for reply in replies:
+                    ...
+            print(replies.result.missing)
+        """
+        replies = self._write(self._node.open_replies, kind, payload, timeout, names, state)
+        try:
+            yield AioQueryReplies(replies, self)
+        finally:
+            self._node.close_replies(replies)
 
-    It reads the node's own bounded buffer (`swimnode.EventStream`), so a slow
-    reader gets `EventsLost` where it missed events, and nothing else grows.
-    """
 
-    def __init__(self, stream: EventStream, node: AioNode) -> None:
-        self._stream = stream
+class _AioReader(Generic[T]):
+    """Waits in asyncio for what the node puts in `source` (it runs in the same
+    loop, so only the waiting is asyncio's): `async for item in reader`."""
+
+    def __init__(self, source: Receivable[T], node: AioNode) -> None:
+        self._source = source
         self._node = node
         self._waiter: asyncio.Future[None] | None = None
         # Called by the node in the loop's thread, from its receive path or a task.
-        stream.set_notify(self._wake)
+        source.set_notify(self._wake)
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def __aiter__(self) -> AioEventStream:
+    def __aiter__(self) -> _AioReader[T]:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> T:
         self._node._check_loop()
         while True:
-            event = self._stream.receive_nowait()
-            if event is not None:
-                return event
-            if self._stream.finished:
+            item = self._source.receive_nowait()
+            if item is not None:
+                return item
+            if self._source.finished:
                 raise StopAsyncIteration
             self._waiter = self._node._loop.create_future()
             try:
@@ -174,9 +195,35 @@ class AioEventStream:
             finally:
                 self._waiter = None
 
+
+class AioEventStream(_AioReader[Event]):
+    """One subscription's events for asyncio: `async for event in stream`.
+
+    It reads the node's own bounded buffer (`swimnode.EventStream`), so a slow
+    reader gets `EventsLost` where it missed events, and nothing else grows.
+    """
+
+    def __init__(self, stream: EventStream, node: AioNode) -> None:
+        super().__init__(stream, node)
+        self._stream = stream
+
     def close(self) -> None:
         """Stop receiving events; a waiting iteration ends."""
         self._stream.close()
+
+
+class AioQueryReplies(_AioReader[QueryProgress]):
+    """One query's acks and answers for asyncio (`AioNode.query_stream`):
+    `async for reply in replies`, ending with the query."""
+
+    def __init__(self, replies: QueryReplies, node: AioNode) -> None:
+        super().__init__(replies, node)
+        self._replies = replies
+
+    @property
+    def result(self) -> QueryResult:
+        """What the query gathered (see `swimnode.driver.QueryReplies.result`)."""
+        return self._replies.result
 
 
 @asynccontextmanager

@@ -161,8 +161,7 @@ class AioDriver(DriverBase):
         for task in self._tasks:
             task.cancel()
         self._hub.close()
-        for waiter in (*self._joins.values(), *self._queries.values()):
-            waiter.finish()
+        self._end_commands()
         if self._left is not None and not self._left.done():
             self._left.set_result(None)
 
@@ -228,8 +227,6 @@ class AioDriver(DriverBase):
             await waiter.future
         finally:
             del waiters[key]
-        if waiter.signal is None:
-            raise NodeNotRunning("the node stopped before the call finished")
         return waiter.signal
 
     def _pump_soon(self) -> None:
@@ -250,3 +247,6 @@ class AioDriver(DriverBase):
     def _on_left(self) -> None:
         if self._left is not None and not self._left.done():
             self._left.set_result(None)
+
+    def _has_stopped(self) -> bool:
+        return self.stopped

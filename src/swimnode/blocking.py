@@ -21,11 +21,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
 
 import trio
 
+from .driver import QueryReplies, Receivable
 from .eventhub import EventStream
 from .hosted import NodeRunner, NodeView
 from .net.keyring import Keyring
@@ -39,6 +41,7 @@ from .protocol.queries import QueryProgress, QueryResult
 __all__ = [
     "BlockingEventStream",
     "BlockingNode",
+    "BlockingQueryReplies",
     "EventCallback",
     "NodeNotRunning",
     "NodeThread",
@@ -234,6 +237,32 @@ class BlockingNode(NodeView[NodeRunner, Node]):
 
         return self._command(ask)
 
+    @contextmanager
+    def query_stream(
+        self,
+        kind: str,
+        payload: bytes = b"",
+        *,
+        timeout: float | None = None,
+        names: Iterable[str] = (),
+        state: Iterable[tuple[str, str]] = (),
+    ) -> Iterator[BlockingQueryReplies]:
+        """`query`, with each ack and answer handed to this thread as it arrives
+        (see `swimnode.Node.query_stream`):
+
+            with node.query_stream("ping") as replies:
+                for reply in replies:
+                    ...
+            print(replies.result.missing)
+        """
+        names, state = list(names), list(state)
+        replies = self._write(self._node.open_replies, kind, payload, timeout, names, state)
+        try:
+            yield BlockingQueryReplies(self, replies)
+        finally:
+            with contextlib.suppress(NodeNotRunning):
+                self._thread.run_sync(self._node.close_replies, replies)
+
     def events(self, timeout: float | None = None) -> BlockingEventStream:
         """Subscribe to membership events from now on: `for event in node.events()`.
 
@@ -293,15 +322,68 @@ class EventCallback:
             self._thread.run_sync(self._stream.close)
 
 
-def _drain(stream: EventStream) -> tuple[list[Event], bool]:
-    """Everything `stream` holds now, and whether it has ended; on the node's thread."""
-    events = []
-    while (event := stream.receive_nowait()) is not None:
-        events.append(event)
-    return events, stream.finished
+def _drain(source: Receivable[T]) -> tuple[list[T], bool]:
+    """Everything `source` holds now, and whether it has ended; on the node's thread."""
+    items = []
+    while (item := source.receive_nowait()) is not None:
+        items.append(item)
+    return items, source.finished
 
 
-class BlockingEventStream:
+class _BlockingReader(Generic[T]):
+    """Waits in a thread for what the node puts in `source` on its own thread, and
+    takes it in batches: `for item in reader`. With a `timeout`, waiting longer
+    than that for one item raises `TimeoutError`."""
+
+    def __init__(self, node: BlockingNode, source: Receivable[T], timeout: float | None) -> None:
+        self._thread = node._thread
+        self._timeout = timeout
+        self._cond = threading.Condition()
+        self._ready = False
+        self._taken: deque[T] = deque()
+        self._source = source
+        # Whatever came before this waits in the source for the first `next`.
+        node._read(source.set_notify, self._wake)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._ready = True
+            self._cond.notify_all()
+
+    def __iter__(self) -> _BlockingReader[T]:
+        return self
+
+    def __next__(self) -> T:
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while not self._taken:
+            with self._cond:
+                self._ready = False
+            items, finished = self._take()
+            self._taken.extend(items)
+            if self._taken:
+                break
+            if finished:
+                raise StopIteration
+            self._wait(deadline)
+        return self._taken.popleft()
+
+    def _take(self) -> tuple[list[T], bool]:
+        try:
+            return self._thread.run_sync(_drain, self._source)
+        except NodeNotRunning:
+            # The thread's Trio run has ended, so nothing else touches the source.
+            return _drain(self._source)
+
+    def _wait(self, deadline: float | None) -> None:
+        with self._cond:
+            while not self._ready:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"nothing arrived within {self._timeout} s")
+                self._cond.wait(remaining)
+
+
+class BlockingEventStream(_BlockingReader[Event]):
     """One subscription's events for threads: `for event in stream`.
 
     It reads the node's own bounded buffer (`swimnode.EventStream`) in batches, so
@@ -310,54 +392,8 @@ class BlockingEventStream:
     """
 
     def __init__(self, node: BlockingNode, timeout: float | None) -> None:
-        self._thread = node._thread
-        self._timeout = timeout
-        self._cond = threading.Condition()
-        self._ready = False
-        self._taken: deque[Event] = deque()
-        self._stream = node._read(self._subscribe, node._node)
-
-    def _subscribe(self, node: Node) -> EventStream:
-        stream = node.events()
-        stream.set_notify(self._wake)
-        return stream
-
-    def _wake(self) -> None:
-        with self._cond:
-            self._ready = True
-            self._cond.notify_all()
-
-    def __iter__(self) -> BlockingEventStream:
-        return self
-
-    def __next__(self) -> Event:
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        while not self._taken:
-            with self._cond:
-                self._ready = False
-            events, finished = self._take()
-            self._taken.extend(events)
-            if self._taken:
-                break
-            if finished:
-                raise StopIteration
-            self._wait(deadline)
-        return self._taken.popleft()
-
-    def _take(self) -> tuple[list[Event], bool]:
-        try:
-            return self._thread.run_sync(_drain, self._stream)
-        except NodeNotRunning:
-            # The thread's Trio run has ended, so nothing else touches the stream.
-            return _drain(self._stream)
-
-    def _wait(self, deadline: float | None) -> None:
-        with self._cond:
-            while not self._ready:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"no event within {self._timeout} s")
-                self._cond.wait(remaining)
+        self._stream: EventStream = node._read(node._node.events)
+        super().__init__(node, self._stream, timeout)
 
     def close(self) -> None:
         """Stop receiving events; a waiting iteration ends."""
@@ -365,6 +401,20 @@ class BlockingEventStream:
             self._thread.run_sync(self._stream.close)
         except NodeNotRunning:
             self._stream.close()
+
+
+class BlockingQueryReplies(_BlockingReader[QueryProgress]):
+    """One query's acks and answers for threads (`BlockingNode.query_stream`):
+    `for reply in replies`, ending with the query."""
+
+    def __init__(self, node: BlockingNode, replies: QueryReplies) -> None:
+        super().__init__(node, replies, None)
+        self._replies = replies
+
+    @property
+    def result(self) -> QueryResult:
+        """What the query gathered (see `swimnode.driver.QueryReplies.result`)."""
+        return self._replies.result
 
 
 def start_node(

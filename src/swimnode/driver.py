@@ -14,8 +14,11 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import trio
 
 from .eventhub import EventHub, EventStream
 from .net.seeds import SeedSource, SeedSourceError
@@ -68,11 +71,96 @@ class Waiter(Protocol):
     def finish(self) -> None: ...
 
 
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Receivable(Protocol[T_co]):
+    """Something that fills on the node's thread and is read without waiting
+    (`EventStream`, `QueryReplies`): another event loop or thread waits for it with
+    `set_notify` and takes what came with `receive_nowait`."""
+
+    def receive_nowait(self) -> T_co | None: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def set_notify(self, callback: Callable[[], None] | None) -> None: ...
+
+
+class QueryReplies:
+    """One query's acks and answers as they arrive (`QueryProgress`), then its
+    `result`: `async for reply in replies` in Trio, ending when the query does.
+
+    It only relays what the core signals for the query (the core gathers, counts
+    and ends it), and is the query's waiter: `finish` comes with the
+    `QueryFinished` signal, or with None when the node stops first.
+    """
+
+    def __init__(self, query_id: int) -> None:
+        self.id = query_id
+        self.signal: Signal | None = None
+        self._arrived: deque[QueryProgress] = deque()
+        self._done = False
+        self._wakeup = trio.Event()
+        self._notify: Callable[[], None] | None = None
+
+    def add(self, progress: QueryProgress) -> None:
+        """An ack or an answer came (from the node's `QueryProgress` signal)."""
+        self._arrived.append(progress)
+        self._wake()
+
+    def finish(self) -> None:
+        """The query ended (`signal` is its `QueryFinished`), or the node stopped."""
+        self._done = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        if self._notify is not None:
+            self._notify()
+
+    def set_notify(self, callback: Callable[[], None] | None) -> None:
+        """Also call `callback()` (on the node's thread; quick, never raising)
+        whenever a reply arrives or the query ends."""
+        self._notify = callback
+
+    def receive_nowait(self) -> QueryProgress | None:
+        """The next reply if one has arrived, else None; never waits."""
+        return self._arrived.popleft() if self._arrived else None
+
+    @property
+    def finished(self) -> bool:
+        """True once the query has ended and every reply has been taken."""
+        return self._done and not self._arrived
+
+    @property
+    def result(self) -> QueryResult:
+        """What the query gathered. Raises `RuntimeError` before it has ended, and
+        `NodeNotRunning` if the node stopped first."""
+        if not self._done:
+            raise RuntimeError("the query has not finished")
+        if not isinstance(self.signal, QueryFinished):
+            raise NodeNotRunning("the node stopped before the query finished")
+        return self.signal.result
+
+    def __aiter__(self) -> QueryReplies:
+        return self
+
+    async def __anext__(self) -> QueryProgress:
+        while (reply := self.receive_nowait()) is None:
+            if self._done:
+                raise StopAsyncIteration
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        return reply
+
+
 class DriverBase:
     """The event-loop-independent half of a node (see the module docstring).
 
     A subclass provides `_now`, `_wait_for`, `_pump_soon`, `_move_deadlines`,
-    `_start_streams` and `_on_left`, and creates the core with `_start_core`.
+    `_start_streams`, `_on_left` and `_has_stopped`, and creates the core with
+    `_start_core`.
     """
 
     def __init__(self, config: Config, *, seed_source: SeedSource | None = None) -> None:
@@ -112,6 +200,10 @@ class DriverBase:
 
     def _on_left(self) -> None:
         """The leave record has been sent its full count: a waiting leave ends."""
+        raise NotImplementedError
+
+    def _has_stopped(self) -> bool:
+        """Whether the node ran and has stopped (a command would wait for ever)."""
         raise NotImplementedError
 
     # ----- public API ----------------------------------------------------------------
@@ -187,25 +279,29 @@ class DriverBase:
 
         Raises `JoinError` if none answered within `config.join_timeout`.
         """
-        join_id = self.core.join(seeds, self._now())
+        join_id = self._running_core().join(seeds, self._now())
         if join_id is None:
             return 0
         finished = await self._wait_for(self._joins, join_id)
-        assert isinstance(finished, JoinFinished)
+        if not isinstance(finished, JoinFinished):
+            raise NodeNotRunning("the node stopped before the join finished")
         if finished.error is not None:
             raise JoinError(finished.error)
         return finished.answered
 
-    def register_query_handler(self, kind: str, handler: QueryHandler | None) -> None:
-        """Answer queries of `kind` with `handler` (None removes it). A member with
-        no handler for a kind stays silent, and the origin lists it as missing. The
-        handler runs in the node's receive path: it must be quick."""
+    def on_query(self, name: str, handler: QueryHandler | None) -> None:
+        """Answer queries named `name` with `handler(query)`, which returns the
+        answer's payload, or None to answer nothing now (`answer_query` can answer
+        later); None as `handler` removes it, and `"*"` answers names without a
+        handler of their own. A member with no handler for a name stays silent, and
+        the origin lists it as missing. The handler runs in the node's receive path:
+        it must be quick. An exception it raises is logged and answers nothing."""
         if handler is None:
-            self._query_handlers.pop(kind, None)
+            self._query_handlers.pop(name, None)
         else:
-            self._query_handlers[kind] = handler
+            self._query_handlers[name] = handler
         if self._core is not None:
-            self._core.register_query_handler(kind, handler)
+            self._core.register_query_handler(name, handler)
 
     async def query(
         self,
@@ -221,24 +317,68 @@ class DriverBase:
 
         `names` selects members by name, `state` by `(key, regex)` on their
         application state (all must match). `on_progress`, if given, is called with
-        each ack and answer as it arrives (in the node's task: it must be quick).
-        Returns once every selected member that is live now has answered (or acked
-        without a responder), or after `timeout` seconds (default
-        `default_query_timeout`: a few dozen gossip rounds). Raises `ValueError` if
-        `kind`, `payload` or a filter is over the codec's limits or a regex is bad.
-        (`timeout` is part of the query, which members use to drop stale answers, so
-        it is a parameter rather than the caller's cancel scope.)
+        each ack and answer as it arrives (in the node's task: it must be quick;
+        `query_stream` hands them to a loop instead). Returns once every selected
+        member that is live now has answered (or acked without a responder), or
+        after `timeout` seconds (default `default_query_timeout`: a few dozen
+        gossip rounds). Raises `ValueError` if `kind`, `payload` or a filter is
+        over the codec's limits or a regex is bad, and `NodeNotRunning` if the node
+        stops first. (`timeout` is part of the query, which members use to drop
+        stale answers, so it is a parameter rather than the caller's cancel scope.)
         """
-        filters = (tuple(names), tuple(state))
-        query_id = self.core.start_query(kind, payload, timeout, self._now(), filters)
+        query_id = self._start_query(kind, payload, timeout, names, state)
         if on_progress is not None:
             self._query_progress[query_id] = on_progress
         try:
             finished = await self._wait_for(self._queries, query_id)
         finally:
             self._query_progress.pop(query_id, None)
-        assert isinstance(finished, QueryFinished)
+        if not isinstance(finished, QueryFinished):
+            raise NodeNotRunning("the node stopped before the query finished")
         return finished.result
+
+    def _start_query(
+        self,
+        kind: str,
+        payload: bytes,
+        timeout: float | None,
+        names: Iterable[str],
+        state: Iterable[tuple[str, str]],
+    ) -> int:
+        filters = (tuple(names), tuple(state))
+        return self._running_core().start_query(kind, payload, timeout, self._now(), filters)
+
+    def _running_core(self) -> SwimCore:
+        if self._has_stopped():
+            raise NodeNotRunning("the node has stopped")
+        return self.core
+
+    def open_replies(
+        self,
+        kind: str,
+        payload: bytes = b"",
+        timeout: float | None = None,
+        names: Iterable[str] = (),
+        state: Iterable[tuple[str, str]] = (),
+    ) -> QueryReplies:
+        """Start a query whose acks and answers go to the returned `QueryReplies`
+        until `close_replies`: the part of `query_stream` every flavour shares.
+        Arguments and errors are `query`'s."""
+        replies = QueryReplies(self._start_query(kind, payload, timeout, names, state))
+        self._queries[replies.id] = replies
+        self._query_progress[replies.id] = replies.add
+        self._pump_soon()
+        return replies
+
+    def close_replies(self, replies: QueryReplies) -> None:
+        """Stop relaying to `replies` (the query itself runs on to its end)."""
+        self._queries.pop(replies.id, None)
+        self._query_progress.pop(replies.id, None)
+
+    def _end_commands(self) -> None:
+        """The node stopped: wake every waiting command (with no signal)."""
+        for waiter in (*self._joins.values(), *self._queries.values()):
+            waiter.finish()
 
     def answer_query(self, query: Query, payload: bytes) -> None:
         """Answer `query` after the fact: for a handler that returned None because

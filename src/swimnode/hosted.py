@@ -259,7 +259,8 @@ class NodeView(Generic[R, N]):
         Lamport time, `ValueError` over the size or rate limits, raised here."""
         return self._write(lambda: self._node.send_event(name, payload, coalesce=coalesce))
 
-    def register_query_handler(self, kind: str, handler: QueryHandler | None) -> None:
-        """Answer queries of `kind` with `handler` (None removes it). The handler
-        runs on the node's thread, in its receive path: it must be quick."""
-        self._write(self._node.register_query_handler, kind, handler)
+    def on_query(self, name: str, handler: QueryHandler | None) -> None:
+        """Answer queries named `name` with `handler(query)` (see
+        `swimnode.Node.on_query`; None removes it). The handler runs on the node's
+        thread, in its receive path: it must be quick."""
+        self._write(self._node.on_query, name, handler)

@@ -15,12 +15,20 @@ its concern's next deadline, and after every step the driver moves those deadlin
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 import trio
 
-from .driver import DriverBase, JoinError, NodeNotRunning, Waiter, member_log, new_generation
+from .driver import (
+    DriverBase,
+    JoinError,
+    NodeNotRunning,
+    QueryReplies,
+    Waiter,
+    member_log,
+    new_generation,
+)
 from .net.keyring import Keyring
 from .net.securelayer import secure_with
 from .net.security import SecureTransport, check_secure_bind
@@ -49,8 +57,9 @@ class Node(DriverBase):
     """One cluster member. Start it with `open_node` or `await nursery.start(node.run)`.
 
     `seed_source`, if given, is re-read every `config.seed_refresh_interval` and its
-    addresses are used beside `config.seeds`. The reads, state calls, `join` and
-    `query` are `swimnode.driver.DriverBase`'s, shared with the asyncio driver.
+    addresses are used beside `config.seeds`. The reads, state calls, `join`,
+    `query` and `on_query` are `swimnode.driver.DriverBase`'s, shared with the
+    asyncio driver.
     """
 
     def __init__(
@@ -79,6 +88,33 @@ class Node(DriverBase):
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
+    @asynccontextmanager
+    async def query_stream(
+        self,
+        kind: str,
+        payload: bytes = b"",
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        names: Iterable[str] = (),
+        state: Iterable[tuple[str, str]] = (),
+    ) -> AsyncIterator[QueryReplies]:
+        """`query`, with each ack and answer handed to the block as it arrives:
+
+            async with node.query_stream("ping", timeout=2) as replies:
+                async for reply in replies:  # QueryProgress
+                    print(reply.sender, reply.payload)
+            print(replies.result.missing)
+
+        Iteration ends when the query does; `replies.result` is then what `query`
+        returns. Leaving the block early stops the relay, and the query runs on in
+        the core until its timeout. Arguments and errors are `query`'s.
+        """
+        replies = self.open_replies(kind, payload, timeout, names, state)
+        try:
+            yield replies
+        finally:
+            self.close_replies(replies)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run every task of the node until cancelled or `leave()` completes."""
         self._start_core(self._transport.local_address, self._transport.overhead)
@@ -96,6 +132,7 @@ class Node(DriverBase):
         finally:
             self._nursery = None
             self._hub.close()
+            self._end_commands()
             self._stopped.set()
             with trio.CancelScope(shield=True):
                 await self._transport.aclose()
@@ -168,6 +205,9 @@ class Node(DriverBase):
 
     def _on_left(self) -> None:
         self._left.set()
+
+    def _has_stopped(self) -> bool:
+        return self._stopped.is_set()
 
 
 @asynccontextmanager

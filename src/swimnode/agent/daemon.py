@@ -413,7 +413,7 @@ def register_query_responders(node: Node, runner: HandlerRunner) -> None:
         runner.submit_query(query)  # the answer comes later, from the command
 
     for kind in sorted(names) + ([FALLBACK_KIND] if every else []):
-        node.register_query_handler(kind, respond)
+        node.on_query(kind, respond)
 
 
 def check_handlers(settings: AgentSettings) -> None:

@@ -174,7 +174,7 @@ def key_query_handler(action: KeyAction, keyring: Keyring | None) -> QueryHandle
 def register_key_handlers(node: Node, keyring: Keyring | None) -> None:
     """Make `node` answer every ``keys.*`` query against `keyring`."""
     for action in KEY_ACTIONS:
-        node.register_query_handler(KIND_PREFIX + action, key_query_handler(action, keyring))
+        node.on_query(KIND_PREFIX + action, key_query_handler(action, keyring))
 
 
 async def run_key_query(
