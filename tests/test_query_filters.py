@@ -11,8 +11,15 @@ import trio
 import trio.testing
 
 from swimnode.protocol import codec
+from swimnode.protocol.member import Member, MemberState
 from swimnode.protocol.messages import Query
-from swimnode.protocol.queries import QueryProgress
+from swimnode.protocol.queries import (
+    MAX_FILTERED_VALUE_CHARS,
+    QueryProgress,
+    check_filters,
+    regex_problem,
+    selects,
+)
 from swimnode.testing import open_sim_cluster
 
 
@@ -31,6 +38,55 @@ def test_filters_round_trip_and_are_checked() -> None:
     bad = Query(1, "a", ("127.0.0.1", 1), "k", b"", 1000, (), (("role", "[unclosed"),))
     with pytest.raises(codec.DecodeError):
         codec.decode_packet(codec.encode_packet([codec.encode_message(bad)]))
+
+
+def with_role(role: object) -> Member:
+    return Member("m", ("127.0.0.1", 2), 0, MemberState.ALIVE, 0.0, {"role": role})
+
+
+def query_for(regex: str) -> Query:
+    return Query(1, "a", ("127.0.0.1", 1), "k", b"", 1000, (), (("role", regex),))
+
+
+# Each would backtrack for hours (or years) on a value of a few dozen characters.
+PATHOLOGICAL = [
+    r"^(a+)+$",
+    r"(a|aa)*c",
+    r"(x+x+)+y",
+    r"(\w+\s?)+$",
+    r"(.*a){20}",
+    "(a|a)" * 30 + "b",
+    "a?" * 30 + "a" * 30,
+    r"(a)\1*b",
+    r".*.*.*.*=",
+]
+
+
+@pytest.mark.parametrize("regex", PATHOLOGICAL)
+def test_a_pathological_filter_is_refused_by_origin_and_members(regex: str) -> None:
+    assert regex_problem(regex) is not None
+    with pytest.raises(ValueError, match="refused"):
+        check_filters((), (("role", regex),))
+    # A member handed one anyway (an older or hostile origin) refuses to run it:
+    # it is simply not selected, at once.
+    assert not selects(query_for(regex), with_role("a" * 40 + "!"))
+
+
+def test_ordinary_filters_pass_and_long_values_never_match() -> None:
+    for regex in (
+        r"^db$",
+        r"^(web|api|db)-\d+$",
+        r"prod|stage",
+        r"a.*b",
+        r"^(\d{1,3}\.){3}\d{1,3}$",
+    ):
+        assert regex_problem(regex) is None, regex
+    assert selects(query_for(r"^(web|api|db)-\d+$"), with_role("api-12"))
+    assert selects(query_for(r"^weight$|^3$"), with_role(3))  # compact JSON
+    # Filters match only values of bounded size, which bounds what any costs.
+    long = "x" * MAX_FILTERED_VALUE_CHARS
+    assert selects(query_for("x"), with_role(long))
+    assert not selects(query_for("x"), with_role(long + "x"))
 
 
 async def test_state_and_name_filters_select_the_responders(

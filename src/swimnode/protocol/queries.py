@@ -13,12 +13,14 @@ asks the silent members directly. Each ack and answer is also signalled as it co
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import counters
 from . import codec
@@ -115,14 +117,97 @@ class QueryProgress:
 
 def selects(query: Query, member: Member) -> bool:
     """Whether `query`'s filters select `member` (by name, and by application state
-    as this node knows it)."""
+    as this node knows it). A regex `regex_problem` refuses matches nothing, and
+    neither does a value longer than `MAX_FILTERED_VALUE_CHARS`."""
     if query.names and member.name not in query.names:
         return False
     state = member.app_state
-    return all(
-        key in state and re.search(regex, _text(state[key])) is not None
-        for key, regex in query.state
-    )
+    for key, regex in query.state:
+        if key not in state or regex_problem(regex) is not None:
+            return False
+        text = _text(state[key])
+        if len(text) > MAX_FILTERED_VALUE_CHARS or re.search(regex, text) is None:
+            return False
+    return True
+
+
+_re_parser: Any = importlib.import_module("re._parser")
+"""The parser behind `re` (3.11 and later; private, so no stubs): the pattern's
+structure is what bounds its cost."""
+
+MAX_FILTERED_VALUE_CHARS = 256
+"""State filters match values of at most this many characters (as `_text` puts
+them); longer ones never match. Bounding the input bounds what a regex can cost."""
+_MAX_MATCH_WORK = 1 << 23
+"""Most work `regex_problem` lets one state filter's regex do on one value."""
+
+
+@functools.lru_cache(maxsize=256)
+def regex_problem(regex: str) -> str | None:
+    """Why `regex` may not be a state filter, or None if it may.
+
+    Filters come from other members and Python's regexes backtrack, so a pattern
+    such as ``(a+)+$`` could take hours on a short value. Whoever evaluates a
+    filter refuses any pattern whose worst case on a value of
+    `MAX_FILTERED_VALUE_CHARS` characters could be long: backreferences (matching
+    them is NP-hard), quantified groups that hold a quantifier or an alternation
+    (exponential), and patterns whose count of ways to match (the product of each
+    quantifier's range and each alternation's size), times their length, times
+    the positions a search starts from (one when anchored with ``^``) is over
+    `_MAX_MATCH_WORK`. ``^web-\\d+$``, ``prod|stage``, ``a.*b`` and an address
+    ``^(\\d{1,3}\\.){3}\\d{1,3}$`` pass; ``(a+)+$`` and ``.*a.*b`` do not, nor
+    does ``\\d+\\.\\d+`` unless anchored."""
+    try:
+        parsed = _re_parser.parse(regex)
+    except (re.error, RecursionError, OverflowError):
+        return "not a valid regex"
+    try:
+        paths, length = _match_paths(list(parsed))
+    except ValueError as exc:
+        return str(exc)
+    anchored = bool(parsed) and str(parsed[0][0]) == "AT" and str(parsed[0][1]) in _STARTS
+    starts = 1 if anchored else MAX_FILTERED_VALUE_CHARS
+    if paths * length * starts > _MAX_MATCH_WORK:
+        return "it could backtrack too long on other members; simplify it or anchor it with ^"
+    return None
+
+
+_STARTS = {"AT_BEGINNING", "AT_BEGINNING_STRING"}
+_REPEATS = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
+_MAX_NESTED_REPEAT = 16
+"""A group holding choices may be repeated at most this many times (``{1,3}``)."""
+_GROUPS = {"SUBPATTERN", "ATOMIC_GROUP", "ASSERT", "ASSERT_NOT"}
+
+
+def _match_paths(items: list[tuple[Any, Any]]) -> tuple[int, int]:
+    """(ways a backtracking matcher can take through `items`, their length in
+    nodes); ValueError for a construct whose cost has no useful bound."""
+    paths, length = 1, 0
+    for op, arg in items:
+        name = str(op)
+        length += 1
+        if name in _REPEATS:
+            low, high, body = arg
+            inner, size = _match_paths(list(body))
+            if inner > 1 and high > _MAX_NESTED_REPEAT:
+                raise ValueError(
+                    "a group repeated without a small bound may not hold a quantifier "
+                    "or an alternation"
+                )
+            span = max(1, min(high, MAX_FILTERED_VALUE_CHARS) - low + 1)
+            paths *= span * inner ** max(1, high)
+            length += size
+        elif name == "BRANCH":
+            counted = [_match_paths(list(alternative)) for alternative in arg[1]]
+            paths *= sum(p for p, _ in counted)
+            length += max(n for _, n in counted)
+        elif name in _GROUPS:
+            inner, size = _match_paths(list(arg[-1]))
+            paths *= inner
+            length += size
+        elif name.startswith("GROUPREF"):
+            raise ValueError("backreferences are not allowed")
+    return paths, length
 
 
 def _text(value: object) -> str:
@@ -152,6 +237,9 @@ def check_filters(names: tuple[str, ...], state: tuple[tuple[str, str], ...]) ->
             re.compile(regex)
         except re.error as exc:
             raise ValueError(f"state filter {key!r}: bad regex {regex!r}: {exc}") from None
+        problem = regex_problem(regex)
+        if problem is not None:
+            raise ValueError(f"state filter {key!r}: regex {regex!r} refused: {problem}")
 
 
 QueryFilters = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
