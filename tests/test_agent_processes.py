@@ -227,13 +227,15 @@ def test_one_line_errors(tmp_path: Path) -> None:
 @pytest.mark.skipif(
     not Path("/proc/sys/net/ipv4/ip_local_port_range").exists(), reason="Linux only"
 )
-def test_free_ports_are_out_of_reach_of_kernel_picked_ports() -> None:
-    # An agent binds its ports seconds after they were chosen; any process's bind(0)
-    # meanwhile must not be able to take one (it did, before: 33 of 200 ports).
+def test_free_ports_are_not_handed_out_twice_or_picked_by_the_kernel() -> None:
+    # An agent binds its ports seconds after they were chosen; neither a later
+    # free_ports nor any process's bind(0) may take one meanwhile (a bind(0) did,
+    # before: 33 of 200 ports).
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = free_ports(200)
     assert len(set(ports)) == 200
     assert all(p < low for p in ports)
+    assert not set(free_ports(200)) & set(ports)
     taken = set()
     for kind in [socket.SOCK_STREAM, socket.SOCK_DGRAM] * 1500:
         with socket.socket(socket.AF_INET, kind) as s:

@@ -31,7 +31,6 @@ T = TypeVar("T")
 
 _PORT_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST_PORT = 10000
-_rng = random.Random()
 
 
 def _ports_the_kernel_never_picks() -> range | None:
@@ -44,6 +43,20 @@ def _ports_the_kernel_never_picks() -> range | None:
     return range(_LOWEST_PORT, low) if low - _LOWEST_PORT >= 1000 else None
 
 
+_UNPICKED = _ports_the_kernel_never_picks()
+# Handed out in turn from a random start: a port this process chose is not chosen
+# again (until the range wraps), even when its agent has not bound it yet.
+_next_port = random.randrange(len(_UNPICKED)) if _UNPICKED else 0
+
+
+def _candidate_port() -> int:
+    global _next_port
+    if _UNPICKED is None:
+        return 0
+    _next_port = (_next_port + 1) % len(_UNPICKED)
+    return _UNPICKED[_next_port]
+
+
 def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
     """`count` distinct ports that are free for both TCP and UDP right now.
 
@@ -51,20 +64,16 @@ def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
     when many start at once. A port the kernel picked for `bind(0)` is free game for
     the next `bind(0)` of any process in that time (measured here: 3,000 `bind(0)`s
     took 33 of 200 such ports), and the agent then exits with "address in use". So
-    on Linux the ports are drawn at random from below the kernel's ephemeral range,
-    which only an explicit bind can take; elsewhere the kernel picks them. All are
-    held until every one is chosen so none repeats.
+    on Linux the ports come, in turn, from below the kernel's ephemeral range, which
+    only an explicit bind can take; elsewhere the kernel picks them.
     """
-    candidates = _ports_the_kernel_never_picks()
-    tries = 0 if candidates is None else 100 * count
+    tries = 100 * count
     held: list[socket.socket] = []
     ports: list[int] = []
     try:
         while len(ports) < count:
-            want = 0
-            if candidates is not None and tries > 0:
-                tries -= 1
-                want = _rng.choice(candidates)
+            tries -= 1
+            want = _candidate_port() if tries > 0 else 0
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             held.append(tcp)
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
