@@ -424,7 +424,7 @@ def wait_listening(pool: ThreadPoolExecutor, agents: list[Agent], limit: float) 
     while len(at) < len(agents):
         pending = [a for a in agents if a.name not in at]
         asked = time.monotonic()
-        answered = pool.map(lambda a: a.view() is not None, pending)
+        answered = list(pool.map(lambda a: a.view() is not None, pending))
         now = time.monotonic()
         for agent, ok in zip(pending, answered, strict=True):
             if ok:
