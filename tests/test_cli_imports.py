@@ -126,6 +126,24 @@ def test_deferred_modules_load_on_first_use() -> None:
     }
 
 
+def test_a_deferred_package_loads_its_submodules_alone() -> None:
+    """`agent --metrics` loads `prometheus_client`'s registry and metric families
+    without the package's `__init__`, which would import its HTTP exposition and
+    `ssl` (docs/metrics.md, "Cost"); a name of the package itself still works."""
+    result = run_fresh("""
+        import json, sys
+        from swimnode.lazyimport import defer_modules
+
+        defer_modules("ssl", "prometheus_client")
+        import swimnode.agent.httpmetrics
+        heavy = ("prometheus_client.exposition", "http.server", "_ssl")
+        idle = sorted(m for m in heavy if m in sys.modules)
+        import prometheus_client
+        print(json.dumps({"idle": idle, "full": prometheus_client.generate_latest.__module__}))
+    """)
+    assert result == {"idle": [], "full": "prometheus_client.exposition"}
+
+
 def test_idle_agent_maps_no_openssl() -> None:
     """An agent without keys never loads OpenSSL's libraries (docs/agent.md,
     "Footprint"); agents with keys load them on first use (tests/test_agent_keys.py)."""

@@ -20,10 +20,12 @@ import trio
 import trio.lowlevel
 import trio.testing
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from swimnode import counters
-from swimnode.agent.httpmetrics import MAX_REQUEST_HEAD, respond
+from swimnode.agent.httpmetrics import MAX_REQUEST_HEAD, render_text, respond
 from swimnode.metrics import (
     COUNTER_SERIES,
     GAUGE_NAMES,
@@ -118,6 +120,8 @@ async def test_collector_follows_a_crash(mock_clock: trio.testing.MockClock) -> 
             assert await cluster.wait_for(lambda: state_of(node, "n1") == "dead", 60) is not None
             await trio.lowlevel.checkpoint()
             after = parse(generate_latest(registry).decode())
+            # The agent's own rendering is prometheus_client's, byte for byte.
+            assert render_text(registry) == generate_latest(registry)
             nursery.cancel_scope.cancel()
 
     assert value(before, "swimnode_members", state="alive") == 2
@@ -142,6 +146,22 @@ async def test_collector_follows_a_crash(mock_clock: trio.testing.MockClock) -> 
     assert value(after, SUSPICION_RESOLUTION + "_count", outcome="refuted") == 0
     # A library node has no transport or agent counters to report.
     assert not any(name.startswith("swimnode_transport_") for name, _ in after)
+
+
+def test_render_text_escapes_as_prometheus_client_does() -> None:
+    class Odd(Collector):
+        def collect(self) -> Iterator[Metric]:
+            family = CounterMetricFamily("odd", 'help with \\ and\na "quote"', labels=["v"])
+            family.add_metric(['back\\slash "quoted"\nnewline'], 1.5)
+            family.add_metric(["plain"], float("inf"))
+            yield family
+            gauge = GaugeMetricFamily("big", "")
+            gauge.add_metric([], 1e21)
+            yield gauge
+
+    registry = CollectorRegistry()
+    registry.register(Odd())
+    assert render_text(registry) == generate_latest(registry)
 
 
 def test_describe_needs_no_running_node() -> None:
@@ -232,6 +252,9 @@ def test_live_agent_metrics_through_a_crash_and_a_flood(cluster: LocalCluster) -
     assert value(before, "swimnode_events_lost_total") == 0
     assert value(before, PROBE_RTT + "_sum") > 0
     assert ("process_resident_memory_bytes", ()) in before
+    # Serving metrics loads no HTTP library and so no OpenSSL (docs/metrics.md).
+    maps = Path(f"/proc/{seed.proc.pid}/maps").read_text()
+    assert "libssl" not in maps and "libcrypto" not in maps
 
     victim.kill()
     assert wait_for(lambda: cluster.all_see("m1", "dead", [seed]), STEP)

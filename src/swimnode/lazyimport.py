@@ -54,7 +54,16 @@ def defer_modules(*names: str) -> None:
     already imported, or not installed, are left alone. The standard library's
     `importlib.util.LazyLoader` does not serve here: a second `import` statement of
     the module reads its `__spec__`, which on Python 3.11 already loads it.
+
+    For a package, `import NAME.SUB` loads that submodule alone: the stand-in
+    carries the package's `__path__`, so the package's `__init__` runs only when
+    one of its own attributes is used.
     """
     for name in names:
-        if name not in sys.modules and importlib.util.find_spec(name) is not None:
-            sys.modules[name] = _Deferred(name)
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is not None:
+            stand_in = sys.modules[name] = _Deferred(name)
+            if spec.submodule_search_locations is not None:
+                stand_in.__path__ = list(spec.submodule_search_locations)

@@ -27,7 +27,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client.core import (
+# The submodules, not the package's `__init__`, which would load its HTTP
+# exposition too (the agent defers it: agent/httpmetrics.py).
+from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
