@@ -211,11 +211,20 @@ def partitioned(lab: Lab, expected: str) -> bool:
     )
 
 
+RECLAIM = 30.0
+"""`dead_reclaim_time` in the partition test, set with `--set` (lan's is 60 s), so
+the second partition lasts twice as long within the time lan's would take. The
+replay window may not be longer (a `Config` rule), so it is set too."""
+
+
 def test_partition_short_and_longer_than_dead_reclaim_time(lab8: Lab) -> None:
-    start_cluster(lab8)
+    reclaim = ["--set", f"dead_reclaim_time={RECLAIM:g}", "--set", f"replay_window={RECLAIM:g}"]
+    start_cluster(lab8, *reclaim)
     joined(lab8)
-    reclaim = Config.lan("x").dead_reclaim_time
-    for rounds, (hold, forgotten) in enumerate(((20.0, False), (reclaim, True))):
+    info = lab8.rpc(lab8.hosts[0], "info")["info"]
+    assert info["timers"]["dead_reclaim_time"] == RECLAIM
+    assert info["overridden"] == ["dead_reclaim_time", "replay_window"]
+    for rounds, (hold, forgotten) in enumerate(((20.0, False), (2 * RECLAIM, True))):
         started = time.monotonic()
         lab8.partition()
         try:
@@ -227,7 +236,7 @@ def test_partition_short_and_longer_than_dead_reclaim_time(lab8: Lab) -> None:
                 set_state(lab8, host, "written", f"round {rounds} by {host.agent_name}")
             if forgotten:
                 # Reaping runs every dead_reclaim_time / 10 after the reclaim time.
-                gone = lab8.wait(lambda: partitioned(lab8, ""), bound(lab8) + reclaim * 1.2)
+                gone = lab8.wait(lambda: partitioned(lab8, ""), bound(lab8) + RECLAIM * 1.2)
                 assert gone, [lab8.view(h) for h in lab8.hosts]
             lab8.wait(lambda: False, hold - (time.monotonic() - started))
         finally:
@@ -236,11 +245,14 @@ def test_partition_short_and_longer_than_dead_reclaim_time(lab8: Lab) -> None:
         assert healed, [app_states(lab8, h) for h in lab8.hosts]
 
 
-STATE_HOSTS = 16
-"""Members in the small-MTU runs. The issue asks for 40; 40 agent processes on this
-2-core machine (load 6 while they start) raised 95 false suspicions and 29 false
-deaths during the join even at MTU 1500, so the CI run uses 16; docs/deploy.md
-reports the 40-member runs."""
+STATE_HOSTS = 40
+"""Members in the small-MTU runs, as the issue asks. Started one at a time on the
+`wan` profile: 40 interpreters starting at once on 2 cores starved the first
+agents long enough for `lan`'s 4 s suspicions to expire (docs/deploy.md)."""
+AGENTS_PER_HOST = 4
+"""Agents sharing a namespace in those runs: 40 namespaces that all talk to each
+other overflow the kernel's IPv6 neighbour table (shared by every namespace, 1,024
+entries by default), and joins then wait for addresses that cannot be resolved."""
 STATE_VALUE = 2044
 """Two keys of 4 + 2044 bytes each: 4 KiB of application state per member."""
 OVERSIZE = (
@@ -260,6 +272,7 @@ class MtuRun:
     fragments_created: int = 0
     link_mtus: set[int] = field(default_factory=set)
     tx_packets: int = 0
+    deaths: int = 0
 
 
 def states_complete(lab: Lab) -> bool:
@@ -282,13 +295,26 @@ def everyone_live(lab: Lab) -> bool:
         return False
 
 
+def wait_joined(lab: Lab, host: Host, timeout: float = 60.0) -> None:
+    """Wait until `host`'s agent knows a member besides itself (the seed: at once)."""
+
+    def known() -> bool:
+        listing = lab.members(host)
+        return listing is not None and (host.index == 0 or len(listing) > 1)
+
+    if not lab.wait(known, timeout, step=0.1):
+        pytest.fail(f"{host.agent_name} did not join:\n{lab.log_tail(host)}")
+
+
 @pytest.fixture(scope="module", params=[576, 1280])
 def mtu_run(request: pytest.FixtureRequest) -> MtuRun:
-    """16 members with 4 KiB of state each on links of the given MTU: IPv4 at 576
-    (below IPv6's minimum), IPv6 only at 1280; the figures once they converged."""
+    """40 members with 4 KiB of state each, 4 to a namespace, on links of the given
+    MTU: IPv4 at 576 (below IPv6's minimum), IPv6 only at 1280; the figures once
+    they converged."""
     mtu: int = request.param
     run = MtuRun(mtu)
-    with Lab(STATE_HOSTS, ipv4=mtu < 1280, ipv6=mtu >= 1280, mtu=mtu) as lab:
+    family = {"ipv4": mtu < 1280, "ipv6": mtu >= 1280}
+    with Lab(STATE_HOSTS, **family, mtu=mtu, profile="wan", agents_per_host=AGENTS_PER_HOST) as lab:
         key = str(lab.write_key())
         # The datagram budget fitted to the link: the MTU less the IP and UDP headers
         # (20 + 8 bytes on IPv4, 40 + 8 on IPv6), as docs/deploy.md advises.
@@ -297,12 +323,17 @@ def mtu_run(request: pytest.FixtureRequest) -> MtuRun:
             state = [f"--state=s{i}={host.index:04d}{'x' * STATE_VALUE}" for i in (0, 1)]
             seeds = seed_flags(lab.hosts[:1]) if host.index else []
             lab.start_agent(host, "--key-file", key, budget, *seeds, *state)
+            # The next one starts once this one has joined: one interpreter starting
+            # at a time, and one join at a time for the seed to answer.
+            wait_joined(lab, host)
         run.converged = lab.wait(lambda: everyone_live(lab), 90.0, step=1.0) and lab.wait(
             lambda: states_complete(lab), 60.0, step=3.0
         )
         stats = [lab.stats(h) for h in lab.hosts]
         run.oversize = {k: sum(s.get(k, 0) for s in stats) for k in OVERSIZE}
-        for host in lab.hosts:
+        run.deaths = sum(s.get("deaths_declared", 0) for s in stats)
+        # Counters of the namespace (its link, its IP stack): one host of each.
+        for host in lab.hosts[::AGENTS_PER_HOST]:
             snmp = lab.snmp(host)
             run.fragments_created += snmp.get("Ip.FragCreates", 0) + snmp.get("Ip6FragCreates", 0)
             link = lab.link_stats(host)
@@ -315,12 +346,14 @@ def test_small_mtu_state_converges_without_oversize_drops(mtu_run: MtuRun) -> No
     assert mtu_run.converged
     assert mtu_run.link_mtus == {mtu_run.mtu} and mtu_run.tx_packets > 0
     assert mtu_run.oversize == dict.fromkeys(OVERSIZE, 0)
+    # Nobody was declared dead on the way: every member ran throughout.
+    assert mtu_run.deaths == 0
 
 
 def test_small_mtu_no_datagram_larger_than_the_mtu(mtu_run: MtuRun) -> None:
     # A datagram over the MTU is fragmented by the sending kernel, which counts it.
-    # With --udp-payload fitted to the link none is; without it the 40-member run at
-    # 576 fragmented (docs/deploy.md, "What the lab showed").
+    # With --udp-payload fitted to the link none is; with the default 1,400-byte
+    # budget the 40-member run at 576 fragmented (docs/deploy.md, "What the lab showed").
     assert mtu_run.fragments_created == 0
 
 
@@ -337,9 +370,11 @@ def test_ipv6_only_join_and_crash_detection() -> None:
         assert dead, states_of(lab, others, victim.agent_name)
 
 
-SLOW_WINDOW = 40.0
-"""Seconds watched with one host at 64 kbit/s (the issue asks 2 minutes; 40 s keeps
-the module within its time budget and spans 40 probe periods and a push-pull)."""
+SLOW_WINDOW = 120.0
+"""Seconds watched with one host at 64 kbit/s, as the issue asks."""
+SLOW_BURST_AT = 10.0
+"""When, into the window, every member writes 4 KiB of application state: the
+slow link must then carry 28 KiB in and 4 KiB to each peer, a few seconds' worth."""
 
 
 def test_one_slow_host_causes_no_false_failures(lab8: Lab) -> None:
@@ -347,16 +382,40 @@ def test_one_slow_host_causes_no_false_failures(lab8: Lab) -> None:
     joined(lab8)
     slow, fast = lab8.hosts[-1], lab8.hosts[:-1]
     lab8.limit_rate(slow, "64kbit")
-    seen: dict[str, set[str]] = {}
-    until = time.monotonic() + SLOW_WINDOW
-    while time.monotonic() < until:
-        for host in fast:
+    seen: dict[tuple[str, str], set[str]] = {}  # (observer, member) -> states listed
+    started = time.monotonic()
+    burst: float | None = None
+    spread_after: float | None = None
+    while time.monotonic() < started + SLOW_WINDOW:
+        for host in lab8.hosts:
             for name, state in (lab8.view(host) or {}).items():
-                seen.setdefault(name, set()).add(state)
+                seen.setdefault((host.agent_name, name), set()).add(state)
+        if burst is None and time.monotonic() >= started + SLOW_BURST_AT:
+            burst = time.monotonic()
+            for host in lab8.hosts:
+                for i in (0, 1):
+                    set_state(lab8, host, f"s{i}", f"{host.index:04d}{'x' * STATE_VALUE}")
+        if burst is not None and spread_after is None and states_complete(lab8):
+            spread_after = time.monotonic() - burst
         time.sleep(1.0)
-    false_failures = {n: s for n, s in seen.items() if n != slow.agent_name and "dead" in s}
+    # No observer, the slow host included, ever listed a healthy host as failed.
+    healthy = {h.agent_name for h in fast}
+    false_failures = {k: v for k, v in seen.items() if k[1] in healthy and "dead" in v}
     assert false_failures == {}, seen
-    assert lab8.all_see(fast, {h.agent_name: "alive" for h in fast})
-    # What happens to the slow host itself is reported, not asserted (docs/deploy.md).
-    print(f"slow host as the others listed it: {sorted(seen.get(slow.agent_name, ()))}")
-    print(f"slow host's counters: {lab8.stats(slow)}")
+    assert total(lab8, fast, "deaths_declared") == 0
+    # The state burst reached everyone through the slow link too.
+    assert spread_after is not None
+    assert lab8.wait(lambda: lab8.all_see(lab8.hosts, dict.fromkeys(healthy, "alive")), 10.0)
+    # What happened to the slow host is reported (docs/deploy.md), not asserted.
+    by_others = [v for (observer, name), v in seen.items() if name == slow.agent_name != observer]
+    as_listed = sorted(set().union(*by_others))
+    counters = lab8.stats(slow)
+    shown = ("probes", "indirect_probes", "stale_acks", "transport_stream_timeouts")
+    print(
+        f"\nslow host over {SLOW_WINDOW:g} s: listed as {as_listed} by the others; "
+        f"state burst everywhere after {spread_after:.1f} s; "
+        f"suspicions raised by the others {total(lab8, fast, 'suspicions_raised')}, "
+        f"by it {counters.get('suspicions_raised', 0)}; "
+        + ", ".join(f"{k} {counters.get(k, 0)}" for k in shown)
+        + f"; its link {lab8.link_stats(slow)['stats64']}"
+    )

@@ -1,6 +1,7 @@
 """Run swimnode agents on real addresses in a network-namespace lab, until Ctrl-C.
 
     sudo python tools/netlab.py up --hosts 8 [--family 4|6|both] [--mtu 1500]
+                                  [--agents-per-host 1]
     sudo python tools/netlab.py cleanup
 
 `up` builds the lab (`swimnode.testing.netlab`), starts one agent per host with a
@@ -15,19 +16,22 @@ import argparse
 import sys
 import time
 
+from swimnode.net.transport import format_address
 from swimnode.testing.netlab import Lab, LabError, remove_leftovers, unavailable_reason
 
 
 def up(args: argparse.Namespace) -> None:
-    with Lab(args.hosts, ipv4=args.family != "6", ipv6=args.family != "4", mtu=args.mtu) as lab:
+    family = {"ipv4": args.family != "6", "ipv6": args.family != "4"}
+    with Lab(args.hosts, **family, mtu=args.mtu, agents_per_host=args.agents_per_host) as lab:
         key = str(lab.write_key())
         seed = lab.hosts[0]
         for host in lab.hosts:
             seeds = [] if host is seed else ["--seed", seed.address]
             lab.start_agent(host, "--key-file", key, *seeds)
-        print(f"{'AGENT':<6} {'ADDRESS':<28} NAMESPACE")
+        print(f"{'AGENT':<6} {'ADDRESS':<28} {'RPC':<16} NAMESPACE")
         for host in lab.hosts:
-            print(f"{host.agent_name:<6} {host.address:<28} {host.namespace}")
+            rpc = format_address(host.rpc_address)
+            print(f"{host.agent_name:<6} {host.address:<28} {rpc:<16} {host.namespace}")
         first = lab.hosts[0].namespace
         print(f"\ntry: ip netns exec {first} {sys.executable} -m swimnode members")
         print(f"logs: {lab.workdir}; Ctrl-C tears the lab down")
@@ -45,6 +49,12 @@ def main() -> int:
     start.add_argument("--hosts", type=int, default=8, help="hosts (default 8)")
     start.add_argument("--family", choices=("4", "6", "both"), default="both")
     start.add_argument("--mtu", type=int, default=1500, help="MTU of every host link")
+    start.add_argument(
+        "--agents-per-host",
+        type=int,
+        default=1,
+        help="agents sharing each namespace, on consecutive ports (default 1)",
+    )
     commands.add_parser("cleanup", help="remove leftovers of crashed lab runs")
     args = parser.parse_args()
     reason = unavailable_reason()

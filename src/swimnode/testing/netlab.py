@@ -6,7 +6,8 @@ taking the trunk down splits the lab in two halves that still reach each other
 inside. Hosts get an IPv4 address in `LAB_IPV4` and/or an IPv6 address in
 `LAB_IPV6`, a per-host MTU and optionally a `tbf` rate limit. Every agent binds its
 host's own address (so the secure default is exercised: the lab writes one key with
-`keygen`) and serves RPC on 127.0.0.1 inside its namespace.
+`keygen`) and serves RPC on 127.0.0.1 inside its namespace. A namespace may hold
+several agents, on consecutive ports of its address (`agents_per_host`).
 
 Safety rules, which the lab keeps by construction:
 
@@ -161,13 +162,19 @@ def _enter_namespace(path: str) -> None:
 
 @dataclass
 class Host:
-    """One lab host: a namespace, its addresses and (once started) its agent."""
+    """One agent's place in the lab: a namespace, its addresses, the agent's ports
+    and (once started) its agent. Hosts of one namespace share its addresses and
+    link, each with ports of its own (`Lab(agents_per_host=...)`)."""
 
     index: int
     namespace: str
     ipv4: str | None
     ipv6: str | None
     mtu: int
+    link: int = 0
+    """The namespace's number: its bridge port is `swl-p<link>`."""
+    port: int = AGENT_PORT
+    rpc_port: int = RPC[1]
     proc: subprocess.Popen[bytes] | None = None
     agent_name: str = ""
     log_path: Path | None = None
@@ -178,7 +185,12 @@ class Host:
         """The agent's `host:port`, on IPv4 when the host has both."""
         host = self.ipv4 if self.ipv4 is not None else self.ipv6
         assert host is not None
-        return format_address((host, AGENT_PORT))
+        return format_address((host, self.port))
+
+    @property
+    def rpc_address(self) -> Address:
+        """The agent's RPC endpoint, on the namespace's loopback."""
+        return (RPC[0], self.rpc_port)
 
     @property
     def pid(self) -> int:
@@ -197,8 +209,12 @@ class Lab:
     """K hosts on a bridged network in namespaces; use as a context manager.
 
     `hosts` hosts, IPv4 and/or IPv6, `mtu` on every host link (an int, or one per
-    host). The lab is built on `__enter__` (after removing leftovers of crashed runs)
-    and torn down on `__exit__`, whatever happened in between.
+    host). With `agents_per_host` above 1, that many consecutive hosts share one
+    namespace (its addresses, link, MTU and rate limit) on consecutive ports: the
+    kernel's neighbour tables are shared by every namespace (IPv6's overflows at
+    1,024 entries by default), so 40 namespaces that all talk to each other exhaust
+    them while 10 do not. The lab is built on `__enter__` (after removing leftovers
+    of crashed runs) and torn down on `__exit__`, whatever happened in between.
     """
 
     def __init__(
@@ -209,28 +225,37 @@ class Lab:
         ipv6: bool = True,
         mtu: int | Sequence[int] = 1500,
         profile: str = "lan",
+        agents_per_host: int = 1,
     ) -> None:
         if not 1 <= hosts <= 200:
             raise ValueError(f"hosts must be 1..200, got {hosts}")
+        if not 1 <= agents_per_host <= 16:
+            raise ValueError(f"agents_per_host must be 1..16, got {agents_per_host}")
         if not (ipv4 or ipv6):
             raise ValueError("a lab needs IPv4, IPv6 or both")
-        mtus = [mtu] * hosts if isinstance(mtu, int) else list(mtu)
-        if len(mtus) != hosts:
-            raise ValueError(f"{len(mtus)} MTUs given for {hosts} hosts")
+        links = -(-hosts // agents_per_host)
+        mtus = [mtu] * links if isinstance(mtu, int) else list(mtu)
+        if len(mtus) != links:
+            raise ValueError(f"{len(mtus)} MTUs given for {links} host links")
         if ipv6 and min(mtus) < 1280:
             raise ValueError("IPv6 needs an MTU of at least 1280")
         self.tag = f"{PREFIX}{os.getpid()}-{next(_LAB_NUMBERS)}"
         self.profile = profile
         self.bridge_ns = f"{self.tag}-br"
+        self.links = links
         self.hosts = [
             Host(
                 i,
-                f"{self.tag}-h{i}",
-                str(LAB_IPV4[10 + i]) if ipv4 else None,
-                str(LAB_IPV6[10 + i]) if ipv6 else None,
-                mtus[i],
+                f"{self.tag}-h{link}",
+                str(LAB_IPV4[10 + link]) if ipv4 else None,
+                str(LAB_IPV6[10 + link]) if ipv6 else None,
+                mtus[link],
+                link=link,
+                port=AGENT_PORT + slot,
+                rpc_port=RPC[1] + slot,
             )
             for i in range(hosts)
+            for link, slot in [divmod(i, agents_per_host)]
         ]
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
         self.key_file = self.workdir / "keys"
@@ -283,17 +308,24 @@ class Lab:
         for bridge in BRIDGES:
             self._ip(self.bridge_ns, "link", "set", bridge, "up")
         for host in self.hosts:
-            self._build_host(host)
+            if host.namespace not in self._created:
+                self._build_link(host)
+            host._rpc = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix=host.namespace,
+                initializer=_enter_namespace,
+                initargs=(str(NETNS_DIR / host.namespace),),
+            )
 
-    def _build_host(self, host: Host) -> None:
+    def _build_link(self, host: Host) -> None:
         self._add_namespace(host.namespace)
-        port = f"{PREFIX}p{host.index}"
+        port = f"{PREFIX}p{host.link}"
         mtu = str(host.mtu)
         self._ip(
             host.namespace, "link", "add", HOST_LINK, "mtu", mtu, "type", "veth",
             "peer", "name", port, "mtu", mtu, "netns", self.bridge_ns,
         )  # fmt: skip
-        half = BRIDGES[0] if host.index < (len(self.hosts) + 1) // 2 else BRIDGES[1]
+        half = BRIDGES[0] if host.link < (self.links + 1) // 2 else BRIDGES[1]
         self._ip(self.bridge_ns, "link", "set", port, "master", half, "up")
         if host.ipv4 is not None:
             self._ip(host.namespace, "addr", "add", f"{host.ipv4}/24", "dev", HOST_LINK)
@@ -301,12 +333,6 @@ class Lab:
             # nodad: the address is usable at once instead of after duplicate detection.
             self._ip(host.namespace, "addr", "add", f"{host.ipv6}/64", "dev", HOST_LINK, "nodad")
         self._ip(host.namespace, "link", "set", HOST_LINK, "up")
-        host._rpc = ThreadPoolExecutor(
-            max_workers=1,
-            thread_name_prefix=host.namespace,
-            initializer=_enter_namespace,
-            initargs=(str(NETNS_DIR / host.namespace),),
-        )
 
     def close(self) -> None:
         """Stop every agent the lab started (by PID), then remove its namespaces and
@@ -358,7 +384,7 @@ class Lab:
             sys.executable, "-m", "swimnode", "agent",
             "--name", host.agent_name,
             "--bind", host.address,
-            "--rpc", format_address(RPC),
+            "--rpc", format_address(host.rpc_address),
             "--profile", self.profile,
             *args,
         ]  # fmt: skip
@@ -395,7 +421,7 @@ class Lab:
         `rpcclient.RpcError`."""
         if host._rpc is None:
             raise LabError(f"{host.namespace} is not built")
-        future = host._rpc.submit(rpcclient.call, RPC, command, args, timeout=timeout)
+        future = host._rpc.submit(rpcclient.call, host.rpc_address, command, args, timeout=timeout)
         return future.result(timeout=timeout + 5)
 
     def members(self, host: Host) -> list[dict[str, Any]] | None:
@@ -419,9 +445,10 @@ class Lab:
     def cli(
         self, host: Host, *args: str, timeout: float = 20.0
     ) -> subprocess.CompletedProcess[str]:
-        """Run `python -m swimnode ARGS --rpc 127.0.0.1:7373` in `host`'s namespace."""
+        """Run `python -m swimnode ARGS --rpc ...` against `host`'s agent, in its namespace."""
         argv = ["ip", "netns", "exec", host.namespace, sys.executable, "-m", "swimnode"]
-        return _run([*argv, *args, "--rpc", format_address(RPC)], check=False, timeout=timeout)
+        rpc = ["--rpc", format_address(host.rpc_address)]
+        return _run([*argv, *args, *rpc], check=False, timeout=timeout)
 
     def wait(self, check: Callable[[], bool], timeout: float, step: float = 0.25) -> bool:
         """Poll `check` until it holds or `timeout` seconds pass; whether it held."""
@@ -444,8 +471,8 @@ class Lab:
     @property
     def halves(self) -> tuple[list[Host], list[Host]]:
         """The hosts on each bridge: what `partition()` separates."""
-        cut = (len(self.hosts) + 1) // 2
-        return self.hosts[:cut], self.hosts[cut:]
+        cut = (self.links + 1) // 2
+        return [h for h in self.hosts if h.link < cut], [h for h in self.hosts if h.link >= cut]
 
     def partition(self) -> None:
         """Take the trunk between the two bridges down: each half still reaches itself."""
@@ -456,28 +483,31 @@ class Lab:
         self._ip(self.bridge_ns, "link", "set", TRUNK[0], "up")
 
     def set_link(self, host: Host, up: bool) -> None:
-        """Bring `host`'s link (its bridge port) down or up."""
+        """Bring `host`'s link (its bridge port, shared by its namespace) down or up."""
         state = "up" if up else "down"
-        self._ip(self.bridge_ns, "link", "set", f"{PREFIX}p{host.index}", state)
+        self._ip(self.bridge_ns, "link", "set", f"{PREFIX}p{host.link}", state)
 
     def limit_rate(self, host: Host, rate: str, burst: str = "2kb", latency: str = "500ms") -> None:
-        """Limit `host`'s traffic both ways with `tbf` (rate like "64kbit")."""
+        """Limit `host`'s link both ways with `tbf` (rate like "64kbit"); the hosts
+        sharing its namespace share the limit."""
         tbf = ["root", "tbf", "rate", rate, "burst", burst, "latency", latency]
         _run(["tc", "-n", host.namespace, "qdisc", "replace", "dev", HOST_LINK, *tbf])
-        port = f"{PREFIX}p{host.index}"
+        port = f"{PREFIX}p{host.link}"
         _run(["tc", "-n", self.bridge_ns, "qdisc", "replace", "dev", port, *tbf])
 
     # ----- what the kernel saw ---------------------------------------------------------
 
     def link_stats(self, host: Host) -> dict[str, Any]:
-        """`ip -s -j link show` of `host`'s link: mtu, stats64 rx/tx counters."""
+        """`ip -s -j link show` of `host`'s link: mtu, stats64 rx/tx counters (of
+        every host of its namespace)."""
         done = self._ip(host.namespace, "-s", "-j", "link", "show", HOST_LINK)
         shown: list[dict[str, Any]] = json.loads(done.stdout)
         return shown[0]
 
     def snmp(self, host: Host) -> dict[str, int]:
-        """The host's IP counters (`/proc/net/snmp`, `snmp6`) as `Ip.FragCreates`,
-        `Ip6FragCreates`, ...: fragmentation there means a datagram exceeded the MTU."""
+        """The host's namespace's IP counters (`/proc/net/snmp`, `snmp6`) as
+        `Ip.FragCreates`, `Ip6FragCreates`, ...: fragmentation there means a datagram
+        exceeded the MTU."""
         if host._rpc is None:
             raise LabError(f"{host.namespace} is not built")
         return host._rpc.submit(_read_snmp).result(timeout=10)
