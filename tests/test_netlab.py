@@ -247,8 +247,8 @@ def test_partition_short_and_longer_than_dead_reclaim_time(lab8: Lab) -> None:
 
 STATE_HOSTS = 40
 """Members in the small-MTU runs, as the issue asks. Started one at a time on the
-`wan` profile: 40 interpreters starting at once on 2 cores starved the first
-agents long enough for `lan`'s 4 s suspicions to expire (docs/deploy.md)."""
+`wan` profile, so that 40 interpreters starting on 2 shared cores cannot starve an
+agent for as long as a suspicion lasts (docs/deploy.md argues the choice)."""
 AGENTS_PER_HOST = 4
 """Agents sharing a namespace in those runs: 40 namespaces that all talk to each
 other overflow the kernel's IPv6 neighbour table (shared by every namespace, 1,024
