@@ -1046,6 +1046,27 @@ def test_differing_views_with_news_in_flight_start_no_push_pull() -> None:
     assert a.stats["membership_mismatches"] == 0
 
 
+def test_periodic_push_pull_runs_only_with_news_in_flight() -> None:
+    (a, b), _ = cluster("ab", push_pull_interval=5.0, state_gossip_interval=10_000.0)
+    for core in (a, b):
+        drain_broadcasts(core)
+        core.take_output()
+
+    def push_pulls_until(core: SwimCore, end: float) -> int:
+        pushes = 0
+        while (now := core.next_deadline(SYNC)) <= end:
+            core.handle_timer(SYNC, now)
+            pushes += len(core.take_output().streams)
+        return pushes
+
+    # Quiet: state rounds compare views, so a full sync would only confirm them.
+    assert push_pulls_until(a, 60.0) == 0
+    feed(a, Alive("m1", addr("m1"), 0), now=60.0)  # news queued: the rounds say nothing
+    a.take_output()
+    assert a.broadcasts
+    assert push_pulls_until(a, 70.0) >= 1
+
+
 def test_fingerprint_tracks_live_members_only() -> None:
     (a, _), _ = cluster("ab")
     empty = a.members_fingerprint()

@@ -133,7 +133,12 @@ class AntiEntropy:
                 self._push_pull_at = now + extra
                 return
         peer = core.random_peer()
-        if peer is not None:
+        # With no news queued, our state rounds carry the fingerprint of all a
+        # push-pull would exchange, and a peer that holds otherwise starts one; a
+        # full sync now would, as a rule, only confirm that views agree, at a cost
+        # that grows with N. With news in flight the rounds carry no fingerprint,
+        # and the push-pull still runs.
+        if peer is not None and core.broadcasts:
             self._push(peer.address, None)
         self._push_pull_at = now + core.push_pull_interval()
 
@@ -184,8 +189,14 @@ class AntiEntropy:
 
     def _state_syn(self, *, with_members: bool) -> bytes:
         core = self._core
-        members = core.membership.fingerprint() if with_members else 0
+        members = self.fingerprint() if with_members else 0
         return codec.encode_message(StateSyn(core.name, self.state.summary, members))
+
+    def fingerprint(self) -> int:
+        """64 bits of what a push-pull exchanges: the membership view and the
+        recent user events. Never 0, which in a `StateSyn` means "none"."""
+        core = self._core
+        return (core.membership.fingerprint() ^ core.user_events.digest()) or 1
 
     def on_state_syn(self, source: Address, msg: StateSyn, now: float) -> None:
         core = self._core
@@ -196,7 +207,7 @@ class AntiEntropy:
         # hold as live, though, may be from another partition.
         if (
             msg.members
-            and msg.members != core.membership.fingerprint()
+            and msg.members != self.fingerprint()
             and (not core.broadcasts or msg.sender not in core.membership.peers)
             and core.allow(source, now)
         ):

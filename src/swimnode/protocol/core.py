@@ -150,8 +150,9 @@ class SwimCore:
         return self.anti_entropy.state.digest(name)
 
     def members_fingerprint(self) -> int:
-        """A 64-bit fingerprint of our membership view (see `Membership.fingerprint`)."""
-        return self.membership.fingerprint()
+        """A 64-bit fingerprint of our membership view and recent user events, as
+        state rounds carry it (see `AntiEntropy.fingerprint`)."""
+        return self.anti_entropy.fingerprint()
 
     def push_pull_interval(self) -> float:
         """memberlist's pushPullScale: beyond 32 members, slow full syncs down

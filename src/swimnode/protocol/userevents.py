@@ -8,19 +8,24 @@ each of the last `EVENT_WINDOW` times and drops anything older than that window 
 could not tell an old copy from a new event), as Serf's event buffer does. Events
 spread like membership news, from the broadcast queue, and the sender also tells up
 to `DIRECT_FANOUT` members directly. Gossip reaches every member only with high
-probability, so each push-pull also carries the last `codec.MAX_SYNC_EVENTS` events
-delivered here (Serf's push-pull carries its event buffer): a member that lost
-every copy gets the event at its next sync, and delivers it once like any copy.
+probability, so each push-pull also carries the latest `codec.MAX_SYNC_EVENTS` events known
+here (Serf's push-pull carries its event buffer): a member that lost every copy gets
+the event at its next sync, and delivers it once like any copy. Which events those
+are depends only on which events a member has seen, not on the order they came in,
+so members that have seen the same ones hold the same `digest`, and a state round
+finds one that has not (`antientropy`).
 """
 
 from __future__ import annotations
 
+from bisect import insort
 from collections import deque
 from typing import TYPE_CHECKING
 
 from .. import counters
 from . import codec
 from .events import UserEvent
+from .hash64 import hash64
 from .member import Member, MemberState
 from .messages import UserEventMessage
 
@@ -52,7 +57,7 @@ class UserEvents:
         """The next Lamport time this node would stamp."""
         self._seen: dict[int, set[tuple[str, str, bytes]]] = {}
         self._sent: deque[float] = deque()
-        self._recent: deque[UserEventMessage] = deque(maxlen=codec.MAX_SYNC_EVENTS)
+        self._recent: list[UserEventMessage] = []  # the latest known, by `_order`
         self._synced = False
 
     def send(self, name: str, payload: bytes, coalesce: bool, now: float) -> int:
@@ -87,10 +92,19 @@ class UserEvents:
             self._deliver(message)
 
     def recent(self) -> tuple[UserEventMessage, ...]:
-        """The latest events delivered here that a receiver would not refuse as too
-        old, for a push-pull to carry."""
+        """The latest events known here that a receiver would not refuse as too old,
+        oldest first, for a push-pull to carry."""
         oldest = self.clock - EVENT_WINDOW
         return tuple(m for m in self._recent if m.ltime >= oldest)
+
+    def digest(self) -> int:
+        """A 64-bit fingerprint of `recent()` (0 when there are none): equal on
+        members that know the same events."""
+        value = 0
+        for m in self.recent():
+            key = b"%d\0%s\0%s\0" % (m.ltime, m.origin.encode(), m.name.encode())
+            value ^= hash64(key + m.payload)
+        return value
 
     def merge_sync(self, events: tuple[UserEventMessage, ...], join_reply: bool) -> None:
         """The events a push-pull carried. Those in the answers to a node's first
@@ -101,8 +115,11 @@ class UserEvents:
         replay = self._synced or not join_reply
         self._synced |= not join_reply
         for message in events:
-            if self._first_copy(message) and replay:
-                self._deliver(message)
+            if self._first_copy(message):
+                if replay:
+                    self._deliver(message)
+                else:
+                    self._remember(message)
 
     def _first_copy(self, message: UserEventMessage) -> bool:
         core = self._core
@@ -125,7 +142,7 @@ class UserEvents:
         core = self._core
         ltime = message.ltime
         core.stats[counters.USER_EVENTS_RECEIVED] += 1
-        self._recent.append(message)
+        self._remember(message)
         core.broadcasts.queue(
             ("user", message.origin, ltime, message.name, message.payload),
             codec.encode_message(message),
@@ -135,8 +152,19 @@ class UserEvents:
         )
         core.emit(UserEvent(sender, message.name, message.payload, ltime, message.coalesce))
 
+    def _remember(self, message: UserEventMessage) -> None:
+        # Keep the latest by Lamport time (ties by content): the same set of events
+        # seen in any order leaves the same buffer.
+        insort(self._recent, message, key=_order)
+        if len(self._recent) > codec.MAX_SYNC_EVENTS:
+            del self._recent[0]
+
     def _forget_before(self, oldest: int) -> None:
         # Times arrive roughly in order, so the stale ones are few at a time.
         if len(self._seen) > EVENT_WINDOW:
             for stale in [t for t in self._seen if t < oldest]:
                 del self._seen[stale]
+
+
+def _order(message: UserEventMessage) -> tuple[int, str, str, bytes]:
+    return (message.ltime, message.origin, message.name, message.payload)
