@@ -132,6 +132,7 @@ class AntiEntropy:
             if extra > 0:
                 self._push_pull_at = now + extra
                 return
+        # Drawn either way, so that skipping leaves later random choices unchanged.
         peer = core.random_peer()
         # With no news queued, our state rounds carry the fingerprint of all a
         # push-pull would exchange, and a peer that holds otherwise starts one; a

@@ -256,15 +256,7 @@ class SwimCore:
         """When `handle_timer(timer, ...)` should next be called (`math.inf`: not
         until some input changes it). Without `timer`, the earliest of all."""
         if timer is None:
-            # The three concerns' deadlines below, in one call: the simulator asks
-            # for this after every input.
-            return min(
-                self.prober.next_deadline(),
-                self.membership.next_deadline(),
-                self.gossip.next_deadline(),
-                self.queries.next_deadline(),
-                self.anti_entropy.next_deadline(),
-            )
+            return min(self.next_deadline(t) for t in Timer)
         if timer is Timer.PROBE:
             return min(self.prober.next_deadline(), self.membership.next_deadline())
         if timer is Timer.GOSSIP:

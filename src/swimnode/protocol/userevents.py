@@ -58,6 +58,7 @@ class UserEvents:
         self._seen: dict[int, set[tuple[str, str, bytes]]] = {}
         self._sent: deque[float] = deque()
         self._recent: list[UserEventMessage] = []  # the latest known, by `_order`
+        self._digest = 0  # of `_recent`, kept up to date on every change
         self._synced = False
 
     def send(self, name: str, payload: bytes, coalesce: bool, now: float) -> int:
@@ -94,17 +95,13 @@ class UserEvents:
     def recent(self) -> tuple[UserEventMessage, ...]:
         """The latest events known here that a receiver would not refuse as too old,
         oldest first, for a push-pull to carry."""
-        oldest = self.clock - EVENT_WINDOW
-        return tuple(m for m in self._recent if m.ltime >= oldest)
+        return tuple(self._recent)
 
     def digest(self) -> int:
         """A 64-bit fingerprint of `recent()` (0 when there are none): equal on
-        members that know the same events."""
-        value = 0
-        for m in self.recent():
-            key = b"%d\0%s\0%s\0" % (m.ltime, m.origin.encode(), m.name.encode())
-            value ^= hash64(key + m.payload)
-        return value
+        members that know the same events. Every state round reads it, so it is
+        kept up to date rather than computed."""
+        return self._digest
 
     def merge_sync(self, events: tuple[UserEventMessage, ...], join_reply: bool) -> None:
         """The events a push-pull carried. Those in the answers to a node's first
@@ -126,6 +123,9 @@ class UserEvents:
         ltime = message.ltime
         # Lamport: whatever we send from now on comes after this event.
         self.clock = max(self.clock, ltime + 1)
+        recent = self._recent
+        while recent and recent[0].ltime < self.clock - EVENT_WINDOW:
+            self._drop_oldest()  # a receiver would refuse it as too old
         if ltime < self.clock - EVENT_WINDOW:
             core.stats[counters.USER_EVENTS_TOO_OLD] += 1
             return False
@@ -156,8 +156,12 @@ class UserEvents:
         # Keep the latest by Lamport time (ties by content): the same set of events
         # seen in any order leaves the same buffer.
         insort(self._recent, message, key=_order)
+        self._digest ^= _event_hash(message)
         if len(self._recent) > codec.MAX_SYNC_EVENTS:
-            del self._recent[0]
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        self._digest ^= _event_hash(self._recent.pop(0))
 
     def _forget_before(self, oldest: int) -> None:
         # Times arrive roughly in order, so the stale ones are few at a time.
@@ -168,3 +172,7 @@ class UserEvents:
 
 def _order(message: UserEventMessage) -> tuple[int, str, str, bytes]:
     return (message.ltime, message.origin, message.name, message.payload)
+
+
+def _event_hash(m: UserEventMessage) -> int:
+    return hash64(b"%d\0%s\0%s\0%s" % (m.ltime, m.origin.encode(), m.name.encode(), m.payload))
