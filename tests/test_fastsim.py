@@ -208,3 +208,32 @@ def test_failed_events_are_about_the_victims_only() -> None:
     assert cluster.wait_for(lambda: cluster.all_see("n7", {DEAD}), 80) is not None
     assert {name for _, name in seen} == {"n7"}
     assert len({obs for obs, _ in seen}) == 11
+
+
+def test_a_converged_start_behaves_as_a_joined_cluster() -> None:
+    joined = FastCluster(20, seed=4, record=False)
+    assert joined.wait_for(joined.converged, timeout=30) is not None
+    started = FastCluster(20, seed=4, start="converged")
+    assert started.now == 0.0 and started.converged()
+    # The same views: every node of both clusters holds the same fingerprint.
+    fingerprints = {core.members_fingerprint() for core in joined.cores.values()} | {
+        core.members_fingerprint() for core in started.cores.values()
+    }
+    assert len(fingerprints) == 1
+    rates = []
+    for cluster in (joined, started):
+        cluster.sim.run_for(10)
+        before = {a: cluster.sim.sent_by(a) for a in cluster.sim.nodes}
+        cluster.sim.run_for(20)
+        sent = sum(cluster.sim.sent_by(a)[0] - before[a][0] for a in before)
+        rates.append(sent / (20 * 20))
+    # Quiet from the start: nobody was suspected, joined or announced again, and
+    # the steady state's traffic is the joined cluster's.
+    assert started.log == []
+    assert rates[1] == pytest.approx(rates[0], rel=0.05)
+    started.crash("n7")
+    bound = detection_bound(Config.lan("n0"), 20)
+    assert started.wait_for(lambda: started.all_see("n7", {DEAD}), bound) is not None
+    failed = [o.event for o in started.events_of("failed")]
+    assert len(failed) == 19
+    assert {e.member.name for e in failed if isinstance(e, MemberFailed)} == {"n7"}

@@ -235,9 +235,9 @@ class AioDriver(DriverBase):
             send(dest, data)
 
     def _move_deadlines(self) -> None:
-        core = self.core
+        deadlines = self.core.next_deadlines()
         for timer, sleeper in self._sleepers.items():
-            sleeper.move(core.next_deadline(timer))
+            sleeper.move(deadlines[timer])
 
     def _start_streams(self, streams: list[tuple[int, Address, bytes]]) -> None:
         if not self.stopped:

@@ -191,9 +191,9 @@ class Node(DriverBase):
         return trio.current_time()
 
     def _move_deadlines(self) -> None:
-        core = self.core
+        deadlines = self.core.next_deadlines()
         for timer, scope in self._scopes.items():
-            deadline = core.next_deadline(timer)
+            deadline = deadlines[timer]
             # Setting a deadline costs Trio some work even when unchanged.
             if deadline != scope.deadline:
                 scope.deadline = deadline

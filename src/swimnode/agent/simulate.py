@@ -68,6 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument(
+        "--start",
+        choices=("join", "converged"),
+        default="join",
+        help="nodes join through n0 (default), or start converged: for large N, "
+        "whose join is N² news (docs/scale.md)",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -128,6 +135,7 @@ def scenario_from(ns: argparse.Namespace) -> Scenario:
         duration=ns.duration,
         window=ns.window,
         seed=ns.seed,
+        start=ns.start,
     )
     try:
         sc.config()
@@ -219,8 +227,12 @@ def _fmt(value: float | None, unit: str = "") -> str:
 def render(report: Report) -> str:
     """The table a person reads."""
     sc = report.scenario
+    joined = sc.start == "join"
     rows = [
-        ("cluster converged after", _fmt(report.converge_s, " s")),
+        (
+            "cluster converged after" if joined else "cluster started",
+            _fmt(report.converge_s, " s") if joined else "converged (no join simulated)",
+        ),
         ("messages per node per second", _fmt(report.msgs_per_node_s)),
         ("bytes per node per second", _fmt(report.bytes_per_node_s)),
     ]
@@ -257,8 +269,10 @@ def render(report: Report) -> str:
             f"{report.sim_s:g} / {report.wall_s:g} / {report.cpu_s:g}",
         ),
         (
-            "real-time factor (after the join)",
-            f"{report.realtime_factor:.1f} ({report.steady_realtime_factor:.1f})",
+            "real-time factor (after the join)" if joined else "real-time factor",
+            f"{report.realtime_factor:.1f} ({report.steady_realtime_factor:.1f})"
+            if joined
+            else f"{report.realtime_factor:.1f}",
         ),
         ("memory per simulated node", f"{report.rss_per_node_kib:g} KiB"),
     ]

@@ -30,6 +30,7 @@ from .messages import (
     Dead,
     Left,
     MemberRecord,
+    MembershipNews,
     Message,
     Nack,
     Ping,
@@ -147,6 +148,34 @@ def encode_message(msg: Message) -> bytes:
     """Encode one message (without the packet framing)."""
     data: bytes = msgpack.packb(_to_wire(msg), use_bin_type=True)
     return data
+
+
+_ALIVES: dict[tuple[str, Address, int], bytes] = {}
+"""One shared encoding per `Alive` news. A node remembers the latest news about
+every member (`Membership.known_news`), nearly all of it `Alive`, and in a
+simulation every node would otherwise hold its own copy of the same bytes
+(docs/scale.md). Keyed by the fields, as a tuple hashes far faster than a message."""
+_MAX_SHARED_ALIVES = 1 << 16
+"""Past this many the cache starts over, as the address cache does."""
+
+
+def encode_alive(name: str, address: Address, incarnation: int) -> bytes:
+    """`encode_message(Alive(name, address, incarnation))`, shared with every other
+    encoding of the same news."""
+    key = (name, address, incarnation)
+    data = _ALIVES.get(key)
+    if data is None:
+        if len(_ALIVES) >= _MAX_SHARED_ALIVES:
+            _ALIVES.clear()
+        _ALIVES[key] = data = encode_message(Alive(name, address, incarnation))
+    return data
+
+
+def encode_news(news: MembershipNews) -> bytes:
+    """`encode_message(news)`, shared for `Alive` news (see `encode_alive`)."""
+    if type(news) is Alive:
+        return encode_alive(news.name, news.address, news.incarnation)
+    return encode_message(news)
 
 
 def encode_packet(parts: Sequence[bytes]) -> bytes:

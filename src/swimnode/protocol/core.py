@@ -120,6 +120,15 @@ class SwimCore:
         """Every known member, us included, dead and left ones until reclaimed."""
         return list(self.membership.table.values())
 
+    def preload(self, members: Iterable[Member]) -> None:
+        """Start from a converged cluster: hold `members` (others, alive) as a finished
+        join leaves this node once the join's news has died down, with nothing queued
+        and no events. For simulations: N nodes joining is N² news, too slow to
+        simulate at ten thousand nodes (docs/scale.md). Members are immutable, so
+        every node may be given the same records. `ValueError` if this node already
+        knows another member, or `members` holds us, a member twice or a dead one."""
+        self.membership.preload(list(members))
+
     def member(self, name: str) -> Member | None:
         """The record for `name`, if known."""
         return self.membership.table.get(name)
@@ -255,13 +264,17 @@ class SwimCore:
     def next_deadline(self, timer: Timer | None = None) -> float:
         """When `handle_timer(timer, ...)` should next be called (`math.inf`: not
         until some input changes it). Without `timer`, the earliest of all."""
-        if timer is None:
-            return min(self.next_deadline(t) for t in Timer)
-        if timer is Timer.PROBE:
-            return min(self.prober.next_deadline(), self.membership.next_deadline())
-        if timer is Timer.GOSSIP:
-            return min(self.gossip.next_deadline(), self.queries.next_deadline())
-        return self.anti_entropy.next_deadline()
+        deadlines = self.next_deadlines()
+        return min(deadlines) if timer is None else deadlines[timer]
+
+    def next_deadlines(self) -> tuple[float, float, float]:
+        """`next_deadline(timer)` for every `Timer` at once, indexed by it: drivers
+        move all their deadlines after each call into the core."""
+        return (
+            min(self.prober.next_deadline(), self.membership.next_deadline()),
+            min(self.gossip.next_deadline(), self.queries.next_deadline()),
+            self.anti_entropy.next_deadline(),
+        )
 
     def handle_timer(self, timer: Timer | None, now: float) -> None:
         """Run whatever of `timer`'s concern is due at `now` (all concerns if None).
@@ -440,10 +453,11 @@ class SwimCore:
                 # Never an oversized datagram: the stream carries it whole.
                 reliable = True
         if not reliable and piggyback:
-            # Reserve the larger array header up front; piggyback what fits.
-            budget = self.payload_budget - used - codec.packet_overhead(16)
-            room = codec.MAX_MESSAGES_PER_PACKET - len(parts)
-            parts = parts + self.broadcasts.take(budget, self.n_live, max_items=room)
+            if self.broadcasts.size:
+                # Reserve the larger array header up front; piggyback what fits.
+                budget = self.payload_budget - used - codec.packet_overhead(16)
+                room = codec.MAX_MESSAGES_PER_PACKET - len(parts)
+                parts = parts + self.broadcasts.take(budget, self.n_live, max_items=room)
             if not parts:
                 return 0
         data = codec.encode_packet(parts)

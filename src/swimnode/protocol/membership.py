@@ -61,7 +61,8 @@ class Membership:
         # The encoding of the latest news applied about each member (see
         # SwimCore.handle_packet), and the set of them for a quick membership test.
         self._news_by_member: dict[str, bytes] = {}
-        self.known_news: set[bytes] = set()
+        # (A dict rather than a set: per entry, a large set costs nearly twice as much.)
+        self.known_news: dict[bytes, None] = {}
         self.queue_news(Alive(self.name, core.address, incarnation))
 
     # ----- views -------------------------------------------------------------------
@@ -248,6 +249,26 @@ class Membership:
                 news = Suspect(rec.name, rec.incarnation, sender)
             self.apply(news, now, spent=spent)
 
+    def preload(self, members: list[Member]) -> None:
+        """Hold `members` as a finished join leaves them (see `SwimCore.preload`)."""
+        if len(self.table) > 1 or self.departed:
+            raise ValueError("only a node that knows no other member can be preloaded")
+        for m in members:
+            if m.name == self.name or m.state is not ALIVE:
+                raise ValueError(f"cannot preload {m.name!r}: only other, alive members")
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):
+            raise ValueError("a member is given twice")
+        self.table.add_all(members)
+        self.peers.add_all(names)
+        alive = codec.encode_alive
+        news = [alive(m.name, m.address, m.incarnation) for m in members]
+        self._news_by_member.update(zip(names, news, strict=True))
+        self.known_news.update(dict.fromkeys(news))
+        self._core.prober.preload(names)
+        # Our own first announcement went out long ago in a converged cluster.
+        self._core.broadcasts.discard(self.name)
+
     def set_app_state(self, name: str, app_state: Mapping[str, Any], keys: list[str]) -> None:
         """A member's application state changed (`keys`): update its record."""
         member = self.table.get(name)
@@ -272,7 +293,7 @@ class Membership:
 
     def queue_news(self, news: MembershipNews, spent: int = 0) -> bytes:
         """Queue `news` for broadcast; returns its encoding."""
-        data = codec.encode_message(news)
+        data = codec.encode_news(news)
         self._core.broadcasts.queue(news.name, data, spent)
         self._remember_news(news.name, data)
         return data
@@ -280,10 +301,10 @@ class Membership:
     def _remember_news(self, name: str, data: bytes | None) -> None:
         old = self._news_by_member.pop(name, None)
         if old is not None:
-            self.known_news.discard(old)
+            self.known_news.pop(old, None)
         if data is not None:
             self._news_by_member[name] = data
-            self.known_news.add(data)
+            self.known_news[data] = None
 
 
 def _event_for(old: Member, new: Member) -> MemberEvent:

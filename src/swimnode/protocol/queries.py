@@ -259,7 +259,9 @@ class Queries:
 
     def next_deadline(self) -> float:
         """When the earliest of our queries needs attention (its resend or its end)."""
-        return min((min(c.resend_at, c.deadline) for c in self._ours.values()), default=math.inf)
+        if not self._ours:
+            return math.inf
+        return min(min(c.resend_at, c.deadline) for c in self._ours.values())
 
     def start(
         self,

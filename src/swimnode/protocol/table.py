@@ -44,11 +44,23 @@ class NameSet:
             self._names[i] = last
             self._index[last] = i
 
+    def add_all(self, names: list[str]) -> None:
+        """Add `names`, none of which may be held yet (one pass, for a preload)."""
+        start = len(self._names)
+        self._names.extend(names)
+        self._index.update(zip(names, range(start, start + len(names)), strict=True))
+
     def sample(self, rng: random.Random, k: int, exclude: tuple[str, ...] = ()) -> list[str]:
         n = len(self._names)
         want = min(k + len(exclude), n)
         picked = rng.sample(self._names, want) if want else []
         return [p for p in picked if p not in exclude][:k]
+
+
+_LIVE_HASHES: dict[tuple[str, int], int] = {}
+"""`_live_hash` of each (name, incarnation) seen lately: every node hashes every
+member it learns of, the same pairs over and over in a simulation."""
+_MAX_LIVE_HASHES = 1 << 16
 
 
 def _live_hash(member: Member) -> int:
@@ -57,8 +69,13 @@ def _live_hash(member: Member) -> int:
     which every node forgets at its own time, never make views differ)."""
     if member.state is not ALIVE and member.state is not SUSPECT:
         return 0
-    raw = f"{member.name}\0{member.incarnation}".encode()
-    return hash64(raw)
+    key = (member.name, member.incarnation)
+    value = _LIVE_HASHES.get(key)
+    if value is None:
+        if len(_LIVE_HASHES) >= _MAX_LIVE_HASHES:
+            _LIVE_HASHES.clear()
+        value = _LIVE_HASHES[key] = hash64(f"{member.name}\0{member.incarnation}".encode())
+    return value
 
 
 class MemberTable(dict[str, Member]):
@@ -79,6 +96,15 @@ class MemberTable(dict[str, Member]):
         elif old.incarnation != member.incarnation or old.state is not member.state:
             self.fingerprint ^= _live_hash(old) ^ _live_hash(member)
         super().__setitem__(name, member)
+
+    def add_all(self, members: list[Member]) -> None:
+        """Hold `members`, none of which may be held yet (one pass, for a preload)."""
+        fingerprint = self.fingerprint
+        cached = _LIVE_HASHES.get
+        for member in members:
+            fingerprint ^= cached((member.name, member.incarnation)) or _live_hash(member)
+        super().update(zip([m.name for m in members], members, strict=True))
+        self.fingerprint = fingerprint
 
     def __delitem__(self, name: str) -> None:
         self.fingerprint ^= _live_hash(self[name])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from ..protocol.config import Profile
 from ..protocol.contract import LeaveFinished, Signal
@@ -24,14 +24,22 @@ from ..protocol.events import MemberEvent
 from .clusterviews import ClusterViews, Observed
 from .fastsim import FastSim
 
-__all__ = ["FastCluster"]
+__all__ = ["FastCluster", "Start"]
+
+Start = Literal["join", "converged"]
+"""How a `FastCluster` starts: its nodes join through `n0`, or start converged."""
 
 
 class FastCluster(ClusterViews):
     """`n` nodes named `n0`, `n1`, ... on a `FastSim`, joining through `n0`. Extra
     keyword arguments override config fields for every node. With `record=False`
     no events are logged (at N nodes joining makes N² of them); `on_event` sees
-    every event either way."""
+    every event either way.
+
+    With `start="converged"` the nodes skip the join: all start at once, each
+    already holding every other as a finished join leaves it (`SwimCore.preload`,
+    with one shared record per member), and then run as usual. That is how
+    clusters too large to simulate their join are measured (docs/scale.md)."""
 
     def __init__(
         self,
@@ -42,6 +50,7 @@ class FastCluster(ClusterViews):
         sim: FastSim | None = None,
         stagger: float = 0.01,
         record: bool = True,
+        start: Start = "join",
         **overrides: Any,
     ) -> None:
         super().__init__(seed=seed, profile=profile, overrides=overrides)
@@ -51,10 +60,24 @@ class FastCluster(ClusterViews):
         self._hooks: list[Callable[[float, str, MemberEvent], None]] = []
         self.sim.on_event = self._event
         self.sim.on_signal = self._signal
+        if start == "converged":
+            self._start_converged(n)
+            return
+        if start != "join":
+            raise ValueError(f"start must be 'join' or 'converged', not {start!r}")
         for i in range(n):
             self.start(f"n{i}")
             if stagger:
                 self.sim.run_for(stagger)
+
+    def _start_converged(self, n: int) -> None:
+        names = [f"n{i}" for i in range(n)]
+        for name in names:
+            self.start(name)
+        records = [self._cores[name].local_member for name in names]
+        for i, name in enumerate(names):
+            self._cores[name].preload(records[:i] + records[i + 1 :])
+            self.sim.pump(self.address_of(name))
 
     @property
     def now(self) -> float:

@@ -251,11 +251,7 @@ class FastSim(LinkModel):
         # A stream's result is new input, whose output is carried out in turn.
         while self._carry_out(node, core.take_output(), now):
             pass
-        deadlines = node.deadlines = (
-            core.next_deadline(Timer.PROBE),
-            core.next_deadline(Timer.GOSSIP),
-            core.next_deadline(Timer.SYNC),
-        )
+        deadlines = node.deadlines = core.next_deadlines()
         deadline = min(deadlines)
         # A deadline already past is due now (as `trio.move_on_at` would fire).
         if deadline < now:

@@ -2,7 +2,8 @@
 discrete-event simulator, and the figures a user needs to choose timers.
 
 The script, in simulated time: start `nodes` nodes (10 ms apart, joining through
-`n0`) and wait until every view is complete; let the join traffic settle and measure
+`n0`) and wait until every view is complete (or, with `start="converged"`, start
+them all at once with complete views); let the join traffic settle and measure
 the steady state's messages and bytes per node per second over `window` seconds.
 Then, at t0, one node sets an application-state key (its spread gives the
 dissemination rounds), `crash` other nodes are killed and `slow` others start
@@ -31,7 +32,7 @@ from ..protocol.core import SwimCore
 from ..protocol.events import MemberEvent, MemberFailed, MemberSuspected, MemberUpdated
 from ..protocol.member import MemberState
 from ..protocol.suspicion import suspicion_bounds
-from .fastcluster import FastCluster
+from .fastcluster import FastCluster, Start
 from .fastsim import FastSim
 
 __all__ = [
@@ -81,6 +82,10 @@ class Scenario:
     window: float = 10.0
     """Simulated seconds of steady state whose traffic is measured."""
     seed: int = 1
+    start: Start = "join"
+    """"join": nodes start 10 ms apart and join through n0, and the run waits until
+    every view is complete; "converged": every node starts at once holding every
+    other (`FastCluster`), for sizes whose join is too slow to simulate."""
 
     def config(self) -> Config:
         """The config every node gets, but for its name and addresses (this also
@@ -251,7 +256,13 @@ def run(scenario: Scenario, progress: Progress | None = None) -> Report:
     sim = FastSim(sc.seed, latency=sc.latency, jitter=sc.jitter, loss=sc.loss)
     tell("starting", 0.0)
     cluster = FastCluster(
-        sc.nodes, seed=sc.seed, profile=sc.profile, sim=sim, record=False, **sc.overrides
+        sc.nodes,
+        seed=sc.seed,
+        profile=sc.profile,
+        sim=sim,
+        record=False,
+        start=sc.start,
+        **sc.overrides,
     )
     tracker = _Tracker()
     cluster.on_event(tracker)
