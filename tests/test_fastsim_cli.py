@@ -26,6 +26,17 @@ def test_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["crash_curve"][-1][1] == 1.0
 
 
+def test_a_converged_start(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([*SMALL, "--start", "converged", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scenario_start"] == "converged" and report["converge_s"] == 0.0
+    assert report["all_failed_s"] is not None and report["rounds_100"] is not None
+    assert report["false_failures"] == report["false_suspicions"] == 0
+    assert cli.main([*SMALL, "--start", "converged"]) == 0
+    out = capsys.readouterr().out
+    assert "converged (no join simulated)" in out and "after the join" not in out
+
+
 def test_table_with_a_partition_and_slow_nodes(capsys: pytest.CaptureFixture[str]) -> None:
     argv = [*SMALL, "--slow", "2", "--partition", "0.25@2+20", "--crash", "0"]
     assert cli.main(argv) == 0
@@ -50,6 +61,7 @@ def test_table_with_a_partition_and_slow_nodes(capsys: pytest.CaptureFixture[str
         (["--set", "probe_timeout=5"], "probe_timeout must not exceed probe_interval"),
         (["--set", "lifeguard_buddy=maybe"], "expected true or false"),
         (["--nodes", "12", "--crash", "11"], "at least 2 healthy nodes"),
+        (["--start", "warm"], "argument --start: invalid choice: 'warm'"),
     ],
 )
 def test_bad_flags_are_one_line(

@@ -8,7 +8,6 @@ import random
 
 import pytest
 
-from swimnode import counters
 from swimnode.net.transport import Address
 from swimnode.protocol.codec import decode_packet, encode_message, encode_packet
 from swimnode.protocol.config import Config
@@ -38,6 +37,12 @@ def hear_alive(core: SwimCore, name: str, incarnation: int, now: float = 0.0) ->
     core.handle_packet(now, addr("x"), data)
 
 
+def known(core: SwimCore, name: str) -> Member:
+    member = core.member(name)
+    assert member is not None, name
+    return member
+
+
 def view(core: SwimCore) -> set[tuple[str, Address, int, MemberState]]:
     return {(m.name, m.address, m.incarnation, m.state) for m in core.members()}
 
@@ -57,12 +62,13 @@ def test_preload_holds_the_view_a_join_leaves() -> None:
     out = preloaded.take_output()
     assert out.events == [] and out.datagrams == []
     assert preloaded.next_deadline(Timer.GOSSIP) == math.inf
-    # News it already holds is recognised without decoding, as after a join.
-    preloaded.handle_packet(
-        1.0, addr("x"), encode_packet([encode_message(Alive("m4", addr("m4"), 3))])
-    )
-    assert preloaded.stats[counters.RECEIVED_KNOWN_NEWS] == 1
-    assert preloaded.take_output().events == []
+    # News no newer than the view changes nothing: no event, nothing passed on.
+    hear_alive(preloaded, "m4", 3, now=1.0)
+    assert preloaded.take_output().events == [] and len(preloaded.broadcasts) == 0
+    assert view(preloaded) | {("seed", addr("seed"), 1, ALIVE)} == view(joined)
+    # Newer news is taken and passed on, as after a join.
+    hear_alive(preloaded, "m4", 4, now=1.0)
+    assert known(preloaded, "m4").incarnation == 4 and len(preloaded.broadcasts) == 1
 
 
 def test_preloaded_fingerprint_matches_a_joined_view() -> None:
