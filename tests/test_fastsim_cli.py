@@ -27,14 +27,19 @@ def test_json_report(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_converged_start(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main([*SMALL, "--start", "converged", "--json"]) == 0
+    assert cli.main([*SMALL, "--start", "converged", "--newcomers", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["scenario_start"] == "converged" and report["converge_s"] == 0.0
+    # The crash's and the update's figures are about the 12 members before t0:
+    # complete, though the newcomers never knew the crashed node.
     assert report["all_failed_s"] is not None and report["rounds_100"] is not None
+    assert report["spread_curve"][-1][1] == 1.0 and len(report["spread_curve"]) == 11
     assert report["false_failures"] == report["false_suspicions"] == 0
+    assert 0 < report["newcomers_known_s"] < 5
     assert cli.main([*SMALL, "--start", "converged"]) == 0
     out = capsys.readouterr().out
     assert "converged (no join simulated)" in out and "after the join" not in out
+    assert "newcomers" not in out
 
 
 def test_table_with_a_partition_and_slow_nodes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,6 +67,7 @@ def test_table_with_a_partition_and_slow_nodes(capsys: pytest.CaptureFixture[str
         (["--set", "lifeguard_buddy=maybe"], "expected true or false"),
         (["--nodes", "12", "--crash", "11"], "at least 2 healthy nodes"),
         (["--start", "warm"], "argument --start: invalid choice: 'warm'"),
+        (["--newcomers", "-1"], "--newcomers must be between 0 and 10 times --nodes"),
     ],
 )
 def test_bad_flags_are_one_line(

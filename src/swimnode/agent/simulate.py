@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FRACTION@T+DURATION",
         help="cut FRACTION of the nodes off from the rest at t0+T for DURATION seconds",
     )
+    p.add_argument(
+        "--newcomers", type=int, default=0, help="nodes that join through n0 at t0 (default 0)"
+    )
     p.add_argument("--slow", type=int, default=0, help="nodes that read late from t0 (default 0)")
     p.add_argument(
         "--slow-delay", type=float, default=2.0, help="how late slow nodes read, s (default 2)"
@@ -114,6 +117,8 @@ def scenario_from(ns: argparse.Namespace) -> Scenario:
         raise UsageError("--nodes must be at least 3")
     if not 0 <= ns.crash <= ns.nodes - 2 or not 0 <= ns.slow <= ns.nodes - 2 - ns.crash:
         raise UsageError("--crash and --slow together must leave at least 2 healthy nodes")
+    if not 0 <= ns.newcomers <= 10 * ns.nodes:
+        raise UsageError("--newcomers must be between 0 and 10 times --nodes")
     if not 0.0 <= ns.loss < 1.0:
         raise UsageError("--loss must be in [0, 1)")
     for flag, value in (("--latency", ns.latency), ("--jitter", ns.jitter)):
@@ -136,6 +141,7 @@ def scenario_from(ns: argparse.Namespace) -> Scenario:
         window=ns.window,
         seed=ns.seed,
         start=ns.start,
+        newcomers=ns.newcomers,
     )
     try:
         sc.config()
@@ -261,6 +267,13 @@ def render(report: Report) -> str:
             f"{report.expect_push_rounds:g} / {report.expect_pushpull_rounds:g}",
         ),
     ]
+    if sc.newcomers:
+        rows.append(
+            (
+                f"newcomers ({sc.newcomers}) and cluster know each other",
+                _fmt(report.newcomers_known_s, " s"),
+            )
+        )
     if sc.partition is not None:
         rows.append(("converged again after the heal", _fmt(report.heal_converge_s, " s")))
     rows += [

@@ -9,7 +9,8 @@ Then, at t0, one node sets an application-state key (its spread gives the
 dissemination rounds), `crash` other nodes are killed and `slow` others start
 reading everything `slow_delay` late; a partition, if asked for, cuts a fraction of
 the nodes off from t0 + `at` for `duration` seconds. The run ends at t0 +
-`duration`, or later if it is still waiting for the partition to heal.
+`duration`, or later if it is still waiting for the partition to heal. With
+`newcomers`, that many nodes start at t0 and join through n0.
 
 Times are taken from the events the nodes emit (exact, not polled): first
 suspicion and first and last `failed` about each crashed node, the holders of the
@@ -83,6 +84,10 @@ class Scenario:
     """Simulated seconds of steady state whose traffic is measured."""
     seed: int = 1
     start: Start = "join"
+    newcomers: int = 0
+    """Nodes started at t0 that join through n0 (named after the others); the report
+    says when they and the cluster knew each other. They are left out of the
+    crash's and the update's figures, which are about the members before t0."""
     """"join": nodes start 10 ms apart and join through n0, and the run waits until
     every view is complete; "converged": every node starts at once holding every
     other (`FastCluster`), for sizes whose join is too slow to simulate."""
@@ -118,6 +123,9 @@ class Report:
     expect_pushpull_rounds: float = 0.0
     heal_converge_s: float | None = None
     """From the heal until every node holds every running node live again."""
+    newcomers_known_s: float | None = None
+    """From t0 until every running node holds every newcomer alive and every
+    newcomer holds every running node live."""
     sim_s: float = 0.0
     join_wall_s: float = 0.0
     """Wall seconds until every view was complete: N nodes learning of N others
@@ -193,6 +201,8 @@ class _Tracker:
     victims: frozenset[str] = frozenset()
     slow: frozenset[str] = frozenset()
     origin: str = ""
+    newcomers: frozenset[str] = frozenset()
+    """Observers whose events are not counted (see `Scenario.newcomers`)."""
     first_suspect: dict[str, float] = field(default_factory=dict)
     failed_by: dict[str, dict[str, float]] = field(default_factory=dict)
     suspected_by: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -206,7 +216,7 @@ class _Tracker:
     """Whether a suspicion or death at that time may be the partition's doing."""
 
     def __call__(self, now: float, observer: str, event: MemberEvent) -> None:
-        if now < self.t0:
+        if now < self.t0 or observer in self.newcomers:
             return
         name = event.member.name
         if isinstance(event, MemberUpdated):
@@ -332,11 +342,14 @@ def _script(cluster: FastCluster, sc: Scenario, tracker: _Tracker, report: Repor
         origin,
     )
     tracker.holders[origin] = 0.0
+    tracker.newcomers = frozenset(f"n{i}" for i in range(len(names), len(names) + sc.newcomers))
     cluster.set_state(origin, PROBE_KEY, 1)
     for name in victims:
         cluster.crash(name)
     for name in slow:
         sim.set_slow(cluster.address_of(name), sc.slow_delay)
+    if tracker.newcomers:
+        _add_newcomers(cluster, sorted(tracker.newcomers, key=lambda n: int(n[1:])), report)
     part = sc.partition
     if part is None:
         return
@@ -366,6 +379,42 @@ def _script(cluster: FastCluster, sc: Scenario, tracker: _Tracker, report: Repor
     sim.call_at(heal, mend)
 
 
+def _add_newcomers(cluster: FastCluster, names: list[str], report: Report) -> None:
+    """Start `names`, which join through n0, and time until they and the cluster
+    know each other (polled every 0.1 s)."""
+    sim = cluster.sim
+    t0 = sim.now
+    for name in names:
+        cluster.start(name)
+
+    def check() -> None:
+        if _know_each_other(cluster, names):
+            report.newcomers_known_s = round(sim.now - t0, 2)
+        else:
+            sim.call_at(sim.now + 0.1, check)
+
+    sim.call_at(t0 + 0.1, check)
+
+
+def _know_each_other(cluster: FastCluster, newcomers: list[str]) -> bool:
+    """Every running node holds every newcomer alive, and every newcomer holds every
+    running node live (a crashed one may still be live to it, as to everyone until
+    detected)."""
+    cores = cluster.cores
+    for name, core in cores.items():
+        for newcomer in newcomers:
+            member = core.member(newcomer)
+            if newcomer != name and (member is None or member.state is not MemberState.ALIVE):
+                return False
+    for newcomer in newcomers:
+        core = cores[newcomer]
+        for name in cores:
+            member = core.member(name)
+            if member is None or not member.is_live:
+                return False
+    return True
+
+
 def _whole(cluster: FastCluster) -> bool:
     """Every running node holds every running node live (alive or suspect) and no
     other: the partition's deaths are undone. (Slow members may stay under
@@ -378,7 +427,7 @@ def _whole(cluster: FastCluster) -> bool:
 
 
 def _summarise(report: Report, tracker: _Tracker, cluster: FastCluster) -> None:
-    survivors = len(cluster.names)
+    survivors = len([n for n in cluster.names if n not in tracker.newcomers])
     victims = sorted(tracker.victims)
     if victims:
         report.first_suspect_s = _median([tracker.first_suspect.get(v) for v in victims])
