@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -326,7 +327,8 @@ def plot(report: Report, path: str) -> None:
         xs = [0.0] + [r for r, _ in report.spread_curve]
         ys = [1 / sc.nodes] + [f for _, f in report.spread_curve]
         right.step(xs, ys, where="post", label="simulated")
-        rounds = max(2, int(max(xs)) + 2)
+        # Far enough for the push-pull expectation to reach everyone too.
+        rounds = max(2, int(max(xs)) + 2, math.ceil(report.expect_pushpull_rounds) + 2)
         right.plot(range(rounds + 1), push_curve(sc.nodes, rounds), "--", label="push (expected)")
         right.plot(
             range(rounds + 1), pull_push_curve(sc.nodes, rounds), ":", label="push-pull (expected)"

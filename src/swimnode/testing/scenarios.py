@@ -288,7 +288,9 @@ def run(scenario: Scenario, progress: Progress | None = None) -> Report:
 
         return cluster.wait_for(check, limit, step) is not None
 
-    if not wait(cluster.converged, converge_limit, "converging", 0.5):
+    # A converged start holds complete views by construction (and the tests check
+    # it); comparing N² records would take minutes at ten thousand nodes.
+    if sc.start == "join" and not wait(cluster.converged, converge_limit, "converging", 0.5):
         raise RuntimeError(f"{sc.nodes} nodes did not converge in {converge_limit:g} simulated s")
     report.converge_s = round(sim.now, 2)
     report.join_wall_s = round(time.perf_counter() - wall0, 2)
