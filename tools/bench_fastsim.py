@@ -6,7 +6,11 @@ process (so each N's memory is its own), with one crash and the update's spread:
     python tools/bench_fastsim.py --nodes 10,100,1000 --duration 60 --seed 1
 
 prints simulated/wall seconds, the real-time factor, peak RSS and memory per
-simulated node, traffic per node, detection and dissemination figures per N.
+simulated node (and per member each node holds), traffic per node, detection and
+dissemination figures per N. Other flags go to `simulate` as they are; for sizes
+whose join is too slow to simulate:
+
+    python tools/bench_fastsim.py --nodes 1000,5000,10000 --start converged --newcomers 10
 
 Agreement (`--agree`): the same scenarios on both simulations, over several seeds,
 using the benchmarks' own trials for the Trio side (tools/bench_detection.py,
@@ -53,7 +57,7 @@ KEEP = [
     *("peak_rss_mib", "rss_per_node_kib"),
     *("msgs_per_node_s", "bytes_per_node_s", "converge_s", "false_failures"),
     *("first_failed_s", "all_failed_s", "expected_detection_s"),
-    *("rounds_50", "rounds_99", "rounds_100"),
+    *("rounds_50", "rounds_99", "rounds_100", "newcomers_known_s"),
 ]
 """The figures of each `simulate --json` report that the scale table keeps."""
 
@@ -68,6 +72,8 @@ def scale(sizes: list[int], duration: float, seed: int, extra: list[str]) -> lis
             raise SystemExit(f"N={n}: {done.stderr.strip()}")
         report = json.loads(done.stdout.splitlines()[-1])
         row = {"nodes": n, **{k: report[k] for k in KEEP}}
+        # What one node's view costs per member it holds.
+        row["bytes_per_member_view"] = round(report["rss_per_node_kib"] * 1024 / n, 1)
         results.append(row)
         print(f"N={n}: {row['wall_s']} s wall", file=sys.stderr, flush=True)
     heads = [
@@ -79,12 +85,14 @@ def scale(sizes: list[int], duration: float, seed: int, extra: list[str]) -> lis
         ("steady_realtime_factor", "RT steady"),
         ("peak_rss_mib", "peak MiB"),
         ("rss_per_node_kib", "KiB/node"),
+        ("bytes_per_member_view", "B/view"),
         ("msgs_per_node_s", "msg/node/s"),
         ("bytes_per_node_s", "B/node/s"),
         ("first_failed_s", "1st failed"),
         ("all_failed_s", "all failed"),
         ("expected_detection_s", "SWIM exp"),
         ("rounds_100", "r100"),
+        ("newcomers_known_s", "newcomers"),
     ]
     print("".join(f"{h:>12}" for _, h in heads))
     for r in results:

@@ -84,9 +84,9 @@ class AntiEntropy:
 
     def next_deadline(self) -> float:
         deadline = min(self._state_chore.deadline, self._reap_chore.deadline, self._push_pull_at)
-        for join in self._joins.values():
-            deadline = min(deadline, join.deadline)
-        if self._should_rejoin():
+        if self._joins:
+            deadline = min(deadline, *(join.deadline for join in self._joins.values()))
+        if self._seed_at < deadline and self._should_rejoin():
             deadline = min(deadline, self._seed_at)
         return deadline
 

@@ -43,7 +43,8 @@ class Gossip:
     def _round_due(self) -> float:
         core = self._core
         broadcasts = core.broadcasts
-        if not broadcasts or core.membership.n_live == 1:
+        # `size` first: the common case, a quiet node, then costs no call.
+        if not broadcasts.size or core.membership.n_live == 1:
             return math.inf
         if broadcasts.fresh and broadcasts.size <= core.payload_budget:
             return min(self._regular_at, self._early_from)
