@@ -155,8 +155,9 @@ _ALIVES: dict[tuple[str, Address, int], bytes] = {}
 every member (`Membership.known_news`), nearly all of it `Alive`, and in a
 simulation every node would otherwise hold its own copy of the same bytes
 (docs/scale.md). Keyed by the fields, as a tuple hashes far faster than a message."""
-_MAX_SHARED_ALIVES = 1 << 16
-"""Past this many the cache starts over, as the address cache does."""
+_MAX_SHARED_ALIVES = 1 << 14
+"""Past this many the cache starts over, as the address cache does: at most about
+3 MB, which a long-lived agent in a large cluster with churn could reach."""
 
 
 def encode_alive(name: str, address: Address, incarnation: int) -> bytes:

@@ -60,7 +60,9 @@ class NameSet:
 _LIVE_HASHES: dict[tuple[str, int], int] = {}
 """`_live_hash` of each (name, incarnation) seen lately: every node hashes every
 member it learns of, the same pairs over and over in a simulation."""
-_MAX_LIVE_HASHES = 1 << 16
+_MAX_LIVE_HASHES = 1 << 14
+"""Past this many the cache starts over (at most about 2 MB): enough for a simulation
+of ten thousand nodes, whose preloads hash the same members on every node."""
 
 
 def _live_hash(member: Member) -> int:
