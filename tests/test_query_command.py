@@ -106,3 +106,7 @@ def test_bad_query_flags_are_one_line() -> None:
     assert done.stderr.startswith("swimnode query: argument --state: bad regex '(' for 'role'")
     done = run_cli("query", "x", "--state", "noequals", "--rpc", "127.0.0.1:1")
     assert done.returncode == 2 and "expected KEY=REGEX" in done.stderr
+    # A pattern members would refuse to run is refused before anything is sent.
+    done = run_cli("query", "x", "--state", "role=^(a+)+$", "--rpc", "127.0.0.1:1")
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert "regex '^(a+)+$' for 'role' refused: a group repeated" in done.stderr

@@ -711,6 +711,12 @@ def _state_filter(text: str) -> tuple[str, str]:
         re.compile(regex)
     except re.error as exc:
         raise argparse.ArgumentTypeError(f"bad regex {regex!r} for {key!r}: {exc}") from None
+    # What the agent and every member would refuse is a usage error here too.
+    from ..protocol.queries import regex_problem
+
+    problem = regex_problem(regex)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"regex {regex!r} for {key!r} refused: {problem}")
     return key, regex
 
 
