@@ -10,10 +10,11 @@ the current version raises `DecodeError`, the only exception `decode_packet` rai
 from __future__ import annotations
 
 import itertools
+import operator
 import re
 import struct
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
@@ -112,15 +113,28 @@ SENT_KEYS = {
     tag: (counters.sent_key(name), counters.sent_bytes_key(name))
     for tag, name in MESSAGE_NAMES.items()
 }
-RECEIVED_KEYS = {tag: counters.received_key(name) for tag, name in MESSAGE_NAMES.items()}
-RECEIVED_BYTES_KEYS = {
-    tag: counters.received_bytes_key(name) for tag, name in MESSAGE_NAMES.items()
+RECEIVED_KEYS = {
+    tag: (counters.received_key(name), counters.received_bytes_key(name))
+    for tag, name in MESSAGE_NAMES.items()
 }
 # Filled on first use from each class's name; the user event's class is named apart
 # from the `UserEvent` users receive, so its counter name is given here.
-_RECEIVED_BY_TYPE: dict[type, tuple[str, str]] = {
-    UserEventMessage: (RECEIVED_KEYS[_USER_EVENT], RECEIVED_BYTES_KEYS[_USER_EVENT])
-}
+_RECEIVED_BY_TYPE: dict[type, tuple[str, str]] = {UserEventMessage: RECEIVED_KEYS[_USER_EVENT]}
+_TAG = operator.itemgetter(1)
+
+
+def count_parts(
+    stats: dict[str, int], parts: Iterable[bytes], keys: dict[int, tuple[str, str]]
+) -> None:
+    """Count each encoded message in `parts` and its bytes under `keys[tag]` (the
+    `SENT_KEYS` or `RECEIVED_KEYS` pairs). Only for encodings of ours: `part[1]` is
+    then the tag (`message_tag`, inlined). Counted per run of one type: a packet of
+    gossip is mostly one kind, and this runs for every message of every packet."""
+    for tag, run in itertools.groupby(parts, _TAG):
+        sizes = list(map(len, run))
+        count_key, bytes_key = keys[tag]
+        stats[count_key] += len(sizes)
+        stats[bytes_key] += sum(sizes)
 
 
 def received_keys(msg: Message) -> tuple[str, str]:

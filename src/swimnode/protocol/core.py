@@ -203,14 +203,9 @@ class SwimCore:
             return
         if known_parts:
             stats[counters.RECEIVED_KNOWN_NEWS] += len(known_parts)
-            count_keys, bytes_keys = codec.RECEIVED_KEYS, codec.RECEIVED_BYTES_KEYS
-            for part in known_parts:
-                # Byte-identical to an encoding of ours, so part[1] is its tag
-                # (codec.message_tag, inlined; a peer's encoding need not be
-                # minimal, which is why only known parts are read this way).
-                tag = part[1]
-                stats[count_keys[tag]] += 1
-                stats[bytes_keys[tag]] += len(part)
+            # Byte-identical to encodings of ours (a peer's encoding need not be
+            # minimal, which is why only known parts are counted by their tag byte).
+            codec.count_parts(stats, known_parts, codec.RECEIVED_KEYS)
         for msg, size in messages:
             count_key, bytes_key = codec.received_keys(msg)
             stats[count_key] += 1
@@ -464,13 +459,7 @@ class SwimCore:
         stats = self.stats
         stats[counters.PACKETS_SENT] += 1
         stats[counters.BYTES_SENT] += len(data)
-        keys = codec.SENT_KEYS
-        for part in parts:
-            # part[1] is codec.message_tag(part), inlined: this loop runs for every
-            # piggybacked message of every packet.
-            count_key, bytes_key = keys[part[1]]
-            stats[count_key] += 1
-            stats[bytes_key] += len(part)
+        codec.count_parts(stats, parts, codec.SENT_KEYS)
         if not reliable:
             self._out.datagrams.append((dest, data))
             return 0
