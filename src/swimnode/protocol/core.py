@@ -443,7 +443,7 @@ class SwimCore:
         room left, or over a stream if they do not fit one. Returns the stream
         ticket, or 0 for a datagram."""
         if not reliable:
-            used = sum(len(p) for p in parts)
+            used = sum(map(len, parts))
             if used + codec.packet_overhead(len(parts)) > self.payload_budget:
                 # Never an oversized datagram: the stream carries it whole.
                 reliable = True
