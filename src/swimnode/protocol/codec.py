@@ -46,6 +46,7 @@ from .messages import (
     Sync,
     UserEventMessage,
 )
+from .sharedcache import SharedCache
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGES_PER_PACKET = 1024
@@ -164,32 +165,18 @@ def encode_message(msg: Message) -> bytes:
     return data
 
 
-_ALIVES: dict[tuple[str, Address, int], bytes] = {}
+_ALIVES: SharedCache[tuple[str, Address, int], bytes] = SharedCache(
+    lambda key: encode_message(Alive(*key)), 1 << 14
+)
 """One shared encoding per `Alive` news. A node remembers the latest news about
-every member (`Membership.known_news`), nearly all of it `Alive`, and in a
-simulation every node would otherwise hold its own copy of the same bytes
-(docs/scale.md). Keyed by the fields, as a tuple hashes far faster than a message."""
-_MAX_SHARED_ALIVES = 1 << 14
-"""Past this many the cache starts over, as the address cache does: at most about
-3 MB, which a long-lived agent in a large cluster with churn could reach."""
-
-
-def encode_alive(name: str, address: Address, incarnation: int) -> bytes:
-    """`encode_message(Alive(name, address, incarnation))`, shared with every other
-    encoding of the same news."""
-    key = (name, address, incarnation)
-    data = _ALIVES.get(key)
-    if data is None:
-        if len(_ALIVES) >= _MAX_SHARED_ALIVES:
-            _ALIVES.clear()
-        _ALIVES[key] = data = encode_message(Alive(name, address, incarnation))
-    return data
+every member (`Membership.known_news`), nearly all of it `Alive`. Keyed by the
+fields, as a tuple hashes far faster than a message; at most about 3 MB."""
 
 
 def encode_news(news: MembershipNews) -> bytes:
-    """`encode_message(news)`, shared for `Alive` news (see `encode_alive`)."""
+    """`encode_message(news)`, shared for `Alive` news (see `_ALIVES`)."""
     if type(news) is Alive:
-        return encode_alive(news.name, news.address, news.incarnation)
+        return _ALIVES[news.name, news.address, news.incarnation]
     return encode_message(news)
 
 
@@ -361,20 +348,12 @@ def _port(v: object) -> int:
     return v
 
 
-_ADDRESSES: dict[Address, Address] = {}
+_ADDRESSES: SharedCache[Address, Address] = SharedCache(lambda address: address, 1 << 16)
 """One shared tuple per address decoded, for the same reason names are interned."""
-_MAX_SHARED_ADDRESSES = 1 << 16
-"""Past this many the cache starts over, so hostile input cannot grow it for ever."""
 
 
 def _address(host: object, port: object) -> Address:
-    address = (_host(host), _port(port))
-    shared = _ADDRESSES.get(address)
-    if shared is None:
-        if len(_ADDRESSES) >= _MAX_SHARED_ADDRESSES:
-            _ADDRESSES.clear()
-        _ADDRESSES[address] = shared = address
-    return shared
+    return _ADDRESSES[_host(host), _port(port)]
 
 
 def _uint(v: object) -> int:

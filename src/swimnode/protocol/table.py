@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from .hash64 import hash64
 from .member import Member, MemberState
+from .sharedcache import SharedCache
 
 ALIVE, SUSPECT = MemberState.ALIVE, MemberState.SUSPECT
 
@@ -57,12 +58,12 @@ class NameSet:
         return [p for p in picked if p not in exclude][:k]
 
 
-_LIVE_HASHES: dict[tuple[str, int], int] = {}
-"""`_live_hash` of each (name, incarnation) seen lately: every node hashes every
-member it learns of, the same pairs over and over in a simulation."""
-_MAX_LIVE_HASHES = 1 << 14
-"""Past this many the cache starts over (at most about 2 MB): enough for a simulation
-of ten thousand nodes, whose preloads hash the same members on every node."""
+_LIVE_HASHES: SharedCache[tuple[str, int], int] = SharedCache(
+    lambda key: hash64(f"{key[0]}\0{key[1]}".encode()), 1 << 14
+)
+"""The hash of each (name, incarnation): every node hashes every member it learns
+of, the same pairs over and over in a simulation. At most about 2 MB, enough for
+ten thousand nodes' preloads."""
 
 
 def _live_hash(member: Member) -> int:
@@ -71,13 +72,7 @@ def _live_hash(member: Member) -> int:
     which every node forgets at its own time, never make views differ)."""
     if member.state is not ALIVE and member.state is not SUSPECT:
         return 0
-    key = (member.name, member.incarnation)
-    value = _LIVE_HASHES.get(key)
-    if value is None:
-        if len(_LIVE_HASHES) >= _MAX_LIVE_HASHES:
-            _LIVE_HASHES.clear()
-        value = _LIVE_HASHES[key] = hash64(f"{member.name}\0{member.incarnation}".encode())
-    return value
+    return _LIVE_HASHES[member.name, member.incarnation]
 
 
 class MemberTable(dict[str, Member]):
@@ -102,9 +97,8 @@ class MemberTable(dict[str, Member]):
     def add_all(self, members: list[Member]) -> None:
         """Hold `members`, none of which may be held yet (one pass, for a preload)."""
         fingerprint = self.fingerprint
-        cached = _LIVE_HASHES.get
         for member in members:
-            fingerprint ^= cached((member.name, member.incarnation)) or _live_hash(member)
+            fingerprint ^= _live_hash(member)
         super().update(zip([m.name for m in members], members, strict=True))
         self.fingerprint = fingerprint
 

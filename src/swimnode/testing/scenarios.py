@@ -84,13 +84,13 @@ class Scenario:
     """Simulated seconds of steady state whose traffic is measured."""
     seed: int = 1
     start: Start = "join"
+    """"join": nodes start 10 ms apart and join through n0, and the run waits until
+    every view is complete; "converged": every node starts at once holding every
+    other (`FastCluster`), for sizes whose join is too slow to simulate."""
     newcomers: int = 0
     """Nodes started at t0 that join through n0 (named after the others); the report
     says when they and the cluster knew each other. They are left out of the
     crash's and the update's figures, which are about the members before t0."""
-    """"join": nodes start 10 ms apart and join through n0, and the run waits until
-    every view is complete; "converged": every node starts at once holding every
-    other (`FastCluster`), for sizes whose join is too slow to simulate."""
 
     def config(self) -> Config:
         """The config every node gets, but for its name and addresses (this also
