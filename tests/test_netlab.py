@@ -413,9 +413,11 @@ def test_one_slow_host_causes_no_false_failures(lab8: Lab) -> None:
     false_failures = {k: v for k, v in seen.items() if k[1] in healthy and "dead" in v}
     assert false_failures == {}, seen
     assert total(lab8, fast, "deaths_declared") == 0
-    # The slow member does not hold the others back: the burst spread among them.
-    # Whether it also crossed the slow link within the window is reported below.
+    # The slow member does not hold the others back: the burst spread among them,
+    # and, with state rounds flow-controlled, across the slow link too (before,
+    # the same deltas from every peer at once kept timing out, for good at times).
     assert fast_spread_after is not None
+    assert spread_after is not None
     assert lab8.wait(lambda: lab8.all_see(lab8.hosts, dict.fromkeys(healthy, "alive")), 10.0)
     # What happened to the slow host is reported (docs/deploy.md), not asserted.
     by_others = [v for (observer, name), v in seen.items() if name == slow.agent_name != observer]
@@ -425,7 +427,7 @@ def test_one_slow_host_causes_no_false_failures(lab8: Lab) -> None:
     print(
         f"\nslow host over {SLOW_WINDOW:g} s: listed as {as_listed} by the others; "
         f"state burst among the others after {fast_spread_after:.1f} s, everywhere "
-        + (f"after {spread_after:.1f} s; " if spread_after is not None else "not within it; ")
+        f"after {spread_after:.1f} s; "
         + f"suspicions raised by the others {total(lab8, fast, 'suspicions_raised')}, "
         f"by it {counters.get('suspicions_raised', 0)}; "
         + ", ".join(f"{k} {counters.get(k, 0)}" for k in shown)

@@ -8,6 +8,13 @@ probability `unreachable / (live + 1)`, and, while the node is alone, a join thr
 the seeds with exponential back-off. Every one of these is a deadline held here and
 run by `SwimCore.handle_timer(Timer.SYNC, now)`; the state round and reaping also
 ride on the probe tick when they are nearly due (see `periodic`).
+
+State rounds are flow-controlled. A node whose requests for state go unanswered
+twice in a row takes its link to be congested: it then has one request out at a
+time, waits twice as long for each answer, and while one is due lets no peer's
+round push deltas at it. Without that, a host behind a slow link is sent the same
+large deltas by every peer each round, faster than its link drains them, and none
+of the transfers completes (docs/protocol.md).
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ DEAD = MemberState.DEAD
 
 _MAX_REJOIN_BACKOFF = 30.0
 """Longest wait between joins through the seeds while a node knows nobody."""
+_MAX_ANSWER_WAIT = 10.0
+"""Longest wait for the answer to a request for state before asking again: a large
+answer comes over a stream, which the transports give up on after 10 s by default."""
 
 
 @dataclass(slots=True)
@@ -79,6 +89,12 @@ class AntiEntropy:
         self._next_join = 0
         self._seed_at = now  # alone with seeds: join through them from then on
         self._backoff = 1.0
+        # Requests for state whose answers may still come (peer -> when asked), how
+        # many in a row did not come in time, and how long the next may take (see
+        # `_congested`).
+        self._asked: dict[str, float] = {}
+        self._unanswered = 0
+        self._answer_wait = config.probe_timeout
 
     # ----- timers ------------------------------------------------------------------
 
@@ -201,7 +217,13 @@ class AntiEntropy:
 
     def on_state_syn(self, source: Address, msg: StateSyn, now: float) -> None:
         core = self._core
-        if msg.summary != self.state.summary and core.allow(source, now):
+        # Our digests would bring the peer's deltas, which a congested link must not
+        # be fed on top of the answer it is still carrying.
+        if (
+            msg.summary != self.state.summary
+            and not self._congested(now)
+            and core.allow(source, now)
+        ):
             digests = StateDigests(core.name, tuple(self.state.digests()))
             core.send(core.reply_address(msg.sender, source), [codec.encode_message(digests)])
         # With news in flight, views differ for a while by design; a peer we do not
@@ -219,16 +241,40 @@ class AntiEntropy:
                 reliable=True,
             )
 
-    def on_state_digests(self, source: Address, msg: StateDigests) -> None:
+    def on_state_digests(self, source: Address, msg: StateDigests, now: float) -> None:
         core = self._core
         they_lack, we_lack = self.state.compare(msg.digests, accept=core.membership.table)
         deltas = self.state.deltas(they_lack, core.config.state_delta_budget)
-        if deltas or we_lack:
-            ack = StateAck(core.name, tuple(deltas), tuple(we_lack))
+        requests = we_lack if we_lack and self._may_ask(msg.sender, now) else []
+        if deltas or requests:
+            ack = StateAck(core.name, tuple(deltas), tuple(requests))
             core.send(core.reply_address(msg.sender, source), [codec.encode_message(ack)])
+
+    def _may_ask(self, peer: str, now: float) -> bool:
+        """Whether to request what `peer` holds that we lack (noting that we did)."""
+        if self._congested(now):
+            return False
+        self._asked[peer] = now
+        return True
+
+    def _congested(self, now: float) -> bool:
+        """Whether our link seems to drain slower than it is fed: the answers to two
+        requests in a row did not come in time (random loss rarely does that), and
+        one is still awaited. Then we ask for one answer at a time, waiting twice as
+        long for each, and let no peer's round push deltas at us."""
+        for peer, asked in list(self._asked.items()):
+            if now >= asked + self._answer_wait:
+                del self._asked[peer]
+                self._unanswered += 1
+                self._answer_wait = min(2 * self._answer_wait, _MAX_ANSWER_WAIT)
+        return self._unanswered >= 2 and bool(self._asked)
 
     def on_state_ack(self, source: Address, msg: StateAck, now: float) -> None:
         core = self._core
+        if not msg.requests and self._asked.pop(msg.sender, None) is not None:
+            # An answer to our request (an answer never carries requests).
+            self._unanswered = 0
+            self._answer_wait = core.config.probe_timeout
         for delta in msg.deltas:
             if delta.name not in core.membership.table:
                 core.stats[counters.STATE_DELTAS_UNKNOWN_MEMBER] += 1

@@ -229,7 +229,7 @@ class SwimCore:
             case StateSyn():
                 self.anti_entropy.on_state_syn(source, msg, now)
             case StateDigests():
-                self.anti_entropy.on_state_digests(source, msg)
+                self.anti_entropy.on_state_digests(source, msg, now)
             case StateAck():
                 self.anti_entropy.on_state_ack(source, msg, now)
             case Sync():
