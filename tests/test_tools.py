@@ -237,18 +237,21 @@ def test_bench_embed_wakeups_only() -> None:
 
 
 def test_bench_embed_two_node_clusters() -> None:
-    # Not the trio flavour: over a short window its idle CPU is often 0 (10 ms ticks),
-    # and the script divides the others' by it: ZeroDivisionError, left to the script.
+    # Over a window this short the trio flavour's idle CPU often reads 0 (10 ms
+    # ticks): the ratio to it is then None, not a division by zero.
     args = ("--nodes", "2", "--window", "0.1", "--events", "1", "--wakeups", "10")
-    r = report("bench_embed.py", *args, "--flavours", "aio,blocking", timeout=90)
+    r = report("bench_embed.py", *args, "--flavours", "trio,aio,blocking", timeout=90)
     assert (r["nodes"], r["window"], r["events_per_node"]) == (2, 0.1, 1)
-    assert set(r["flavours"]) == {"aio", "blocking"}
+    assert set(r["flavours"]) == {"trio", "aio", "blocking"}
+    trio_cpu = r["flavours"]["trio"]["idle_cpu_ms_per_s"]
     for row in r["flavours"].values():
         assert row["events"] == 2  # one per node
         assert ordered(0, row["event_p50_ms"], row["event_p99_ms"])
         assert ordered(0, row["detect_first_s"], row["detect_all_s"])
         assert row["detect_first_s"] > 0 and row["rss_mib"] > 0
         assert measured(row["idle_cpu_ms_per_s"])
+        ratio = row["idle_cpu_vs_trio"]
+        assert ratio is None if trio_cpu == 0 else ratio == row["idle_cpu_ms_per_s"] / trio_cpu
 
 
 def test_bench_agents_three_on_loopback() -> None:

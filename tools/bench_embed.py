@@ -457,7 +457,8 @@ def main() -> int:
     if "trio" in result:
         base = result["trio"]["idle_cpu_ms_per_s"]
         for row in result.values():
-            row["idle_cpu_vs_trio"] = row["idle_cpu_ms_per_s"] / base
+            # CPU is read in 10 ms ticks: a short window can read none for Trio.
+            row["idle_cpu_vs_trio"] = row["idle_cpu_ms_per_s"] / base if base else None
     print(
         json.dumps(
             {
