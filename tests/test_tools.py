@@ -90,10 +90,9 @@ def test_bench_detection() -> None:
 
 
 def test_bench_dissemination() -> None:
-    # --updates at least --nodes: with fewer, a member that owns no state is one some
-    # nodes never hold a digest for, and burst_seconds_100 stays null (600 s timeout).
-    [r] = report("bench_dissemination.py", "--nodes", "3", "--updates", "3")
-    assert (r["nodes"], r["loss"], r["burst_updates"]) == (3, 0.0, 3)
+    # Fewer updates than nodes: the members that wrote nothing have nothing to spread.
+    [r] = report("bench_dissemination.py", "--nodes", "3", "--updates", "2")
+    assert (r["nodes"], r["loss"], r["burst_updates"]) == (3, 0.0, 2)
     assert r["origin"] in {"n0", "n1", "n2"}
     assert ordered(0, r["rounds_50"], r["rounds_99"], r["rounds_100"])
     assert r["seconds_100"] > 0 and r["burst_start"] > 0

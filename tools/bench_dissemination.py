@@ -89,7 +89,9 @@ async def measure(n: int, loss: float, seed: int, updates: int) -> dict[str, obj
         for owner in names:
             digest = cluster.nodes[owner].core.state_digest(owner)
             assert digest is not None
-            truth[owner] = digest.max_version
+            # A member that never wrote has nothing to spread (and costs no exchange).
+            if digest.max_version:
+                truth[owner] = digest.max_version
 
         def burst_done() -> bool:
             for node in cluster.nodes.values():
