@@ -4,8 +4,8 @@ Each script that needs neither root, network namespaces nor Serf runs once at th
 smallest sizes its flags allow, and must keep its contract: exit 0, a readable table,
 and last one JSON line with the figures its docstring promises. Bad flags must give
 argparse's usage and a one-line error (exit 2), no traceback. bench_netlab.py,
-netlab.py and bench_agents.py's `--vs-serf` need root, namespaces or Serf: only their
-`--help` runs here. bench_agents.py runs three agents on loopback.
+bench_slowlink.py, netlab.py and bench_agents.py's `--vs-serf` need root, namespaces
+or Serf: only their `--help` runs here. bench_agents.py runs three agents on loopback.
 
 Nothing asserts how fast anything ran: measured figures (wall and CPU time, RSS) are
 only checked to be numbers >= 0; simulated ones, which the seed fixes, to be there
@@ -288,7 +288,9 @@ def test_bad_flags_are_one_line(script: str, args: list[str], message: str) -> N
     assert lines[-1] == f"{script}: error: {message}"
 
 
-@pytest.mark.parametrize("script", ["bench_netlab.py", "netlab.py", "bench_agents.py"])
+@pytest.mark.parametrize(
+    "script", ["bench_netlab.py", "bench_slowlink.py", "netlab.py", "bench_agents.py"]
+)
 def test_help_of_the_scripts_that_need_root_or_serf(script: str) -> None:
     done = run_tool(script, "--help", timeout=30)
     assert done.returncode == 0 and "Traceback" not in done.stderr

@@ -14,7 +14,7 @@ twice in a row takes its link to be congested: it then has one request out at a
 time, waits twice as long for each answer, and while one is due lets no peer's
 round push deltas at it. Without that, a host behind a slow link is sent the same
 large deltas by every peer each round, faster than its link drains them, and none
-of the transfers completes (docs/protocol.md).
+of the transfers completes (docs/gossip.md §3).
 """
 
 from __future__ import annotations
