@@ -21,16 +21,16 @@ which datagram failed. Unix event loops only (the Proactor loop has no readers).
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import socket as stdlib_socket
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Unpack
 
 from swimnode import counters
 from swimnode.net import framing, udp
 from swimnode.net.aiotransport import Deliver
+from swimnode.net.endpoint import SocketEndpoint, SocketLimits
 from swimnode.net.transport import Address, Packet, TransportError
 from swimnode.protocol.limits import MAX_DATAGRAM_BYTES
 
@@ -60,53 +60,31 @@ class _PlainSocket:
         self.sock.bind(address)
 
 
-class AioUdpTransport:
+class AioUdpTransport(SocketEndpoint):
     """A `swimnode.net.aiotransport.AioTransport` over real UDP and TCP sockets.
 
     Create it with `open_aio_udp_transport`. `stats` counts what is handled without
-    raising, with the keys and meanings of `swimnode.net.udp.UdpTransport.stats`.
+    raising, with the keys and meanings of `swimnode.net.udp.UdpTransport.stats`;
+    `local_address` is `advertise` if one was given, otherwise the address bound.
     """
-
-    stats: collections.Counter[str]
 
     def __init__(
         self,
         udp_socket: stdlib_socket.socket,
         tcp_socket: stdlib_socket.socket,
         local_address: Address,
-        *,
-        max_datagram: int,
-        max_stream_bytes: int,
-        max_connections: int,
-        stream_timeout: float,
+        **limits: Unpack[SocketLimits],
     ) -> None:
-        self.stats = collections.Counter()
+        super().__init__(local_address, **limits)
         self._loop = asyncio.get_running_loop()
         self._udp = udp_socket
         self._tcp = tcp_socket
-        self._local_address = local_address
-        self._max_datagram = max_datagram
-        self._max_stream_bytes = max_stream_bytes
-        self._max_connections = max_connections
-        self._stream_timeout = stream_timeout
         self._deliver: Deliver | None = None
         self._buffer = bytearray(_RECV_BUFFER)
         self._view = memoryview(self._buffer)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._active = 0
-        self._closed = False
 
     # -- AioTransport interface -----------------------------------------------
-
-    @property
-    def overhead(self) -> int:
-        """Datagrams go out as given: no framing."""
-        return 0
-
-    @property
-    def local_address(self) -> Address:
-        """`advertise` if one was given, otherwise the address actually bound."""
-        return self._local_address
 
     def start(self, deliver: Deliver) -> None:
         """Start reading datagrams and accepting connections; each packet received
@@ -165,18 +143,6 @@ class AioUdpTransport:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    # -- extras --------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        """Whether `aclose()` has run."""
-        return self._closed
-
-    @property
-    def active_connections(self) -> int:
-        """Incoming TCP connections currently being read."""
-        return self._active
-
     # -- internals -----------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -216,11 +182,9 @@ class AioUdpTransport:
                 logger.debug("TCP accept failed: %s", exc)
                 await asyncio.sleep(_ACCEPT_BACKOFF)
                 continue
-            if self._active >= self._max_connections:
-                self.stats[counters.STREAM_REJECTED] += 1
+            if not self._admit():
                 conn.close()
                 continue
-            self._active += 1
             self._spawn(self._serve_connection(conn))
 
     async def _serve_connection(self, conn: stdlib_socket.socket) -> None:

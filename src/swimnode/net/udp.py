@@ -31,12 +31,13 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import lru_cache
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, Unpack
 
 import trio
 
 from swimnode import counters
 from swimnode.net import framing
+from swimnode.net.endpoint import SocketEndpoint, SocketLimits
 from swimnode.net.transport import Address, Packet, TransportError, format_address
 from swimnode.protocol.limits import MAX_DATAGRAM_BYTES
 
@@ -147,10 +148,14 @@ async def read_message(
     return data
 
 
-class UdpTransport:
+class UdpTransport(SocketEndpoint):
     """A `swimnode.net.transport.Transport` over real UDP and TCP sockets.
 
     Create it with `open_udp_transport`, which owns its background tasks.
+
+    `local_address` is the address peers reach this node at: `advertise` if one
+    was given, otherwise the address actually bound (which may be a wildcard such
+    as ``0.0.0.0`` that is not useful to peers).
 
     `stats` counts events that are handled without raising:
 
@@ -170,21 +175,16 @@ class UdpTransport:
     * ``reliable_errors``: failed `send_reliable` calls (these also raise).
     """
 
-    stats: collections.Counter[str]
-
     def __init__(
         self,
         udp_socket: stdlib_socket.socket,
         tcp_socket: trio.socket.SocketType,
         local_address: Address,
         *,
-        max_datagram: int,
-        max_stream_bytes: int,
-        max_connections: int,
-        stream_timeout: float,
         receive_queue: int,
+        **limits: Unpack[SocketLimits],
     ) -> None:
-        self.stats = collections.Counter()
+        super().__init__(local_address, **limits)
         # Datagrams go out straight through the non-blocking socket: a send never
         # needs to wait, and Trio's path (address resolution, a checkpoint and a
         # reschedule per datagram) is a large share of an idle node's CPU.
@@ -192,31 +192,12 @@ class UdpTransport:
         self._udp = trio.socket.from_stdlib_socket(udp_socket)
         self._tcp = tcp_socket
         self._listener = trio.SocketListener(tcp_socket)
-        self._local_address = local_address
-        self._max_datagram = max_datagram
-        self._max_stream_bytes = max_stream_bytes
-        self._max_connections = max_connections
-        self._stream_timeout = stream_timeout
         self._send_channel, self._receive_channel = trio.open_memory_channel[Packet](receive_queue)
         # Created up front so aclose() can stop the background tasks even if
         # it runs before they have started.
         self._tasks_scope = trio.CancelScope()
-        self._active = 0
-        self._closed = False
 
     # -- Transport interface -------------------------------------------------
-
-    @property
-    def overhead(self) -> int:
-        """Datagrams go out as given: no framing."""
-        return 0
-
-    @property
-    def local_address(self) -> Address:
-        """The address peers reach this node at: `advertise` if one was given,
-        otherwise the address actually bound (which may be a wildcard such as
-        ``0.0.0.0`` that is not useful to peers)."""
-        return self._local_address
 
     async def send(self, dest: Address, data: bytes) -> None:
         """Send one datagram, best effort, without waiting (and without yielding
@@ -285,18 +266,6 @@ class UdpTransport:
         self._shut_down()
         await trio.lowlevel.checkpoint()
 
-    # -- extras --------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        """Whether `aclose()` has run."""
-        return self._closed
-
-    @property
-    def active_connections(self) -> int:
-        """Incoming TCP connections currently being read."""
-        return self._active
-
     # -- internals -----------------------------------------------------------
 
     def _shut_down(self) -> None:
@@ -357,11 +326,9 @@ class UdpTransport:
                 logger.debug("TCP accept failed: %s", exc)
                 await trio.sleep(_ACCEPT_BACKOFF)
                 continue
-            if self._active >= self._max_connections:
-                self.stats[counters.STREAM_REJECTED] += 1
+            if not self._admit():
                 await trio.aclose_forcefully(stream)
                 continue
-            self._active += 1
             nursery.start_soon(self._serve_connection, stream)
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:

@@ -271,6 +271,15 @@ class LinkModel:
         """The `[messages, bytes]` counters of `address`, bumped in place by senders."""
         return self._sent_by.setdefault(address, [0, 0])
 
+    def _record_sent(self, counts: list[int], size: int) -> None:
+        """Count a message of `size` bytes sent from the address whose counters are
+        `counts` (from `_sent_counts`), in `stats` and there."""
+        stats = self.stats
+        stats.sent += 1
+        stats.bytes_sent += size
+        counts[0] += 1
+        counts[1] += size
+
     # -- the fate of a packet ------------------------------------------------
 
     def _link_params(self, src: Address, dst: Address) -> tuple[float, float, float]:
@@ -310,6 +319,15 @@ class LinkModel:
             copy_at = base + rng.uniform(0.0, jitter) if jitter else base
             return (at, copy_at)
         return (at,)
+
+    def _arrives(self, src: Address, dst: Address) -> bool:
+        """Whether a packet from `src` that is due at `dst` now is delivered: not if
+        a partition started while it was in flight. Counted either way."""
+        if self._partitions and self.is_blocked(src, dst):
+            self.stats.partition += 1
+            return False
+        self.stats.delivered += 1
+        return True
 
     def _check_stream(self, src: Address, dst: Address, size: int, attached: bool) -> None:
         """Raise as a failed stream send would: too large, nobody at `dst`, or a

@@ -36,7 +36,8 @@ import trio
 
 from swimnode.net.transport import Address, Packet
 
-from .linkmodel import DropFilter, LinkKnobs, LinkModel, LinkParams, NetworkStats, endpoint_rng
+from .linkmodel import DropFilter, LinkKnobs, LinkParams, NetworkStats
+from .simnetwork import SimEndpoint, SimNetwork
 
 __all__ = ["DropFilter", "LinkParams", "Network", "NetworkStats", "SimTransport"]
 
@@ -48,12 +49,13 @@ __all__ = ["DropFilter", "LinkParams", "Network", "NetworkStats", "SimTransport"
 _Entry = tuple[float, Address, int, int, Packet]
 
 
-class Network(LinkModel):
+class Network(SimNetwork["SimTransport"]):
     """A simulated network of `SimTransport` endpoints, for Trio.
 
     The knobs and every packet's fate are `LinkModel`'s (see there: latency,
     jitter, loss, duplication, reordering, per-link overrides, partitions, chosen
-    drops, slow receivers); this class adds the endpoints, pauses and crashes.
+    drops, slow receivers), attaching, crashing and routing are `SimNetwork`'s;
+    this class adds the delivery on Trio's clock, and pauses.
 
     No nursery or background task is needed. Methods that look at the clock
     (`resume`, sending) must run inside `trio.run`.
@@ -64,50 +66,12 @@ class Network(LinkModel):
         `jitter=0.0005`, `loss=0.0`, `duplicate=0.0`, `reorder=0.0`,
         `max_datagram=65507`, `queue_limit=4096`."""
         super().__init__(seed, **knobs)
-        self._transports: dict[Address, SimTransport] = {}
         self._seq = 0
-
-    # -- endpoints ---------------------------------------------------------
-
-    def attach(self, address: Address) -> SimTransport:
-        """Create a transport bound to `address`.
-
-        Raises `ValueError` if another transport is attached there already.
-        An address can be attached again after its transport is closed or
-        crashed; the new transport starts with an empty queue.
-        """
-        if address in self._transports:
-            raise ValueError(f"address {address[0]}:{address[1]} is already attached")
-        transport = SimTransport(self, address)
-        self._transports[address] = transport
-        return transport
-
-    def is_attached(self, address: Address) -> bool:
-        """Whether a live transport is bound to `address`."""
-        return address in self._transports
 
     @property
     def addresses(self) -> list[Address]:
         """Currently attached addresses, in attach order."""
-        return list(self._transports)
-
-    def crash(self, address: Address) -> None:
-        """Kill the network side of a node at once.
-
-        The transport is detached, its undelivered packets are dropped
-        (counted as `unreachable`), datagrams it sent while paused are
-        discarded, and pending `receive()` calls raise
-        `trio.ClosedResourceError`. Cancelling the node's own tasks is up to
-        the caller. Does nothing if nothing is attached at `address`.
-        """
-        transport = self._transports.get(address)
-        if transport is not None:
-            transport._shut_down()
-        self._paused.discard(address)
-
-    def _detach(self, transport: SimTransport) -> None:
-        if self._transports.get(transport._address) is transport:
-            del self._transports[transport._address]
+        return list(self._endpoints)
 
     # -- pauses -------------------------------------------------------------
 
@@ -124,7 +88,7 @@ class Network(LinkModel):
         if address in self._paused:
             return
         self._paused.add(address)
-        transport = self._transports.get(address)
+        transport = self._endpoints.get(address)
         if transport is not None:
             transport._pause()
 
@@ -133,17 +97,20 @@ class Network(LinkModel):
         if address not in self._paused:
             return
         self._paused.discard(address)
-        transport = self._transports.get(address)
+        transport = self._endpoints.get(address)
         if transport is not None:
             transport._resume()
 
     # -- delivery ----------------------------------------------------------
 
-    def _push(self, sender: SimTransport, dest: SimTransport, at: float, packet: Packet) -> bool:
+    def _new_endpoint(self, address: Address) -> SimTransport:
+        return SimTransport(self, address)
+
+    def _now(self) -> float:
+        return trio.current_time()
+
+    def _push(self, sender: SimTransport, dest: SimTransport, at: float, packet: Packet) -> None:
         heap = dest._heap
-        if len(heap) >= self.queue_limit:
-            self.stats.overflow += 1
-            return False
         self._seq += 1
         sender._seq += 1
         entry: _Entry = (at, sender._address, sender._seq, self._seq, packet)
@@ -156,39 +123,9 @@ class Network(LinkModel):
             for scope in dest._sleepers:
                 if at < scope.deadline:
                     scope.deadline = at
-        return True
-
-    def _dispatch(self, sender: SimTransport, dest_addr: Address, data: bytes) -> None:
-        """Route one datagram (already counted as sent)."""
-        if len(data) > self.max_datagram:
-            self.stats.oversize += 1
-            return
-        dest = self._transports.get(dest_addr)
-        if dest is None:
-            self.stats.unreachable += 1
-            return
-        src_addr = sender._address
-        now = trio.current_time()
-        arrivals = self._datagram_arrivals(sender._rng, src_addr, dest_addr, data, now)
-        if arrivals:
-            packet = Packet(src_addr, data, False)
-            for at in arrivals:
-                self._push(sender, dest, at, packet)
-
-    def _dispatch_reliable(self, sender: SimTransport, dest_addr: Address, data: bytes) -> None:
-        dest = self._transports.get(dest_addr)
-        src_addr = sender._address
-        self._check_stream(src_addr, dest_addr, len(data), dest is not None)
-        assert dest is not None
-        tail = sender._stream_tail.get(dest_addr)
-        at = self._stream_arrival(sender._rng, src_addr, dest_addr, trio.current_time(), tail)
-        if len(dest._heap) >= self.queue_limit:
-            raise self._overflow(dest_addr)
-        sender._stream_tail[dest_addr] = at
-        self._push(sender, dest, at, Packet(src_addr, data, True))
 
 
-class SimTransport:
+class SimTransport(SimEndpoint):
     """One endpoint of a `Network`; implements `swimnode.net.transport.Transport`.
 
     Obtain with `Network.attach`. Incoming packets sit in a heap ordered by
@@ -197,37 +134,23 @@ class SimTransport:
 
     def __init__(self, network: Network, address: Address) -> None:
         """Use `Network.attach` instead of calling this directly."""
+        super().__init__(network, address)
         self._net = network
-        self._address = address
-        self._rng = endpoint_rng(network.seed, address)
         self._heap: list[_Entry] = []
         # One cancel scope per waiting receive(); its deadline is the earliest
         # arrival, and senders move it earlier. Cancelling it wakes the waiter.
         self._sleepers: list[trio.CancelScope] = []
-        self._closed = False
         self._paused = False
         # Set on resume or close; `send_reliable` of a paused node waits on it.
         self._unpaused = trio.Event()
         self._held: list[tuple[Address, bytes]] = []
-        self._stream_tail: dict[Address, float] = {}
         self._seq = 0
-        self._sent = network._sent_counts(address)
         if address in network._paused:
             self._pause()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<SimTransport {self._address[0]}:{self._address[1]} {state}>"
-
-    @property
-    def overhead(self) -> int:
-        """Datagrams go out as given: no framing."""
-        return 0
-
-    @property
-    def local_address(self) -> Address:
-        """The address this transport is attached at."""
-        return self._address
 
     @property
     def network(self) -> Network:
@@ -239,19 +162,6 @@ class SimTransport:
         """Packets queued for this endpoint, including ones still in flight."""
         return len(self._heap)
 
-    @property
-    def closed(self) -> bool:
-        """Whether `aclose()` or `Network.crash` has shut this transport."""
-        return self._closed
-
-    def _count_sent(self, data: bytes) -> None:
-        stats = self._net.stats
-        stats.sent += 1
-        stats.bytes_sent += len(data)
-        counts = self._sent
-        counts[0] += 1
-        counts[1] += len(data)
-
     async def send(self, dest: Address, data: bytes) -> None:
         """Send one datagram. Never raises for network conditions: lost,
         partitioned, oversize or unroutable datagrams are dropped and counted.
@@ -261,7 +171,7 @@ class SimTransport:
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("transport is closed")
-        self._count_sent(data)
+        self._net._record_sent(self._sent, len(data))
         if self._paused:
             self._held.append((dest, data))
             return
@@ -281,7 +191,7 @@ class SimTransport:
         await trio.lowlevel.checkpoint()
         if self._closed:
             raise trio.ClosedResourceError("transport is closed")
-        self._count_sent(data)
+        self._net._record_sent(self._sent, len(data))
         while self._paused:
             await self._unpaused.wait()
             if self._closed:
@@ -305,10 +215,8 @@ class SimTransport:
                 deliver_at = heap[0][0]
                 if deliver_at <= trio.current_time():
                     packet = heapq.heappop(heap)[4]
-                    if net._partitions and net.is_blocked(packet.source, self._address):
-                        net.stats.partition += 1
+                    if not net._arrives(packet.source, self._address):
                         continue
-                    net.stats.delivered += 1
                     # Shielded so a cancellation cannot lose the popped packet.
                     await trio.lowlevel.cancel_shielded_checkpoint()
                     return packet
@@ -326,8 +234,8 @@ class SimTransport:
 
     async def aclose(self) -> None:
         """Detach from the network. Queued packets are dropped (counted as
-        `unreachable`); waiting `receive()` calls raise
-        `trio.ClosedResourceError`. Idempotent."""
+        `unreachable`), datagrams held while paused are discarded, and waiting
+        `receive()` calls raise `trio.ClosedResourceError`. Idempotent."""
         self._shut_down()
         await trio.lowlevel.checkpoint()
 
