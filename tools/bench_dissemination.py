@@ -80,28 +80,9 @@ async def measure(n: int, loss: float, seed: int, updates: int) -> dict[str, obj
             return round(times[k - 1], 3) if len(times) >= k else None
 
         # Many updates spread over every node.
-        names = cluster.names
-        truth: dict[str, int] = {}
         burst_start = trio.current_time()
-        for i in range(updates):
-            owner = names[i % n]
-            cluster.nodes[owner].set_state(f"k{i}", i)
-        for owner in names:
-            digest = cluster.nodes[owner].core.state_digest(owner)
-            assert digest is not None
-            # A member that never wrote has nothing to spread (and costs no exchange).
-            if digest.max_version:
-                truth[owner] = digest.max_version
-
-        def burst_done() -> bool:
-            for node in cluster.nodes.values():
-                for owner, top in truth.items():
-                    d = node.core.state_digest(owner)
-                    if d is None or d.max_version < top:
-                        return False
-            return True
-
-        burst = await cluster.wait_for(burst_done, timeout=600, step=1.0)
+        written = write_burst(cluster, updates)
+        burst = await cluster.wait_for(lambda: holds(cluster, written), timeout=600, step=1.0)
         s100 = at(1.0)
         return {
             "nodes": n,
@@ -118,6 +99,32 @@ async def measure(n: int, loss: float, seed: int, updates: int) -> dict[str, obj
             "burst_seconds_100": None if burst is None else round(burst, 2),
             "burst_start": round(burst_start, 1),
         }
+
+
+def write_burst(cluster: SimCluster, updates: int) -> dict[str, int]:
+    """Write `updates` keys, one after another round the members; returns each
+    writer's highest version. A member that wrote nothing has nothing to spread
+    (and costs no exchange), so it is left out."""
+    names = cluster.names
+    for i in range(updates):
+        cluster.nodes[names[i % len(names)]].set_state(f"k{i}", i)
+    written: dict[str, int] = {}
+    for owner in names:
+        digest = cluster.nodes[owner].core.state_digest(owner)
+        assert digest is not None
+        if digest.max_version:
+            written[owner] = digest.max_version
+    return written
+
+
+def holds(cluster: SimCluster, written: dict[str, int]) -> bool:
+    """Whether every node holds every writer's state up to its highest version."""
+    for node in cluster.nodes.values():
+        for owner, top in written.items():
+            d = node.core.state_digest(owner)
+            if d is None or d.max_version < top:
+                return False
+    return True
 
 
 def _rounds(seconds: float | None, interval: float) -> float | None:
