@@ -236,10 +236,8 @@ class FastSim(LinkModel):
             node.held_in.append(item)
             return
         node.pending -= 1
-        if self._partitions and self.is_blocked(source, node.address):
-            self.stats.partition += 1
+        if not self._arrives(source, node.address):
             return
-        self.stats.delivered += 1
         node.core.handle_packet(self.now, source, data, reliable)
         self._pump(node)
 
@@ -274,7 +272,7 @@ class FastSim(LinkModel):
             self._send(node, dest, data)
         reported = False
         for ticket, dest, data in out.streams:
-            self._count_sent(node, data)
+            self._record_sent(node.sent, len(data))
             if node.paused:
                 node.held_streams.append((ticket, dest, data))
             else:
@@ -284,16 +282,8 @@ class FastSim(LinkModel):
 
     # -- the network ------------------------------------------------------------
 
-    def _count_sent(self, node: SimNode, data: bytes) -> None:
-        stats = self.stats
-        stats.sent += 1
-        stats.bytes_sent += len(data)
-        counts = node.sent
-        counts[0] += 1
-        counts[1] += len(data)
-
     def _send(self, node: SimNode, dest: Address, data: bytes) -> None:
-        self._count_sent(node, data)
+        self._record_sent(node.sent, len(data))
         if node.paused:
             node.held_out.append((dest, data))
         else:
