@@ -99,6 +99,7 @@ def test_two_unanswered_requests_mean_one_at_a_time_with_doubling_waits() -> Non
     assert requests_to(b, "c", 0.0)
     assert requests_to(b, "a", 0.6)  # c's answer missed its 0.5 s
     assert requests_to(b, "c", 1.7)  # a's missed its 1 s: congested from now on
+    assert b.stats["state_answers_missed"] == 2
     steps = [
         (2.0, False),  # c's answer may come until 1.7 + 2
         (3.6, False),

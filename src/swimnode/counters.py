@@ -109,6 +109,9 @@ DROPPED_RATE_LIMITED = _core(
 SYNC_FAILURES = _core("sync_failures", "Push-pulls (joins included) that could not be sent.")
 RELIABLE_SEND_FAILURES = _core("reliable_send_failures", "Other stream sends that failed.")
 STATE_ROUNDS = _core("state_rounds", "Anti-entropy rounds started.")
+STATE_ANSWERS_MISSED = _core(
+    "state_answers_missed", "Requests for state whose answer did not come in time."
+)
 SYNCS_TO_DEAD = _core("syncs_to_dead", "Full syncs pushed to dead members.")
 SYNCS_TO_SEEDS = _core("syncs_to_seeds", "Seed contacts carrying our membership fingerprint.")
 MEMBERSHIP_MISMATCHES = _core(

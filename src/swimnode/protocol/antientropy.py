@@ -266,6 +266,7 @@ class AntiEntropy:
             if now >= asked + self._answer_wait:
                 del self._asked[peer]
                 self._unanswered += 1
+                self._core.stats[counters.STATE_ANSWERS_MISSED] += 1
                 self._answer_wait = min(2 * self._answer_wait, _MAX_ANSWER_WAIT)
         return self._unanswered >= 2 and bool(self._asked)
 
