@@ -89,6 +89,35 @@ def test_import_swimnode_is_lazy() -> None:
     assert result == {"before": False, "listed": True, "after": True, "same": True, "name": "Node"}
 
 
+def test_asyncio_node_runs_without_trio() -> None:
+    """An asyncio program's nodes, without a seed source, never load Trio
+    (docs/embedding.md §6, "RSS"): two join over UDP and TCP, gossip and stop."""
+    result = run_fresh("""
+        import asyncio, json, sys
+        from swimnode import Config
+        from swimnode.aio import open_node
+
+        async def main():
+            a = Config.local("aio-a", bind=("127.0.0.1", 0))
+            async with asyncio.timeout(20), open_node(a) as node_a:
+                events = node_a.events()
+                b = Config.local("aio-b", bind=("127.0.0.1", 0), seeds=[node_a.address])
+                async with open_node(b, leave_on_exit=True) as node_b:
+                    node_b.set_state("role", "db")
+                    kinds = []
+                    async for event in events:
+                        kinds.append(event.kind)
+                        if event.kind == "updated":
+                            break
+                    live = sorted(m.name for m in node_a.live_members())
+                return kinds, live
+
+        kinds, live = asyncio.run(main())
+        print(json.dumps({"kinds": kinds, "live": live, "trio": "trio" in sys.modules}))
+    """)
+    assert result == {"kinds": ["joined", "updated"], "live": ["aio-a", "aio-b"], "trio": False}
+
+
 def test_every_public_name_resolves() -> None:
     for name in swimnode.__all__:
         assert getattr(swimnode, name) is not None, name

@@ -11,9 +11,9 @@ concerns, the transport's callback for receiving, asyncio UDP and TCP sockets
 (`swimnode.net.aioudp`) and the shared security rules
 (`swimnode.net.aiotransport.AioSecureTransport`). Nothing runs in another thread
 and no Trio run is involved, except a short `trio.run` in a worker thread each time
-a seed source (Trio code) is read. It works on uvloop too. docs/embedding.md compares
-this with the other flavours, with figures, and says why it replaced running the
-Trio node in Trio's guest mode.
+a seed source (Trio code) is read; without one, Trio is not even imported. It works
+on uvloop too. docs/embedding.md compares this with the other flavours, with
+figures, and says why it replaced running the Trio node in Trio's guest mode.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Any, Generic, TypeVar
 from .aionode import AioDriver
 from .driver import NodeNotRunning, QueryReplies, Receivable
 from .eventhub import EventStream
-from .hosted import NodeView
 from .net.aiotransport import AioTransport, secure
 from .net.aioudp import open_aio_udp_transport
 from .net.keyring import Keyring
-from .net.security import check_secure_bind
+from .net.securelayer import check_secure_bind
 from .net.seeds import SeedSource
 from .net.transport import Address
+from .nodeview import NodeView
 from .protocol.config import Config
 from .protocol.events import Event
 from .protocol.queries import QueryProgress, QueryResult

@@ -22,8 +22,6 @@ import math
 from collections.abc import Coroutine
 from typing import Any
 
-import trio
-
 from .driver import DriverBase, NodeNotRunning, Waiter, log
 from .net.aiotransport import AioTransport
 from .net.seeds import SeedSource
@@ -133,7 +131,10 @@ class AioDriver(DriverBase):
             self._spawn(self._timer_loop(timer), f"{__name__}.AioDriver.{timer.name.lower()}")
         if self._seed_source is not None:
             # Seed sources are Trio code (file reads and DNS in worker threads); a
-            # short Trio run in a thread resolves one without a second copy.
+            # short Trio run in a thread resolves one without a second copy. Imported
+            # here, so a node without one never loads Trio.
+            import trio
+
             resolve = functools.partial(asyncio.to_thread, trio.run, self._seed_source.resolve)
             self._spawn(self._refresh_seeds(resolve, asyncio.sleep))
         self._transport.start(self._receive)

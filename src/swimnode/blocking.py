@@ -29,11 +29,12 @@ import trio
 
 from .driver import QueryReplies, Receivable
 from .eventhub import EventStream
-from .hosted import NodeRunner, NodeView
+from .hosted import NodeRunner
 from .net.keyring import Keyring
 from .net.seeds import SeedSource
 from .net.transport import Address, Transport
 from .node import Node, NodeNotRunning
+from .nodeview import NodeView
 from .protocol.config import Config
 from .protocol.events import Event
 from .protocol.queries import QueryProgress, QueryResult

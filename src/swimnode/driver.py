@@ -18,8 +18,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
 
-import trio
-
 from .eventhub import EventHub, EventStream
 from .net.seeds import SeedSource, SeedSourceError
 from .net.transport import Address
@@ -37,6 +35,7 @@ from .protocol.events import MemberEvent
 from .protocol.member import Member
 from .protocol.messages import Query
 from .protocol.queries import QueryHandler, QueryProgress, QueryResult
+from .wakeup import Wakeup
 
 log = logging.getLogger("swimnode")
 member_log = logging.getLogger("swimnode.members")
@@ -101,28 +100,22 @@ class QueryReplies:
         self.signal: Signal | None = None
         self._arrived: deque[QueryProgress] = deque()
         self._done = False
-        self._wakeup = trio.Event()
-        self._notify: Callable[[], None] | None = None
+        self._wakeup = Wakeup()
 
     def add(self, progress: QueryProgress) -> None:
         """An ack or an answer came (from the node's `QueryProgress` signal)."""
         self._arrived.append(progress)
-        self._wake()
+        self._wakeup.wake()
 
     def finish(self) -> None:
         """The query ended (`signal` is its `QueryFinished`), or the node stopped."""
         self._done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        self._wakeup.set()
-        if self._notify is not None:
-            self._notify()
+        self._wakeup.wake()
 
     def set_notify(self, callback: Callable[[], None] | None) -> None:
         """Also call `callback()` (on the node's thread; quick, never raising)
         whenever a reply arrives or the query ends."""
-        self._notify = callback
+        self._wakeup.notify = callback
 
     def receive_nowait(self) -> QueryProgress | None:
         """The next reply if one has arrived, else None; never waits."""
@@ -150,7 +143,6 @@ class QueryReplies:
         while (reply := self.receive_nowait()) is None:
             if self._done:
                 raise StopAsyncIteration
-            self._wakeup = trio.Event()
             await self._wakeup.wait()
         return reply
 

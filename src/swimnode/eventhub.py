@@ -1,4 +1,4 @@
-"""Per-subscriber bounded delivery of membership events, for Trio programs.
+"""Per-subscriber bounded delivery of membership events.
 
 Every subscriber owns a bounded buffer: a subscriber that falls behind never slows the
 protocol; the events it missed are replaced by one `EventsLost(count)`.
@@ -10,9 +10,8 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 
-import trio
-
 from .protocol.events import Event, EventsLost, MemberEvent
+from .wakeup import Wakeup
 
 
 class _Gap:
@@ -66,9 +65,8 @@ class EventStream:
         self._hub = hub
         self._limit = limit
         self._buffer: deque[MemberEvent | _Gap] = deque()
-        self._wakeup = trio.Event()
+        self._wakeup = Wakeup()
         self._closed = False
-        self._notify: Callable[[], None] | None = None
 
     def _push(self, event: MemberEvent) -> None:
         buf = self._buffer
@@ -81,9 +79,7 @@ class EventStream:
         self._wake()
 
     def _wake(self) -> None:
-        self._wakeup.set()
-        if self._notify is not None:
-            self._notify()
+        self._wakeup.wake()
 
     def set_notify(self, callback: Callable[[], None] | None) -> None:
         """Also call `callback()` whenever an event arrives or the stream ends.
@@ -93,7 +89,7 @@ class EventStream:
         events (`swimnode.aio`, `swimnode.blocking`) and take them with
         `receive_nowait`, with this stream's buffer and `EventsLost` rule.
         """
-        self._notify = callback
+        self._wakeup.notify = callback
 
     def receive_nowait(self) -> Event | None:
         """The next event if one is buffered, else None; never waits."""
@@ -123,5 +119,4 @@ class EventStream:
                 return event
             if self.finished:
                 raise StopAsyncIteration
-            self._wakeup = trio.Event()
             await self._wakeup.wait()

@@ -1,9 +1,9 @@
 """The real-network transport for asyncio: UDP datagrams plus TCP for reliable messages.
 
 The asyncio twin of `swimnode.net.udp` (see there for the design): the same host
-and port for UDP and TCP, the same binding (`udp.bind_pair`), options and limits
-(`udp.check_options`), stream framing (`swimnode.net.framing`) and counters
-(`swimnode.counters`), with the same meaning. Usage::
+and port for UDP and TCP, and the same binding, options and limits, datagram sends
+and stream reads (`swimnode.net.sockets`), stream framing (`swimnode.net.framing`)
+and counters (`swimnode.counters`), with the same meaning. Usage::
 
     async with open_aio_udp_transport(("127.0.0.1", 7946)) as transport:
         transport.start(print)
@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Unpack
 
 from swimnode import counters
-from swimnode.net import framing, udp
+from swimnode.net import framing, sockets
 from swimnode.net.aiotransport import Deliver
 from swimnode.net.endpoint import SocketEndpoint, SocketLimits
 from swimnode.net.transport import Address, Packet, TransportError
@@ -45,7 +45,7 @@ _ACCEPT_BACKOFF = 0.1
 
 
 class _PlainSocket:
-    """A non-blocking stdlib socket shaped for `udp.bind_pair` (binding an IP
+    """A non-blocking stdlib socket shaped for `sockets.bind_pair` (binding an IP
     literal never waits, so `bind` is a coroutine only to fit Trio's)."""
 
     def __init__(self, family: stdlib_socket.AddressFamily, kind: stdlib_socket.SocketKind) -> None:
@@ -103,7 +103,7 @@ class AioUdpTransport(SocketEndpoint):
         in `stats` as `swimnode.net.udp.UdpTransport.send` counts it."""
         if self._closed:
             raise RuntimeError("transport is closed")
-        udp.send_datagram(self._udp, dest, data, self._max_datagram, self.stats)
+        sockets.send_datagram(self._udp, dest, data, self._max_datagram, self.stats)
 
     async def send_reliable(self, dest: Address, data: bytes) -> None:
         """Deliver `data` as one length-prefixed message over a new TCP connection
@@ -112,8 +112,8 @@ class AioUdpTransport(SocketEndpoint):
         `max_stream_bytes`, each counted as ``reliable_errors``."""
         if self._closed:
             raise RuntimeError("transport is closed")
-        udp.check_stream_size(data, self._max_stream_bytes, self.stats)
-        host = udp.ip_literal(dest[0]) or dest[0]
+        sockets.check_stream_size(data, self._max_stream_bytes, self.stats)
+        host = sockets.ip_literal(dest[0]) or dest[0]
         try:
             async with asyncio.timeout(self._stream_timeout):
                 _, writer = await asyncio.open_connection(host, dest[1])
@@ -124,7 +124,7 @@ class AioUdpTransport(SocketEndpoint):
                     writer.close()
                     await writer.wait_closed()
         except TimeoutError:
-            raise udp.stream_timed_out(dest, self._stream_timeout, self.stats) from None
+            raise sockets.stream_timed_out(dest, self._stream_timeout, self.stats) from None
         except OSError:
             self.stats[counters.RELIABLE_ERRORS] += 1
             raise
@@ -215,7 +215,7 @@ class AioUdpTransport(SocketEndpoint):
     async def _read_message(self, reader: asyncio.StreamReader) -> bytes | None:
         """One length-prefixed message, or None (counted) if it is refused or the
         stream ends early."""
-        return await udp.read_message(
+        return await sockets.read_message(
             framing.read_frame(reader, self._max_stream_bytes), self.stats
         )
 
@@ -237,9 +237,9 @@ async def open_aio_udp_transport(
     option), without `receive_queue` (see the module docstring). On exit the
     sockets are closed and the background tasks stopped.
     """
-    udp.check_options(max_datagram, max_stream_bytes, max_connections, stream_timeout, 1)
-    udp.check_bind_port(bind)
-    found = udp.literal_bind_host(bind)
+    sockets.check_options(max_datagram, max_stream_bytes, max_connections, stream_timeout, 1)
+    sockets.check_bind_port(bind)
+    found = sockets.literal_bind_host(bind)
     if found is None:
         # A name is resolved once, at startup, as the Trio transport does.
         try:
@@ -247,9 +247,9 @@ async def open_aio_udp_transport(
                 bind[0], bind[1], type=stdlib_socket.SOCK_DGRAM, flags=stdlib_socket.AI_PASSIVE
             )
         except OSError as exc:
-            raise udp.bind_resolve_error(bind, exc) from exc
-        found = udp.bind_host_from(bind, infos)
-    udp_socket, tcp_socket, bound = await udp.bind_pair(bind, *found, _PlainSocket)
+            raise sockets.bind_resolve_error(bind, exc) from exc
+        found = sockets.bind_host_from(bind, infos)
+    udp_socket, tcp_socket, bound = await sockets.bind_pair(bind, *found, _PlainSocket)
     transport = AioUdpTransport(
         udp_socket.sock,
         tcp_socket.sock,

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from .. import counters
 from ..protocol.codec import MAX_PACKET_BYTES
 from ..protocol.limits import MAX_LABEL_BYTES
+from . import transport
 from .keyring import NONCE_SIZE, TAG_SIZE, Keyring
 from .transport import Packet
 
@@ -66,6 +67,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_LABEL_BYTES",
     "SecurityLayer",
+    "check_secure_bind",
     "secure_with",
 ]
 
@@ -365,4 +367,13 @@ def secure_with(
         label=config.label,
         replay_window=config.replay_window,
         clock=clock,
+    )
+
+
+def check_secure_bind(bind_host: str, keyring: Keyring | None, insecure_plaintext: bool) -> None:
+    """Refuse to run in plaintext where other machines can reach the node: binding
+    a non-loopback `bind_host` without a keyring raises `ValueError` (one line)
+    unless `insecure_plaintext` says so explicitly (`transport.check_secure_bind`)."""
+    transport.check_secure_bind(
+        bind_host, keyed=keyring is not None, insecure_plaintext=insecure_plaintext
     )

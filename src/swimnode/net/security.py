@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import trio
 
-from . import transport
-from .keyring import Keyring
 from .securelayer import (
     DROP_REASONS,
     ENCRYPTED_OVERHEAD,
@@ -23,6 +21,7 @@ from .securelayer import (
     HEADER_PLAINTEXT,
     MAX_LABEL_BYTES,
     SecurityLayer,
+    check_secure_bind,
 )
 from .transport import Address, Packet, Transport
 
@@ -94,15 +93,3 @@ class SecureTransport(SecurityLayer[Transport]):
     async def aclose(self) -> None:
         """Close the inner transport."""
         await self._inner.aclose()
-
-
-# -- binding rules ---------------------------------------------------------------
-
-
-def check_secure_bind(bind_host: str, keyring: Keyring | None, insecure_plaintext: bool) -> None:
-    """Refuse to run in plaintext where other machines can reach the node: binding
-    a non-loopback `bind_host` without a keyring raises `ValueError` (one line)
-    unless `insecure_plaintext` says so explicitly (`transport.check_secure_bind`)."""
-    transport.check_secure_bind(
-        bind_host, keyed=keyring is not None, insecure_plaintext=insecure_plaintext
-    )

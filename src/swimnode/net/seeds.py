@@ -3,6 +3,9 @@
 A `SeedSource` produces a list of `(host, port)` addresses on demand. Sources are
 asked again on every (re)join attempt, so a file edited by an operator or a DNS
 record updated by an orchestrator takes effect without a restart.
+
+Sources are Trio code; each imports Trio only when it resolves, so a program that
+uses none (an asyncio one, say) never loads it.
 """
 
 from __future__ import annotations
@@ -11,8 +14,6 @@ import abc
 import os
 import socket
 from collections.abc import Iterable
-
-import trio
 
 from .transport import DEFAULT_PORT, Address, parse_address
 
@@ -84,6 +85,8 @@ class FileSeeds(SeedSource):
         Raises SeedSourceError naming the file if it is missing or unreadable, or
         naming ``file:line`` for the first line that does not parse.
         """
+        import trio
+
         try:
             # trio.Path reads in a worker thread so a slow disk does not stall the loop.
             text = await trio.Path(self.path).read_text(encoding="utf-8")
@@ -126,6 +129,8 @@ class DnsSeeds(SeedSource):
         Raises SeedSourceError if the lookup fails, finds nothing, or takes longer
         than `timeout` seconds.
         """
+        import trio
+
         try:
             with trio.fail_after(self.timeout):
                 infos = await trio.socket.getaddrinfo(
@@ -168,6 +173,8 @@ class CombinedSeeds(SeedSource):
 
     async def resolve(self) -> list[Address]:
         """Query every source; see the class docstring for how failures are handled."""
+        import trio
+
         results: list[list[Address] | SeedSourceError] = [[] for _ in self.sources]
 
         async def run(index: int, source: SeedSource) -> None:
