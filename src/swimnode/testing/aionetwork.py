@@ -140,6 +140,15 @@ class AioSimTransport(SimEndpoint):
 
     def _arrive(self, packet: Packet) -> None:
         net = self._net
+        if net._crossings and not self._closed:
+            loop = asyncio.get_running_loop()
+            wait = net._due(packet, loop.time())
+            if wait > 0:
+                loop.call_at(loop.time() + wait, self._arrive, packet)
+                return
+            if wait < 0:
+                self._pending -= 1
+                return
         self._pending -= 1
         if self._closed:
             net.stats.unreachable += 1

@@ -235,6 +235,14 @@ class FastSim(LinkModel):
         if node.paused:
             node.held_in.append(item)
             return
+        if self._crossings:
+            wait = self._due(item, self.now)
+            if wait > 0:
+                self._schedule(self.now + wait, _DELIVER, item)
+                return
+            if wait < 0:
+                node.pending -= 1
+                return
         node.pending -= 1
         if not self._arrives(source, node.address):
             return
@@ -302,9 +310,12 @@ class FastSim(LinkModel):
             self._arrive(dest, at, (dest, src, data, False))
 
     def _arrive(self, dest: SimNode, at: float, item: tuple[SimNode, Address, bytes, bool]) -> bool:
+        """Schedule `item`'s delivery at `at`, unless `dest`'s queue is full."""
         if dest.pending >= self.queue_limit:
             self.stats.overflow += 1
+            self._hold(None)
             return False
+        self._hold(item)
         dest.pending += 1
         self._schedule(at, _DELIVER, item)
         return True
@@ -315,11 +326,14 @@ class FastSim(LinkModel):
         src = node.address
         try:
             self._check_stream(src, dest_addr, len(data), dest is not None)
+            at = self._stream_arrival(
+                node.rng, src, dest_addr, len(data), self.now, node.tails.get(dest_addr)
+            )
         except OSError:
             return False
         assert dest is not None
-        at = self._stream_arrival(node.rng, src, dest_addr, self.now, node.tails.get(dest_addr))
         if dest.pending >= self.queue_limit:
+            self._hold(None)
             self._overflow(dest_addr)
             return False
         node.tails[dest_addr] = at

@@ -4,9 +4,9 @@ Both simulators share it, so they cannot disagree on the network: `Network` (the
 in-memory transports for Trio under `MockClock`) and `FastSim` (the discrete-event
 simulator, no Trio). `LinkModel` holds the knobs (latency, jitter, loss,
 duplication, reordering, per-link overrides, partitions, chosen drops, pauses, slow
-receivers), the counters, and the decision for each packet: dropped (and why), or
-when it arrives. The caller supplies the clock and the sender's random generator and
-does the delivering.
+receivers, rate-limited links), the counters, and the decision for each packet:
+dropped (and why), or when it arrives. The caller supplies the clock and the
+sender's random generator and does the delivering.
 
 Determinism: every draw comes from the *sending* endpoint's generator, and a draw is
 made only for a feature that is on, so turning one on does not shift the random
@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 from typing import TypedDict
 
 from ..net.transport import Address
+from .linkrate import Crossing, RateLimit, SendQueue, SharedLink
 
 __all__ = ["DropFilter", "LinkKnobs", "LinkModel", "LinkParams", "NetworkStats"]
 
@@ -43,7 +44,8 @@ class NetworkStats:
     `sent` and `bytes_sent` count datagrams and stream messages sent (duplicates
     are not counted again); `delivered` counts packets handed to a receiver. The
     remaining fields count dropped packets by reason, and `duplicated` counts extra
-    copies made.
+    copies made. `congestion` counts what a rate-limited link (`limit_rate`) lost:
+    datagrams its full queue dropped and stream messages that timed out on it.
     """
 
     sent: int = 0
@@ -56,6 +58,7 @@ class NetworkStats:
     overflow: int = 0
     oversize: int = 0
     filtered: int = 0
+    congestion: int = 0
 
     @property
     def dropped(self) -> int:
@@ -67,6 +70,7 @@ class NetworkStats:
             + self.overflow
             + self.oversize
             + self.filtered
+            + self.congestion
         )
 
     def as_dict(self) -> dict[str, int]:
@@ -173,6 +177,12 @@ class LinkModel:
         self._drop_when: DropFilter | None = None
         self._paused: set[Address] = set()
         self._slow: dict[Address, float] = {}
+        self._rates: dict[Address, RateLimit] = {}
+        # Arrivals through a SharedLink: made by `_datagram_arrivals` and
+        # `_stream_arrival`, tied by `_hold` to what the caller schedules (by id,
+        # the object kept alive beside it), asked after by `_due`.
+        self._joining: list[Crossing] = []
+        self._crossings: dict[int, tuple[object, Crossing]] = {}
         # Lists rather than tuples so the hot send path can bump them in place.
         self._sent_by: dict[Address, list[int]] = {}
 
@@ -259,6 +269,47 @@ class LinkModel:
         else:
             self._slow.pop(address, None)
 
+    def limit_rate(
+        self,
+        address: Address,
+        rate: float | None,
+        *,
+        queue_delay: float = 0.5,
+        stream_timeout: float = 10.0,
+    ) -> None:
+        """Limit the link of `address` to `rate` bytes per second each way, from
+        packets sent now on; None removes the limit. Models a slow access link, as
+        `tbf` on both ends of it does in `swimnode.testing.netlab`.
+
+        What `address` sends leaves in the order it was sent, `size / rate`
+        seconds each, before the latency. What it receives shares the link
+        equally with everything else arriving (`swimnode.testing.linkrate`), after
+        the latency. A datagram that would wait more than `queue_delay` seconds
+        to leave, or arrive while more than `queue_delay` seconds' worth of
+        datagram bytes are still arriving, is dropped, as by a full `tbf`
+        (counted as `congestion`). A stream message is never dropped that way (its
+        bytes wait at its sender, as TCP's do), but one that is not through
+        within `stream_timeout` seconds of being sent (the real transports'
+        default) fails, as a real send that timed out part way does, having used
+        the link until then (counted as `congestion`): on the sending side the
+        send raises `TimeoutError` at once (a real sender learns it only after
+        the timeout); on the receiving side the message is lost at the timeout and
+        the sender, which was told it went, is not told otherwise (a real
+        sender is told of success once its kernel holds the bytes). Stream
+        messages through a shared link may overtake each other, as the real
+        transports' messages, each on its own connection, can.
+        """
+        if rate is None:
+            self._rates.pop(address, None)
+            return
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate must be a positive number of bytes per second, got {rate!r}")
+        check_delay("queue_delay", queue_delay)
+        check_delay("stream_timeout", stream_timeout)
+        self._rates[address] = RateLimit(
+            SendQueue(rate), SharedLink(rate), queue_delay, stream_timeout
+        )
+
     # -- accounting --------------------------------------------------------
 
     def sent_by(self, address: Address) -> tuple[int, int]:
@@ -310,6 +361,9 @@ class LinkModel:
         if loss and rng.random() < loss:
             stats.loss += 1
             return ()
+        rates = self._rates
+        if rates:
+            return self._shaped_arrivals(rng, src, dst, len(data), now, latency, jitter)
         base = now + latency + self._slow.get(dst, 0.0)
         at = base + rng.uniform(0.0, jitter) if jitter else base
         if self.reorder and rng.random() < self.reorder:
@@ -319,6 +373,83 @@ class LinkModel:
             copy_at = base + rng.uniform(0.0, jitter) if jitter else base
             return (at, copy_at)
         return (at,)
+
+    def _shaped_arrivals(
+        self,
+        rng: random.Random,
+        src: Address,
+        dst: Address,
+        size: int,
+        now: float,
+        latency: float,
+        jitter: float,
+    ) -> tuple[float, ...]:
+        """`_datagram_arrivals` past the loss draw, when some link is rate-limited:
+        each copy crosses the sender's and the receiver's queues (see `limit_rate`),
+        and its wire time is drawn as without limits."""
+        out, into = self._rates.get(src), self._rates.get(dst)
+        copies = 1
+        if self.duplicate and rng.random() < self.duplicate:
+            self.stats.duplicated += 1
+            copies = 2
+        slow = self._slow.get(dst, 0.0)
+        arrivals: list[float] = []
+        for copy in range(copies):
+            at = now
+            if out is not None:
+                start, left = out.out.crossing(now, size)
+                if start - now > out.queue_delay:
+                    self.stats.congestion += 1
+                    continue
+                out.out.take(left)
+                at = left
+            at += latency + (rng.uniform(0.0, jitter) if jitter else 0.0)
+            if copy == 0 and self.reorder and rng.random() < self.reorder:
+                at += rng.uniform(0.0, REORDER_FACTOR * latency)
+            if into is not None:
+                link = into.into
+                if link.backlog(at) > link.rate * into.queue_delay:
+                    self.stats.congestion += 1
+                    continue
+                at = self._join(link, at, size, slow, math.inf)
+            arrivals.append(at + slow)
+        return tuple(arrivals)
+
+    def _join(self, link: SharedLink, at: float, size: int, slow: float, deadline: float) -> float:
+        """Start `size` bytes through `link` at `at` (for the caller's next `_hold`),
+        a stream message if `deadline` is finite; the earliest they can be through."""
+        packet = link.add(at, size, deadline < math.inf)
+        self._joining.append(Crossing(link, packet, slow, deadline))
+        return min(link.through(packet, at), deadline)
+
+    def _hold(self, key: object | None) -> None:
+        """Tie the oldest arrival through a shared link that `_datagram_arrivals`
+        or `_stream_arrival` made to `key`, the object the caller schedules for
+        delivery (None: the caller dropped it; its bytes still cross the link).
+        Callers call it once per arrival time they got, while any are waiting."""
+        if self._joining:
+            crossing = self._joining.pop(0)
+            if key is not None:
+                self._crossings[id(key)] = (key, crossing)
+
+    def _due(self, key: object, now: float) -> float:
+        """How much longer `key` (scheduled for delivery now) waits on a shared
+        link: 0.0 to deliver it now, more to schedule it again, or -1.0 if it is
+        lost there (a stream message past its timeout, counted)."""
+        held = self._crossings.pop(id(key), None)
+        if held is None:
+            return 0.0
+        crossing = held[1]
+        at = now - crossing.slow
+        through = crossing.link.through(crossing.packet, at)
+        if through <= at:
+            return 0.0
+        if at >= crossing.deadline:
+            crossing.link.drop(crossing.packet)
+            self.stats.congestion += 1
+            return -1.0
+        self._crossings[id(key)] = held
+        return min(through, crossing.deadline) - at
 
     def _arrives(self, src: Address, dst: Address) -> bool:
         """Whether a packet from `src` that is due at `dst` now is delivered: not if
@@ -349,15 +480,48 @@ class LinkModel:
             )
 
     def _stream_arrival(
-        self, rng: random.Random, src: Address, dst: Address, now: float, tail: float | None
+        self,
+        rng: random.Random,
+        src: Address,
+        dst: Address,
+        size: int,
+        now: float,
+        tail: float | None,
     ) -> float:
-        """When a stream message sent now arrives; never before `tail`, the arrival of
-        the previous message on the same stream (a stream never reorders)."""
+        """When a stream message of `size` bytes sent now arrives; never before
+        `tail`, the arrival of the previous message on the same stream (a stream
+        never reorders). Raises `TimeoutError` (counted) if a rate-limited link
+        holds it past its stream timeout (see `limit_rate`)."""
         latency, jitter, _ = self._link_params(src, dst)
-        at = now + latency + self._slow.get(dst, 0.0)
+        slow = self._slow.get(dst, 0.0)
+        at = now + latency + slow
         if jitter:
             at += rng.uniform(0.0, jitter)
+        if self._rates:
+            out, into = self._rates.get(src), self._rates.get(dst)
+            if out is not None:
+                at += self._stream_out(out, now, size, dst) - now
+            if into is not None:
+                deadline = now + into.stream_timeout
+                at = self._join(into.into, at - slow, size, slow, deadline) + slow
         return at if tail is None else max(at, tail)
+
+    def _stream_out(self, limit: RateLimit, now: float, size: int, dst: Address) -> float:
+        """When a stream message of `size` bytes sent now has left through the
+        sender's rate-limited link `limit`; raises `TimeoutError` (counted) if
+        that is past the stream timeout, keeping the link busy until then."""
+        _, done = limit.out.crossing(now, size)
+        deadline = now + limit.stream_timeout
+        if done > deadline:
+            limit.out.take(deadline)
+            self.stats.congestion += 1
+            raise TimeoutError(
+                errno.ETIMEDOUT,
+                f"stream to {dst[0]}:{dst[1]} timed out after {limit.stream_timeout} s"
+                " on a rate-limited link",
+            )
+        limit.out.take(done)
+        return done
 
     def _overflow(self, dst: Address) -> OSError:
         """Count a stream message refused by a full receive queue; the error to raise

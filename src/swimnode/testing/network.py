@@ -213,8 +213,18 @@ class SimTransport(SimEndpoint):
             deliver_at = math.inf
             if heap and not self._paused:
                 deliver_at = heap[0][0]
-                if deliver_at <= trio.current_time():
-                    packet = heapq.heappop(heap)[4]
+                now = trio.current_time()
+                if deliver_at <= now:
+                    entry = heapq.heappop(heap)
+                    packet = entry[4]
+                    if net._crossings:
+                        wait = net._due(packet, now)
+                        if wait:
+                            if wait > 0:
+                                heapq.heappush(
+                                    heap, (now + wait, entry[1], entry[2], entry[3], packet)
+                                )
+                            continue
                     if not net._arrives(packet.source, self._address):
                         continue
                     # Shielded so a cancellation cannot lose the popped packet.

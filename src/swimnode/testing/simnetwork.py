@@ -121,9 +121,14 @@ class SimNetwork(LinkModel, Generic[E]):
         if arrivals:
             packet = Packet(src, data, False)
             for at in arrivals:
+                if self._joining:
+                    # Each copy through a shared link is asked after on its own.
+                    packet = Packet(src, data, False)
                 if dest.pending >= self.queue_limit:
                     self.stats.overflow += 1
+                    self._hold(None)
                 else:
+                    self._hold(packet)
                     self._push(sender, dest, at, packet)
 
     def _dispatch_reliable(self, sender: E, dest_addr: Address, data: bytes) -> None:
@@ -134,8 +139,11 @@ class SimNetwork(LinkModel, Generic[E]):
         self._check_stream(src, dest_addr, len(data), dest is not None)
         assert dest is not None
         tail = sender._tails.get(dest_addr)
-        at = self._stream_arrival(sender._rng, src, dest_addr, self._now(), tail)
+        at = self._stream_arrival(sender._rng, src, dest_addr, len(data), self._now(), tail)
         if dest.pending >= self.queue_limit:
+            self._hold(None)
             raise self._overflow(dest_addr)
         sender._tails[dest_addr] = at
-        self._push(sender, dest, at, Packet(src, data, True))
+        packet = Packet(src, data, True)
+        self._hold(packet)
+        self._push(sender, dest, at, packet)
