@@ -210,3 +210,16 @@ def test_state_bursts_cross_a_slow_link(seed: int) -> None:
         assert took > 28_000 / 8_000
         sim.run_for(35 - took)
     assert sim.stats.congestion < 100
+
+
+async def test_a_crash_forgets_what_was_crossing(autojump_clock: trio.testing.MockClock) -> None:
+    net = quiet_network()
+    a = net.attach(A)
+    net.attach(B)
+    net.limit_rate(B, 1_000)
+    await a.send(B, b"x" * 400)
+    await a.send_reliable(B, b"y" * 4_000)
+    assert len(net._crossings) == 2
+    net.crash(B)
+    assert net._crossings == {}
+    assert net.stats.unreachable == 2

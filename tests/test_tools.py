@@ -4,8 +4,9 @@ Each script that needs neither root, network namespaces nor Serf runs once at th
 smallest sizes its flags allow, and must keep its contract: exit 0, a readable table,
 and last one JSON line with the figures its docstring promises. Bad flags must give
 argparse's usage and a one-line error (exit 2), no traceback. bench_netlab.py,
-bench_slowlink.py, netlab.py and bench_agents.py's `--vs-serf` need root, namespaces
-or Serf: only their `--help` runs here. bench_agents.py runs three agents on loopback.
+bench_slowlink.py (but for `--sim`), netlab.py and bench_agents.py's `--vs-serf` need
+root, namespaces or Serf: only their `--help` runs here. bench_agents.py runs three
+agents on loopback.
 
 Nothing asserts how fast anything ran: measured figures (wall and CPU time, RSS) are
 only checked to be numbers >= 0; simulated ones, which the seed fixes, to be there
@@ -267,6 +268,15 @@ def test_bench_agents_three_on_loopback() -> None:
     assert r["start_s"] <= r["join_from_spawn_s"] and r["rss_mib"] > 0
 
 
+def test_bench_slowlink_simulated() -> None:
+    r = report("bench_slowlink.py", "--sim", "1", "--hosts", "3", "--bursts", "2", "--gap", "10")
+    assert (r["hosts"], r["rate"], r["simulated_seeds"], len(r["bursts"])) == (3, "64kbit", [1], 2)
+    for burst in r["bursts"]:
+        assert burst["everywhere_s"] is None or 0 < burst["everywhere_s"] <= 10
+        assert burst["slow_congestion"] >= 0 and burst["slow_delivered_kb"] > 0
+    assert r["completed"] == sum(b["everywhere_s"] is not None for b in r["bursts"])
+
+
 # ----- flags ------------------------------------------------------------------------------
 
 
@@ -277,6 +287,7 @@ def test_bench_agents_three_on_loopback() -> None:
         ("bench_dissemination.py", ["--nodes", "3,x"], "--nodes takes comma-separated integers"),
         ("bench_ring.py", ["--keys", "many"], "argument --keys: invalid int value: 'many'"),
         ("bench_false_positives.py", ["--configs", "plain,nope"], "unknown config(s): nope"),
+        ("bench_slowlink.py", ["--sim", "1", "--rate", "fast"], "rate 'fast' is not like 64kbit"),
     ],
 )
 def test_bad_flags_are_one_line(script: str, args: list[str], message: str) -> None:

@@ -152,6 +152,7 @@ class AioSimTransport(SimEndpoint):
         self._pending -= 1
         if self._closed:
             net.stats.unreachable += 1
+            net._forget(packet)
         elif net._arrives(packet.source, self._address) and self._deliver is not None:
             self._deliver(packet)
 

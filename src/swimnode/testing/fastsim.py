@@ -231,6 +231,7 @@ class FastSim(LinkModel):
         node, source, data, reliable = item
         if not node.alive:
             self.stats.unreachable += 1
+            self._forget(item)
             return
         if node.paused:
             node.held_in.append(item)

@@ -432,6 +432,11 @@ class LinkModel:
             if key is not None:
                 self._crossings[id(key)] = (key, crossing)
 
+    def _forget(self, key: object) -> None:
+        """`key` will not be delivered (its receiver is gone): stop asking after it."""
+        if self._crossings:
+            self._crossings.pop(id(key), None)
+
     def _due(self, key: object, now: float) -> float:
         """How much longer `key` (scheduled for delivery now) waits on a shared
         link: 0.0 to deliver it now, more to schedule it again, or -1.0 if it is

@@ -14,6 +14,7 @@ Fault injection, all changeable while the simulation runs:
 * partitions, symmetric or one way (`Network.partition`, `Network.heal`);
 * frozen processes (`Network.pause`, `Network.resume`);
 * slow, CPU-starved receivers (`Network.set_slow`);
+* slow links, rate-limited both ways (`Network.limit_rate`);
 * crashes (`Network.crash`).
 
 What happens to each packet (the knobs, the counters, loss, delay and the rest)
@@ -271,6 +272,8 @@ class SimTransport(SimEndpoint):
         self._closed = True
         net = self._net
         net.stats.unreachable += len(self._heap)
+        for entry in self._heap:
+            net._forget(entry[4])
         self._heap.clear()
         self._held.clear()
         net._detach(self)
