@@ -51,6 +51,19 @@ def test_table_with_a_partition_and_slow_nodes(capsys: pytest.CaptureFixture[str
     assert "real-time factor" in out
 
 
+def test_slow_nodes_behind_slow_links(capsys: pytest.CaptureFixture[str]) -> None:
+    # 800 bit/s: 100 bytes a second, less than the gossip the slow nodes are sent.
+    argv = [*SMALL, "--slow", "2", "--slow-delay", "0", "--slow-rate", "800bit", "--json"]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["scenario_slow_rate"] == 100.0
+    assert report["congestion"] > 0
+    assert cli.main([*SMALL, "--slow", "2", "--crash", "0"]) == 0
+    assert "slow links" not in capsys.readouterr().out
+    assert cli.main([*SMALL, "--slow", "2", "--slow-rate", "1mbit", "--crash", "0"]) == 0
+    assert "lost on the slow links (datagrams, streams)     0" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -68,6 +81,8 @@ def test_table_with_a_partition_and_slow_nodes(capsys: pytest.CaptureFixture[str
         (["--nodes", "12", "--crash", "11"], "at least 2 healthy nodes"),
         (["--start", "warm"], "argument --start: invalid choice: 'warm'"),
         (["--newcomers", "-1"], "--newcomers must be between 0 and 10 times --nodes"),
+        (["--slow-rate", "64k"], "--slow-rate: rate '64k' is not a positive rate like 64kbit"),
+        (["--slow-rate", "0kbit"], "--slow-rate: rate '0kbit' is not a positive rate like 64kbit"),
     ],
 )
 def test_bad_flags_are_one_line(

@@ -287,7 +287,11 @@ def test_bench_slowlink_simulated() -> None:
         ("bench_dissemination.py", ["--nodes", "3,x"], "--nodes takes comma-separated integers"),
         ("bench_ring.py", ["--keys", "many"], "argument --keys: invalid int value: 'many'"),
         ("bench_false_positives.py", ["--configs", "plain,nope"], "unknown config(s): nope"),
-        ("bench_slowlink.py", ["--sim", "1", "--rate", "fast"], "rate 'fast' is not like 64kbit"),
+        (
+            "bench_slowlink.py",
+            ["--sim", "1", "--rate", "fast"],
+            "rate 'fast' is not a positive rate like 64kbit",
+        ),
     ],
 )
 def test_bad_flags_are_one_line(script: str, args: list[str], message: str) -> None:

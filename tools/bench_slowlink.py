@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import re
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 from swimnode.testing.fastcluster import FastCluster
 from swimnode.testing.fastsim import FastSim
+from swimnode.testing.linkrate import parse_rate
 from swimnode.testing.netlab import Host, Lab, unavailable_reason
 
 VALUE_BYTES = 2044
@@ -41,15 +41,6 @@ VALUE_BYTES = 2044
 def burst_values(burst: int, index: int) -> dict[str, str]:
     prefix = f"{burst:02d}{index:04d}"
     return {f"s{i}": prefix + "x" * (VALUE_BYTES - 2) for i in (0, 1)}
-
-
-def parse_rate(text: str) -> float:
-    """Bytes per second of a `tc` rate such as "64kbit" (bit, kbit or mbit)."""
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)(bit|kbit|mbit)", text)
-    if match is None:
-        raise ValueError(f"rate {text!r} is not like 64kbit")
-    scale = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000}[match.group(2)]
-    return float(match.group(1)) * scale / 8
 
 
 def holds_burst(lab: Lab, burst: int) -> bool:

@@ -41,6 +41,16 @@ PROGRESS_AFTER = 2.0
 """Wall seconds before a progress bar appears (on a terminal only)."""
 
 
+def _rate(text: str) -> float:
+    """`--slow-rate` in bytes per second."""
+    from ..testing.linkrate import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise UsageError(f"--slow-rate: {exc}") from None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The command's flags."""
     p.add_argument("--nodes", type=int, default=100, help="cluster size (default 100)")
@@ -60,6 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slow", type=int, default=0, help="nodes that read late from t0 (default 0)")
     p.add_argument(
         "--slow-delay", type=float, default=2.0, help="how late slow nodes read, s (default 2)"
+    )
+    p.add_argument(
+        "--slow-rate",
+        metavar="RATE",
+        help="also limit the slow nodes' links to RATE each way, like 64kbit (default: no limit)",
     )
     p.add_argument(
         "--duration", type=float, default=60.0, help="simulated seconds after t0 (default 60)"
@@ -137,6 +152,7 @@ def scenario_from(ns: argparse.Namespace) -> Scenario:
         crash=ns.crash,
         slow=ns.slow,
         slow_delay=ns.slow_delay,
+        slow_rate=None if ns.slow_rate is None else _rate(ns.slow_rate),
         partition=None if ns.partition is None else parse_partition(ns.partition),
         duration=ns.duration,
         window=ns.window,
@@ -268,6 +284,8 @@ def render(report: Report) -> str:
             f"{report.expect_push_rounds:g} / {report.expect_pushpull_rounds:g}",
         ),
     ]
+    if sc.slow_rate is not None:
+        rows.append(("lost on the slow links (datagrams, streams)", str(report.congestion)))
     if sc.newcomers:
         rows.append(
             (

@@ -19,9 +19,23 @@ dropped (a stream message past its timeout).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
-__all__ = ["Crossing", "RateLimit", "SendQueue", "SharedLink"]
+__all__ = ["Crossing", "RateLimit", "SendQueue", "SharedLink", "parse_rate"]
+
+_UNITS = {"bit": 1, "kbit": 1_000, "mbit": 1_000_000, "gbit": 1_000_000_000}
+
+
+def parse_rate(text: str) -> float:
+    """Bytes per second of a rate written as `tc` writes them ("64kbit": bit, kbit,
+    mbit or gbit per second); `ValueError` naming `text` otherwise."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit)", text.strip().lower())
+    rate = 0.0 if match is None else float(match.group(1)) * _UNITS[match.group(2)] / 8
+    if rate <= 0:
+        raise ValueError(f"rate {text!r} is not a positive rate like 64kbit")
+    return rate
+
 
 _DONE_BYTES = 1e-6
 """Remaining bytes below which a packet counts as through (float rounding)."""

@@ -77,6 +77,9 @@ class Scenario:
     crash: int = 1
     slow: int = 0
     slow_delay: float = 2.0
+    slow_rate: float | None = None
+    """Bytes per second the slow nodes' links are limited to from t0, each way
+    (`LinkModel.limit_rate`), or None."""
     partition: Partition | None = None
     duration: float = 60.0
     """Simulated seconds from t0 to the end (more while waiting for a heal)."""
@@ -126,6 +129,8 @@ class Report:
     newcomers_known_s: float | None = None
     """From t0 until every running node holds every newcomer alive and every
     newcomer holds every running node live."""
+    congestion: int = 0
+    """Datagrams dropped and stream messages timed out on rate-limited links."""
     sim_s: float = 0.0
     join_wall_s: float = 0.0
     """Wall seconds until every view was complete: N nodes learning of N others
@@ -350,6 +355,8 @@ def _script(cluster: FastCluster, sc: Scenario, tracker: _Tracker, report: Repor
         cluster.crash(name)
     for name in slow:
         sim.set_slow(cluster.address_of(name), sc.slow_delay)
+        if sc.slow_rate is not None:
+            sim.limit_rate(cluster.address_of(name), sc.slow_rate)
     if tracker.newcomers:
         _add_newcomers(cluster, sorted(tracker.newcomers, key=lambda n: int(n[1:])), report)
     part = sc.partition
@@ -453,6 +460,7 @@ def _summarise(report: Report, tracker: _Tracker, cluster: FastCluster) -> None:
     report.false_failures_slow = len(tracker.false_failed_slow)
     report.false_suspicions = len(tracker.false_suspected)
     report.false_suspicions_slow = len(tracker.false_suspected_slow)
+    report.congestion = cluster.sim.stats.congestion
     interval = cluster.cores[tracker.origin].config.state_gossip_interval
     times = sorted(tracker.holders.values())
     total = survivors
