@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 
 import pytest
 import trio
@@ -12,7 +11,6 @@ import trio.testing
 from swimnode.net.transport import Address, Packet
 from swimnode.testing import FastCluster, FastSim, Network, SimTransport, open_sim_cluster
 from swimnode.testing.aionetwork import AioNetwork, run
-from swimnode.testing.cluster import SimCluster
 
 A: Address = ("a", 1)
 B: Address = ("b", 2)
@@ -176,15 +174,6 @@ def test_the_asyncio_network_shares_the_link_the_same_way() -> None:
     assert run(main()) == pytest.approx([1.01] * 10)
 
 
-def holds(cluster: FastCluster | SimCluster, values: dict[str, str]) -> bool:
-    """Whether every member holds `values` for every member."""
-    return all(
-        all(member.app_state.get(key) == value for key, value in values.items())
-        for core in cluster.cores.values()
-        for member in core.members()
-    )
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_state_bursts_cross_a_slow_link(seed: int) -> None:
     """Bulk state pushed at a host behind a 64 kbit/s link arrives, burst after
@@ -205,7 +194,7 @@ def test_state_bursts_cross_a_slow_link(seed: int) -> None:
             for key, value in values.items():
                 cluster.set_state(name, key, value)
 
-        took = cluster.wait_for(functools.partial(holds, cluster, values), timeout=35, step=0.1)
+        took = cluster.wait_for(cluster.state_converged, timeout=35, step=0.1)
         assert took is not None, f"burst {burst} did not reach every member"
         # Not quicker than the link allows (the slow host's own 4 kB is already there).
         assert took > 28_000 / 8_000
@@ -240,9 +229,7 @@ async def test_a_trio_cluster_spreads_state_across_a_slow_link(
             for node in cluster.nodes.values():
                 for key, value in values.items():
                     node.set_state(key, value)
-            took = await cluster.wait_for(
-                functools.partial(holds, cluster, values), timeout=35, step=0.1
-            )
+            took = await cluster.wait_for(cluster.state_converged, timeout=35, step=0.1)
             assert took is not None, f"burst {burst} did not reach every member"
             assert took > 28_000 / 8_000
             await trio.sleep(35 - took)

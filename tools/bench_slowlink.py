@@ -22,7 +22,6 @@ docs/gossip.md §3 has what both measured.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import sys
@@ -98,16 +97,6 @@ def run(hosts: int, rate: str, bursts: int, gap: float) -> list[dict[str, Any]]:
     return rows
 
 
-def sim_holds(cluster: FastCluster, want: dict[str, dict[str, str]]) -> bool:
-    """Whether every simulated node lists every member with its values in `want`."""
-    for core in cluster.cores.values():
-        for name, values in want.items():
-            member = core.member(name)
-            if member is None or any(member.app_state.get(k) != v for k, v in values.items()):
-                return False
-    return True
-
-
 def run_sim(hosts: int, rate: float, bursts: int, gap: float, seed: int) -> list[dict[str, Any]]:
     """`run`, simulated: the same bursts through a link limited to `rate` bytes/s."""
     sim = FastSim(seed)
@@ -126,7 +115,7 @@ def run_sim(hosts: int, rate: float, bursts: int, gap: float, seed: int) -> list
         for name, values in want.items():
             for key_name, value in values.items():
                 cluster.set_state(name, key_name, value)
-        took = cluster.wait_for(functools.partial(sim_holds, cluster, want), timeout=gap, step=0.1)
+        took = cluster.wait_for(cluster.state_converged, timeout=gap, step=0.1)
         sim.run_for(start + gap - sim.now)
         rows.append(
             {

@@ -361,8 +361,7 @@ class LinkModel:
         if loss and rng.random() < loss:
             stats.loss += 1
             return ()
-        rates = self._rates
-        if rates:
+        if self._rates:
             return self._shaped_arrivals(rng, src, dst, len(data), now, latency, jitter)
         base = now + latency + self._slow.get(dst, 0.0)
         at = base + rng.uniform(0.0, jitter) if jitter else base

@@ -118,18 +118,15 @@ class SimNetwork(LinkModel, Generic[E]):
             return
         src = sender._address
         arrivals = self._datagram_arrivals(sender._rng, src, dest_addr, data, self._now())
-        if arrivals:
+        for at in arrivals:
+            # A packet per copy: each copy through a shared link is asked after on its own.
             packet = Packet(src, data, False)
-            for at in arrivals:
-                if self._joining:
-                    # Each copy through a shared link is asked after on its own.
-                    packet = Packet(src, data, False)
-                if dest.pending >= self.queue_limit:
-                    self.stats.overflow += 1
-                    self._hold(None)
-                else:
-                    self._hold(packet)
-                    self._push(sender, dest, at, packet)
+            if dest.pending >= self.queue_limit:
+                self.stats.overflow += 1
+                self._hold(None)
+            else:
+                self._hold(packet)
+                self._push(sender, dest, at, packet)
 
     def _dispatch_reliable(self, sender: E, dest_addr: Address, data: bytes) -> None:
         """Route one stream message (already counted as sent), or raise as a
